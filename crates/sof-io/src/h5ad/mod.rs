@@ -1,0 +1,10 @@
+//! AnnData `.h5ad` files (HDF5 layout of anndata >= 0.8).
+
+mod hdf;
+mod read;
+mod write;
+
+pub(crate) use hdf::{read_plain_column, read_strings};
+pub(crate) use read::open_hdf5;
+pub use read::{H5adReader, XEncoding, read_h5ad};
+pub use write::{H5adEditor, H5adStreamWriter, UnsValue, read_uns_string, write_h5ad};

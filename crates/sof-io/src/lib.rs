@@ -1,0 +1,37 @@
+//! Cells in, results out: the data layer of SpatialOmics-Foundation.
+//!
+//! - [`CsrMatrix`], [`Frame`] and [`AnnData`]: cells x genes counts (CSR, `f32`) with obs/var
+//!   annotations and obsm arrays such as `spatial`.
+//! - [`h5ad`]: AnnData `.h5ad` reading (dense, CSR, CSC X; streamed by row range) and writing
+//!   (new files, streamed files, results added to a copy of the input).
+//! - [`loom`] and [`table`]: the `.loom` format and delimited text tables.
+//! - [`genes`]: a gene vocabulary and the alignment of a dataset's gene names into it.
+//!
+//! Every reader validates what it returns and reports problems as [`Error`]s that name the
+//! file, the field and the fix.
+
+mod anndata;
+mod atomic;
+mod error;
+mod frame;
+pub mod genes;
+pub mod h5ad;
+pub mod loom;
+mod matrix;
+pub mod shared;
+pub mod table;
+
+pub use anndata::AnnData;
+pub use atomic::AtomicPath;
+pub use error::{Error, Result};
+pub use frame::{Column, Frame};
+pub use matrix::{CsrError, CsrMatrix};
+
+/// Reads any supported cell file by extension: `.h5ad` or `.loom` (with default loom names).
+pub fn read_cells(path: impl AsRef<std::path::Path>) -> Result<AnnData> {
+    let path = path.as_ref();
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("loom") => loom::read_loom(path, &loom::LoomOptions::default()),
+        _ => h5ad::read_h5ad(path),
+    }
+}
