@@ -295,18 +295,23 @@ impl GeneTables {
         }
         steps.push((MapMethod::PreviousSymbol, lookup(&self.human_previous, &upper)));
         steps.push((MapMethod::AliasSymbol, lookup(&self.human_alias, &upper)));
+        // A step maps only when it names exactly one vocabulary gene; an ambiguous step falls
+        // through to the next, and is reported only if no later step maps.
+        let mut ambiguous: Option<Vec<String>> = None;
         for (method, candidates) in steps {
             let hits: BTreeSet<u32> = candidates.iter().filter_map(|c| vocab.get(c)).collect();
             match hits.len() {
-                0 => continue,
+                0 => {}
                 1 => return done(hits.first().copied(), method, vec![]),
                 _ => {
-                    let ids = hits.iter().map(|&i| vocab.id(i).to_owned()).collect();
-                    return done(None, MapMethod::Ambiguous, ids);
+                    ambiguous.get_or_insert_with(|| hits.iter().map(|&i| vocab.id(i).to_owned()).collect());
                 }
             }
         }
-        done(None, MapMethod::Unmapped, vec![])
+        match ambiguous {
+            Some(ids) => done(None, MapMethod::Ambiguous, ids),
+            None => done(None, MapMethod::Unmapped, vec![]),
+        }
     }
 }
 

@@ -1,0 +1,150 @@
+//! Every bad input gets an error naming the file, the field and the problem.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sof_io::h5ad::{H5adEditor, H5adReader, UnsValue, read_h5ad, write_h5ad};
+use sof_io::table::{TableOptions, read_tables};
+use sof_io::{AnnData, Column, CsrMatrix, Frame};
+
+use crate::shared;
+
+fn check(result: Result<impl std::fmt::Debug, sof_io::Error>, path: &Path, needles: &[&str]) {
+    let msg = result.expect_err("bad input must be an error").to_string();
+    assert!(msg.contains(&path.display().to_string()), "message does not name the file: {msg}");
+    for n in needles {
+        assert!(msg.contains(n), "message lacks '{n}': {msg}");
+    }
+}
+
+fn toy(values: Vec<f32>, genes: &[&str]) -> AnnData {
+    let n = genes.len();
+    let rows = values.len() / n;
+    AnnData {
+        x: CsrMatrix::from_dense(rows, n, &values),
+        obs: Frame::new((0..rows).map(|i| format!("c{i}")).collect()),
+        var: Frame::new(genes.iter().map(|g| g.to_string()).collect()),
+        obsm: BTreeMap::new(),
+    }
+}
+
+/// Writes a file with the raw hdf5 API, so tests can build any broken layout.
+fn h5(path: &Path, build: impl FnOnce(&hdf5::File)) -> PathBuf {
+    let f = hdf5::File::create(path).unwrap();
+    build(&f);
+    path.to_path_buf()
+}
+
+#[test]
+fn missing_file_empty_file_and_not_hdf5() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.h5ad");
+    check(read_h5ad(&missing), &missing, &["No such file"]);
+    let empty = dir.path().join("empty.h5ad");
+    std::fs::write(&empty, b"").unwrap();
+    check(read_h5ad(&empty), &empty, &["empty (0 bytes)"]);
+    let text = dir.path().join("text.h5ad");
+    std::fs::write(&text, b"cell,gene\n1,2\n").unwrap();
+    check(read_h5ad(&text), &text, &["cannot open as an HDF5 file", "truncated or corrupt"]);
+}
+
+#[test]
+fn truncated_real_file() {
+    let Some(shared) = shared() else { return };
+    let bytes = std::fs::read(shared.join("data/osmfish_sscortex.h5ad")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.h5ad");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    check(read_h5ad(&cut), &cut, &["truncated or corrupt"]);
+}
+
+#[test]
+fn missing_x_and_missing_obsm_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = h5(&dir.path().join("nox.h5ad"), |f| {
+        f.create_group("obs").unwrap();
+    });
+    check(read_h5ad(&p), &p, &["'X' is missing"]);
+    let ok = dir.path().join("ok.h5ad");
+    write_h5ad(&ok, &toy(vec![1.0, 2.0], &["A", "B"]), &BTreeMap::new()).unwrap();
+    check(H5adReader::open(&ok).unwrap().obsm("spatial"), &ok, &["obsm/spatial", "missing"]);
+}
+
+#[test]
+fn nan_inf_and_negative_values() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, v, word) in [("nan", f32::NAN, "NaN"), ("inf", f32::INFINITY, "infinite"), ("neg", -3.0, "negative")] {
+        let p = h5(&dir.path().join(format!("{name}.h5ad")), |f| {
+            f.new_dataset_builder().with_data(&ndarray::arr2(&[[1.0f32, v], [0.0, 2.0]])).create("X").unwrap();
+        });
+        let r = H5adReader::open(&p).unwrap();
+        check(r.read_rows(0..2), &p, &["'X'", word, "cell 0, gene 1"]);
+    }
+}
+
+#[test]
+fn shape_mismatches() {
+    let dir = tempfile::tempdir().unwrap();
+    // obs with 3 cells for a 2-cell X.
+    let p = dir.path().join("obs.h5ad");
+    write_h5ad(&p, &toy(vec![1.0, 2.0, 3.0, 4.0], &["A", "B"]), &BTreeMap::new()).unwrap();
+    {
+        let f = hdf5::File::open_rw(&p).unwrap();
+        let obs = f.group("obs").unwrap();
+        obs.unlink("_index").unwrap();
+        let names: Vec<hdf5::types::VarLenUnicode> = ["a", "b", "c"].iter().map(|s| s.parse().unwrap()).collect();
+        obs.new_dataset_builder().with_data(&names).create("_index").unwrap();
+    }
+    check(read_h5ad(&p), &p, &["'obs'", "3 cells", "2 rows"]);
+    // CSR indptr of the wrong length.
+    let p = h5(&dir.path().join("indptr.h5ad"), |f| {
+        let x = f.create_group("X").unwrap();
+        x.new_attr::<hdf5::types::VarLenUnicode>().shape(()).create("encoding-type").unwrap().write_scalar(&"csr_matrix".parse::<hdf5::types::VarLenUnicode>().unwrap()).unwrap();
+        x.new_attr::<i64>().shape(2).create("shape").unwrap().write_raw(&[3i64, 2]).unwrap();
+        x.new_dataset_builder().with_data(&[1.0f32]).create("data").unwrap();
+        x.new_dataset_builder().with_data(&[0i32]).create("indices").unwrap();
+        x.new_dataset_builder().with_data(&[0i64, 1]).create("indptr").unwrap();
+    });
+    check(H5adReader::open(&p), &p, &["X/indptr", "2 entries, expected 4"]);
+    // obsm with the wrong number of rows is refused by the writer.
+    let mut a = toy(vec![1.0, 2.0], &["A", "B"]);
+    a.obsm.insert("spatial".into(), ndarray::Array2::zeros((5, 2)));
+    let p = dir.path().join("obsm.h5ad");
+    check(write_h5ad(&p, &a, &BTreeMap::new()), &p, &["obsm/spatial", "5 rows"]);
+}
+
+#[test]
+fn duplicate_gene_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("dup.h5ad");
+    check(write_h5ad(&p, &toy(vec![1.0, 2.0, 3.0], &["Gad1", "Sst", "Gad1"]), &BTreeMap::new()), &p, &["duplicate gene name 'Gad1'", "positions 0 and 2", "var_names_make_unique"]);
+}
+
+#[test]
+fn bad_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("expr.tsv");
+    std::fs::write(&e, "c1\tc2\nGad1\t1\tx\n").unwrap();
+    check(read_tables(&e, None, None, &TableOptions::default()), &e, &["'x' is not a number"]);
+    std::fs::write(&e, "c1\tc2\nGad1\t1\t2\nSst\t1\n").unwrap();
+    check(read_tables(&e, None, None, &TableOptions::default()), &e, &["line 3", "has 2 fields, expected 3"]);
+    std::fs::write(&e, "c1\tc2\nGad1\t1\t2\n").unwrap();
+    let c = dir.path().join("coords.tsv");
+    std::fs::write(&c, "ID\tX\tY\nc1\t0\t0\n").unwrap();
+    check(read_tables(&e, Some(&c), None, &TableOptions::default()), &c, &["no row for cell 'c2'"]);
+    std::fs::write(&e, "").unwrap();
+    check(read_tables(&e, None, None, &TableOptions::default()), &e, &["empty"]);
+}
+
+#[test]
+fn editor_refuses_wrong_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("in.h5ad");
+    write_h5ad(&p, &toy(vec![1.0, 2.0, 3.0, 4.0], &["A", "B"]), &BTreeMap::new()).unwrap();
+    let out = dir.path().join("out.h5ad");
+    let mut e = H5adEditor::copy_of(&p, &out).unwrap();
+    check(e.put_obs("pred", &Column::Int(vec![1, 2, 3])), &out, &["obs/pred", "3 rows", "2 cells"]);
+    e.put_uns("x", &UnsValue::Int(1)).unwrap();
+    drop(e);
+    assert!(!out.exists(), "an uncommitted edit leaves nothing behind");
+}
