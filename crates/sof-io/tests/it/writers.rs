@@ -56,7 +56,7 @@ fn written_file_reads_back_identically() {
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("toy.h5ad")]);
     python_check(
-        json!({"file": path, "n_obs": 3, "n_vars": 4, "obsm": {"spatial": [3, 2, 75.0]},
+        json!({"file": path, "n_obs": 3, "n_vars": 4, "obsm": {"spatial": [3, 2, 63.0]},
                "obs": {"layer": {"L1": 1, "L2": 2}}, "obs_numeric": {"n": 6.0}, "uns": {"note": "synthetic", "radii": [10.0, 20.0]}}),
         dir.path(),
     );
