@@ -23,12 +23,8 @@ pub enum Error {
     #[error("{path}: field '{field}': HDF5 error: {reason}; the file may be truncated or corrupt")]
     Hdf5 { path: PathBuf, field: String, reason: String },
     /// Plain file-system errors (permissions, disk full, missing directory).
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 }
 
 /// Shorthand for results in this crate.
@@ -58,6 +54,6 @@ impl Error {
     }
 
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io { path: path.to_path_buf(), error: source }
     }
 }

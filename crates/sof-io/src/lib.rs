@@ -18,6 +18,7 @@ pub mod genes;
 pub mod h5ad;
 pub mod loom;
 mod matrix;
+pub mod manifest;
 pub mod shared;
 pub mod table;
 

@@ -497,7 +497,7 @@ impl Generator {
     /// Writes every output as `<dir>/<name>.h5ad`, streaming blocks so memory stays bounded by
     /// a few blocks plus the per-cell ground truth. `progress` is called with cells written.
     pub fn write_all(&self, dir: &Path, mut progress: impl FnMut(usize)) -> Result<Vec<PathBuf>, SynthError> {
-        std::fs::create_dir_all(dir).map_err(|e| SynthError::Io(sof_io::Error::Io { path: dir.to_path_buf(), source: e }))?;
+        std::fs::create_dir_all(dir).map_err(|e| SynthError::Io(sof_io::Error::Io { path: dir.to_path_buf(), error: e }))?;
         let batch = rayon::current_num_threads().max(1) * 2;
         let mut paths = Vec::new();
         for (name, samples) in self.outputs() {

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod genes;
+mod manifests;
 mod readers;
 mod writers;
 

@@ -1,0 +1,4 @@
+pub mod datasets;
+pub mod demo;
+pub mod inspect;
+pub mod synth;
