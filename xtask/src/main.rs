@@ -1,1 +1,186 @@
-fn main(){}
+//! `cargo xtask <job>`: the project's jobs (demo, tests, benchmarks, Python interop checks).
+//!
+//! xtask depends on none of the project's crates: it shells out to cargo and the `sof` binary,
+//! so it builds in seconds and can install what the build needs first.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "SpatialOmics-Foundation project jobs")]
+struct Cli {
+    #[command(subcommand)]
+    job: Job,
+}
+
+#[derive(Debug, Subcommand)]
+enum Job {
+    /// Install the system libraries the build needs (Debian/Ubuntu: libhdf5-dev, pkg-config).
+    Setup,
+    /// The README's main job: `sof demo` on the built-in synthetic tissue (release build).
+    Demo {
+        /// Arguments passed to `sof demo`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The README's test command: setup, a Python venv with anndata for interop checks, then
+    /// `cargo test --workspace`. In CI (CI=true) missing shared data or Python fail the run.
+    Test,
+    /// Benchmarks against named peers; results go to stdout (see docs/BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+    /// Regenerate crates/sof-io/tests/it/anndata_expected.json from Python anndata.
+    ExpectedH5ad {
+        /// Data folder (default ../shared/data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Synthetic tissue generation: cells/s and peak memory of `sof synth`.
+    Synth {
+        #[arg(long, default_value_t = 1_000_000)]
+        cells: usize,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn has_hdf5() -> bool {
+    Command::new("pkg-config").args(["--exists", "hdf5"]).status().is_ok_and(|s| s.success())
+        || Path::new("/usr/include/hdf5/serial/hdf5.h").exists()
+}
+
+fn setup() -> Result<()> {
+    if has_hdf5() && Command::new("pkg-config").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("installing the HDF5 library (libhdf5-dev) and pkg-config with apt-get");
+    let root_user = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let sudo: &[&str] = if root_user { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| {
+        let mut all: Vec<&str> = sudo.to_vec();
+        all.push("apt-get");
+        all.extend_from_slice(args);
+        let mut c = Command::new(all[0]);
+        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut c)
+    };
+    apt(&["update", "-qq"])?;
+    apt(&["install", "-y", "-qq", "--no-install-recommends", "libhdf5-dev", "pkg-config"])
+        .context("could not install libhdf5-dev; on other systems install HDF5 >= 1.10 and pkg-config by hand")
+}
+
+/// A venv at .venv with the Python test tools, or None where Python or PyPI is unavailable.
+fn python_venv() -> Result<Option<PathBuf>> {
+    let venv = root().join(".venv");
+    let python = venv.join("bin/python");
+    let marker = venv.join(".sof-requirements");
+    let req = root().join("xtask/peers/requirements.txt");
+    let wanted = std::fs::read_to_string(&req)?;
+    if python.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+        return Ok(Some(python));
+    }
+    let made = run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        .and_then(|_| run(Command::new(&python).args(["-m", "pip", "install", "-q", "-r"]).arg(&req)));
+    match made {
+        Ok(()) => {
+            std::fs::write(&marker, wanted)?;
+            Ok(Some(python))
+        }
+        Err(e) if !in_ci() => {
+            eprintln!("note: no Python venv ({e:#}); the anndata interop checks will be skipped");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn sof_release() -> Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-q", "-p", "sof-cli"]))?;
+    Ok(root().join("target/release/sof"))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().job {
+        Job::Setup => setup(),
+        Job::Demo { args } => {
+            setup()?;
+            let sof = sof_release()?;
+            run(Command::new(sof).arg("demo").args(args))
+        }
+        Job::Test => {
+            setup()?;
+            let mut c = cargo();
+            c.args(["test", "--workspace"]);
+            if let Some(py) = python_venv()? {
+                c.env("SOF_PYTHON", py);
+            }
+            if in_ci() {
+                c.env("SOF_REQUIRE_SHARED", "1");
+            }
+            run(&mut c)
+        }
+        Job::Bench { what: Bench::Synth { cells } } => {
+            setup()?;
+            let sof = sof_release()?;
+            let out = tempfile_dir("synth-bench")?;
+            let start = Instant::now();
+            let o = Command::new(&sof).args(["synth", "-q", "--cells", &cells.to_string(), "--output"]).arg(&out).output()?;
+            let secs = start.elapsed().as_secs_f64();
+            let text = String::from_utf8_lossy(&o.stdout);
+            print!("{text}");
+            if !o.status.success() {
+                bail!("sof synth failed: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            println!("bench synth: {cells} cells in {secs:.2} s wall = {:.0} cells/s (release, {} threads, includes writing .h5ad)", cells as f64 / secs, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let _ = std::fs::remove_dir_all(&out);
+            Ok(())
+        }
+        Job::ExpectedH5ad { data_dir } => {
+            let py = python_venv()?.context("needs a Python venv with anndata")?;
+            let dir = data_dir.unwrap_or_else(|| root().join("../shared/data"));
+            let o = Command::new(py).arg(root().join("xtask/peers/h5ad_expected.py")).arg(dir).output()?;
+            if !o.status.success() {
+                bail!("{}", String::from_utf8_lossy(&o.stderr));
+            }
+            std::fs::write(root().join("crates/sof-io/tests/it/anndata_expected.json"), o.stdout)?;
+            Ok(())
+        }
+    }
+}
+
+fn tempfile_dir(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("sof-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand_xoshiro::Xoshiro256PlusPlus;
 use rand_distr::{Distribution, LogNormal, Normal};
 use rayon::prelude::*;
 use sof_io::h5ad::{H5adStreamWriter, UnsValue};
@@ -107,8 +107,8 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn stream(seed: u64, a: u64, b: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(mix(mix(mix(seed) ^ a) ^ b))
+fn stream(seed: u64, a: u64, b: u64) -> Xoshiro256PlusPlus {
+    Xoshiro256PlusPlus::seed_from_u64(mix(mix(mix(seed) ^ a) ^ b))
 }
 
 impl Generator {
@@ -384,7 +384,7 @@ impl Generator {
         let mut indptr = Vec::with_capacity(n + 1);
         let mut indices = Vec::new();
         let mut data = Vec::new();
-        let mut draws: Vec<u32> = Vec::new();
+        let mut counts = vec![0u32; tech.panel.len()];
         indptr.push(0u64);
         for _ in 0..n {
             let (x, y, layer, state) = loop {
@@ -402,16 +402,17 @@ impl Generator {
             let mean = tech.spec.mean_counts * self.cfg.cell_types[t].size * depth.sample(&mut rng);
             let total = (mean.round() as usize).max(1);
             let table = &tech.tables[(t * self.cfg.layers.len() + layer) * n_states + state];
-            draws.clear();
-            draws.extend((0..total).map(|_| table.sample(&mut rng)));
-            draws.sort_unstable();
-            let mut k = 0;
-            while k < draws.len() {
-                let g = draws[k];
-                let run = draws[k..].iter().take_while(|&&d| d == g).count();
-                indices.push(g);
-                data.push(run as f32);
-                k += run;
+            // Count draws per gene in a dense scratch row (cheaper than sorting the draws),
+            // then emit the non-zero genes in column order and reset the row.
+            for _ in 0..total {
+                counts[table.sample(&mut rng) as usize] += 1;
+            }
+            for (g, c) in counts.iter_mut().enumerate() {
+                if *c > 0 {
+                    indices.push(g as u32);
+                    data.push(*c as f32);
+                    *c = 0;
+                }
             }
             indptr.push(indices.len() as u64);
         }

@@ -39,7 +39,7 @@ struct Summary {
 pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let start = Instant::now();
     let data_dir = args.output.join("data");
-    let files = synth::generate(&synth::Args { output: data_dir, cells: args.cells, seed: args.seed, config: None }, quiet)?;
+    let files = synth::generate(&synth::Args { output: data_dir, cells: args.cells, seed: args.seed, sections: None, dissociated_cells: None, config: None }, quiet)?;
     let mut labels = BTreeMap::new();
     for f in &files {
         let a = sof_io::h5ad::read_h5ad(&f.path)?;

@@ -24,6 +24,13 @@ pub struct Args {
     /// Random seed: the same seed and config give identical files.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Spatial sections (the built-in tissue measures them alternately with merfish-like and
+    /// xenium-like panels).
+    #[arg(long)]
+    pub sections: Option<usize>,
+    /// Cells in the dissociated sample (default: one sixth of --cells).
+    #[arg(long)]
+    pub dissociated_cells: Option<usize>,
     /// A TOML file overriding the built-in tissue (layers, cell types, technologies...).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -48,7 +55,18 @@ pub fn config_from(args: &Args) -> anyhow::Result<SynthConfig> {
         None => SynthConfig::default(),
     };
     cfg.seed = args.seed;
-    cfg.set_total_cells(args.cells);
+    if let Some(n) = args.sections {
+        anyhow::ensure!(n > 0, "--sections must be at least 1");
+        cfg.sections = n;
+    }
+    match args.dissociated_cells {
+        Some(d) => {
+            let spatial = args.cells.saturating_sub(d);
+            cfg.cells_per_section = spatial / cfg.sections.max(1);
+            cfg.dissociated_cells = args.cells - cfg.cells_per_section * cfg.sections;
+        }
+        None => cfg.set_total_cells(args.cells),
+    }
     Ok(cfg)
 }
 
@@ -65,7 +83,10 @@ pub fn generate(args: &Args, quiet: bool) -> anyhow::Result<Vec<FileSummary>> {
     let mut out = Vec::new();
     for path in paths {
         let r = sof_io::h5ad::H5adReader::open(&path)?;
-        let mut totals = r.read_rows(0..r.n_obs())?.row_sums();
+        let mut totals = Vec::with_capacity(r.n_obs());
+        for start in (0..r.n_obs()).step_by(65_536) {
+            totals.extend(r.read_rows(start..(start + 65_536).min(r.n_obs()))?.row_sums());
+        }
         let technology = sof_io::h5ad::read_uns_string(&path, "technology")?.unwrap_or_default();
         out.push(FileSummary { technology, cells: r.n_obs(), genes: r.n_vars(), median_counts: util::median(&mut totals), path });
     }
