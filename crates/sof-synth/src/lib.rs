@@ -496,12 +496,13 @@ impl Generator {
     }
 
     /// Writes every output as `<dir>/<name>.h5ad`, streaming blocks so memory stays bounded by
-    /// a few blocks plus the per-cell ground truth. `progress` is called with cells written.
-    pub fn write_all(&self, dir: &Path, mut progress: impl FnMut(usize)) -> Result<Vec<PathBuf>, SynthError> {
+    /// a few blocks plus the per-cell ground truth. `on_block` sees every block once it is
+    /// written, with the index of the output it belongs to (for progress and statistics).
+    pub fn write_all(&self, dir: &Path, mut on_block: impl FnMut(usize, &Block)) -> Result<Vec<PathBuf>, SynthError> {
         std::fs::create_dir_all(dir).map_err(|e| SynthError::Io(sof_io::Error::Io { path: dir.to_path_buf(), error: e }))?;
         let batch = rayon::current_num_threads().max(1) * 2;
         let mut paths = Vec::new();
-        for (name, samples) in self.outputs() {
+        for (out_index, (name, samples)) in self.outputs().into_iter().enumerate() {
             let path = dir.join(format!("{name}.h5ad"));
             let tech = self.tech_tables(samples[0]).spec.clone();
             let mut w = H5adStreamWriter::create(&path, Frame::new(self.panel_names(&tech.name).unwrap()))?;
@@ -512,7 +513,7 @@ impl Generator {
                     let blocks: Vec<Block> = (start..(start + batch).min(n_blocks)).into_par_iter().map(|b| self.block(s, b)).collect();
                     for b in blocks {
                         w.append(&b.x)?;
-                        progress(b.truth.len());
+                        on_block(out_index, &b);
                         truth.extend(b.truth);
                     }
                 }

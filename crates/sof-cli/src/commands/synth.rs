@@ -77,18 +77,19 @@ pub fn generate(args: &Args, quiet: bool) -> anyhow::Result<Vec<FileSummary>> {
     let generator = Generator::new(cfg)?;
     let pb = util::progress(total as u64, "synthesize", quiet);
     let start = Instant::now();
-    let paths = generator.write_all(&args.output, |n| pb.inc(n as u64))?;
+    let mut totals: Vec<Vec<f64>> = Vec::new();
+    let paths = generator.write_all(&args.output, |i, block| {
+        pb.inc(block.truth.len() as u64);
+        totals.resize_with(totals.len().max(i + 1), Vec::new);
+        totals[i].extend(block.x.row_sums());
+    })?;
     pb.finish_and_clear();
     tracing::info!(cells = total, seconds = start.elapsed().as_secs_f64(), "synthetic tissue written");
     let mut out = Vec::new();
-    for path in paths {
-        let r = sof_io::h5ad::H5adReader::open(&path)?;
-        let mut totals = Vec::with_capacity(r.n_obs());
-        for start in (0..r.n_obs()).step_by(65_536) {
-            totals.extend(r.read_rows(start..(start + 65_536).min(r.n_obs()))?.row_sums());
-        }
-        let technology = sof_io::h5ad::read_uns_string(&path, "technology")?.unwrap_or_default();
-        out.push(FileSummary { technology, cells: r.n_obs(), genes: r.n_vars(), median_counts: util::median(&mut totals), path });
+    for ((path, (_, samples)), mut t) in paths.into_iter().zip(generator.outputs()).zip(totals) {
+        let tech = generator.tech_of(samples[0]);
+        let genes = generator.panel_names(&tech.name).map_or(0, |p| p.len());
+        out.push(FileSummary { technology: tech.name.clone(), cells: t.len(), genes, median_counts: util::median(&mut t), path });
     }
     Ok(out)
 }

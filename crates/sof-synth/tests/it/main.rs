@@ -194,7 +194,7 @@ fn written_files_hold_the_ground_truth() {
     let g = Generator::new(c).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut written = 0;
-    let paths = g.write_all(dir.path(), |n| written += n).unwrap();
+    let paths = g.write_all(dir.path(), |_, b| written += b.truth.len()).unwrap();
     assert_eq!(written, 3 * 9_000 + 500);
     let names: Vec<String> = paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec!["spatial_merfish.h5ad", "spatial_xenium.h5ad", "dissociated.h5ad"]);
