@@ -155,7 +155,7 @@ fn main() -> Result<()> {
             let sof = sof_release()?;
             let out = tempfile_dir("synth-bench")?;
             let start = Instant::now();
-            let o = Command::new(&sof).args(["synth", "-q", "--cells", &cells.to_string(), "--output"]).arg(&out).output()?;
+            let o = Command::new(&sof).args(["synth", "-q", "--sections", "4", "--dissociated-cells", "0", "--cells", &cells.to_string(), "--output"]).arg(&out).output()?;
             let secs = start.elapsed().as_secs_f64();
             let text = String::from_utf8_lossy(&o.stdout);
             print!("{text}");

@@ -1,0 +1,57 @@
+//! `sof`: the SpatialOmics-Foundation command line (the logic lives in the `sof_cli` library so
+//! end-to-end tests can run it in-process).
+
+pub mod commands;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+/// SpatialOmics-Foundation: one model for dissociated and spatial single-cell data.
+///
+/// Start with `sof demo`, which runs on a built-in synthetic tissue and needs no data.
+#[derive(Debug, Parser)]
+#[command(name = "sof", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors and the final summary.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true, env = "SOF_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Demo(commands::demo::Args),
+    Synth(commands::synth::Args),
+    Inspect(commands::inspect::Args),
+    Datasets(commands::datasets::Args),
+}
+
+/// Parses `args` (program name first) and runs the command.
+pub fn run<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(|e| {
+        if e.use_stderr() { anyhow::anyhow!("{e}") } else { e.exit() }
+    })?;
+    util::init_logging(cli.verbose, cli.quiet);
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+            tracing::warn!("could not set {n} threads: {e}");
+        }
+    }
+    match cli.command {
+        Command::Demo(a) => commands::demo::run(a, cli.quiet),
+        Command::Synth(a) => commands::synth::run(a, cli.quiet),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Datasets(a) => commands::datasets::run(a),
+    }
+}
