@@ -62,3 +62,43 @@ fn inspect_reports_missing_files_and_columns() {
     let e = format!("{:#}", sof(&["inspect", f.to_str().unwrap(), "--label", "region"]).unwrap_err());
     assert!(e.contains("no column 'region'") && e.contains("layer"), "{e}");
 }
+
+/// `sof spatial` on a synthetic tissue: composition rows sum to 1 (or 0 when isolated), density
+/// is the neighbour count, the radius is recorded; bad inputs name the file and the problem.
+#[test]
+fn spatial_targets_and_their_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap();
+    sof(&["-q", "synth", "--cells", "3000", "--output", dir]).unwrap();
+    let input = d.path().join("spatial_merfish.h5ad");
+    let out = d.path().join("targets.h5ad");
+    let args = |extra: &[&str]| {
+        let mut v = vec!["-q", "spatial", "--input", input.to_str().unwrap(), "--cell-type-key", "cell_type", "--output", out.to_str().unwrap()];
+        v.extend_from_slice(extra);
+        v.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| sof_cli::run(std::iter::once("sof".to_owned()).chain(a));
+    run(args(&["--section-key", "section", "--mean-neighbors", "10", "--niches", "4"])).unwrap();
+    let r = sof_io::h5ad::H5adReader::open(&out).unwrap();
+    let comp = r.obsm("sof_composition").unwrap();
+    let a = r.read().unwrap();
+    let density = a.obs.get("sof_density").unwrap().as_f64().unwrap();
+    let mean = density.iter().sum::<f64>() / density.len() as f64;
+    assert!((mean - 10.0).abs() < 0.1, "mean neighbours {mean}");
+    for (row, &deg) in comp.rows().into_iter().zip(&density) {
+        let s: f64 = row.sum();
+        assert!(if deg == 0.0 { s == 0.0 } else { (s - 1.0).abs() < 1e-5 }, "row sum {s} with {deg} neighbours");
+    }
+    assert_eq!(comp.ncols(), 12, "one column per cell type");
+    assert_eq!(a.obs.get("sof_niche").unwrap().value_counts().len(), 4);
+    assert_eq!(a.x, sof_io::h5ad::read_h5ad(&input).unwrap().x, "X is unchanged");
+
+    let err = |a: Vec<String>| format!("{:#}", run(a).unwrap_err());
+    let e = err(args(&["--section-key", "slice", "--radius", "20"]));
+    assert!(e.contains("no column 'slice'") && e.contains("section"), "{e}");
+    let e = err(args(&["--radius", "-5"]));
+    assert!(e.contains("--radius must be a number > 0"), "{e}");
+    let diss = d.path().join("dissociated.h5ad");
+    let e = format!("{:#}", sof(&["spatial", "--input", diss.to_str().unwrap(), "--cell-type-key", "cell_type", "--radius", "20", "--output", out.to_str().unwrap()]).unwrap_err());
+    assert!(e.contains("dissociated.h5ad") && e.contains("obsm['spatial'] is missing"), "{e}");
+}

@@ -30,6 +30,7 @@ enum Command {
     Demo(commands::demo::Args),
     Synth(commands::synth::Args),
     Inspect(commands::inspect::Args),
+    Spatial(commands::spatial::Args),
     Datasets(commands::datasets::Args),
 }
 
@@ -52,6 +53,7 @@ where
         Command::Demo(a) => commands::demo::run(a, cli.quiet),
         Command::Synth(a) => commands::synth::run(a, cli.quiet),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Spatial(a) => commands::spatial::run(a),
         Command::Datasets(a) => commands::datasets::run(a),
     }
 }

@@ -1,4 +1,5 @@
 pub mod datasets;
 pub mod demo;
 pub mod inspect;
+pub mod spatial;
 pub mod synth;
