@@ -50,6 +50,18 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         cells: usize,
     },
+    /// Radius graph + neighbourhood composition: `sof spatial` against squidpy
+    /// (`spatial_neighbors(coord_type='generic', radius=r)` then adjacency x one-hot) on the same
+    /// synthetic cells, with an identical-edges check.
+    Spatial {
+        #[arg(long, default_value_t = 1_000_000)]
+        cells: usize,
+        /// Radius in microns (the synthetic tissue's units).
+        #[arg(long, default_value_t = 5.0)]
+        radius: f64,
+        #[arg(long, default_value_t = 4)]
+        sections: usize,
+    },
 }
 
 fn root() -> PathBuf {
@@ -166,6 +178,7 @@ fn main() -> Result<()> {
             let _ = std::fs::remove_dir_all(&out);
             Ok(())
         }
+        Job::Bench { what: Bench::Spatial { cells, radius, sections } } => bench_spatial(cells, radius, sections),
         Job::ExpectedH5ad { data_dir } => {
             let py = python_venv()?.context("needs a Python venv with anndata")?;
             let dir = data_dir.unwrap_or_else(|| root().join("../shared/data"));
@@ -177,6 +190,69 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A venv at `.venv-bench` with the peer implementations (squidpy...).
+fn bench_venv() -> Result<PathBuf> {
+    let venv = root().join(".venv-bench");
+    let python = venv.join("bin/python");
+    let req = root().join("xtask/peers/requirements-bench.txt");
+    let wanted = std::fs::read_to_string(&req)?;
+    let marker = venv.join(".sof-requirements");
+    if !(python.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted)) {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(&python).args(["-m", "pip", "install", "-q", "-r"]).arg(&req))?;
+        std::fs::write(&marker, wanted)?;
+    }
+    Ok(python)
+}
+
+/// The number after `key` in `text` (e.g. "in 1.234 s" with key "in").
+fn number_after(text: &str, key: &str) -> Option<f64> {
+    let rest = &text[text.find(key)? + key.len()..];
+    rest.split_whitespace().next()?.trim_end_matches([',', ';']).parse().ok()
+}
+
+fn bench_spatial(cells: usize, radius: f64, sections: usize) -> Result<()> {
+    setup()?;
+    let sof = sof_release()?;
+    let python = bench_venv()?;
+    let dir = tempfile_dir("spatial-bench")?;
+    let cfg = dir.join("tissue.toml");
+    std::fs::write(&cfg, "section_tech = [\"merfish\"]\n")?;
+    run(Command::new(&sof).args(["synth", "-q", "--cells", &cells.to_string(), "--sections", &sections.to_string(), "--dissociated-cells", "0", "--config"]).arg(&cfg).arg("--output").arg(&dir))?;
+    let input = dir.join("spatial_merfish.h5ad");
+    let ours = dir.join("ours.h5ad");
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let o = Command::new(&sof)
+        .args(["spatial", "--cell-type-key", "cell_type", "--section-key", "section", "--write-graph", "--radius", &radius.to_string(), "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&ours)
+        .output()?;
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    if !o.status.success() {
+        bail!("sof spatial failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    print!("sof:     {text}");
+    let our_s = number_after(&text, "composition in").context("no timing in sof output")?;
+    let our_mib = number_after(&text, "peak memory").context("no memory in sof output")?;
+    let p = Command::new(&python).arg(root().join("xtask/peers/spatial_squidpy.py")).arg(&input).arg(&ours).arg(radius.to_string()).args(["section", "cell_type"]).output()?;
+    if !p.status.success() {
+        bail!("squidpy peer failed: {}", String::from_utf8_lossy(&p.stderr));
+    }
+    let peer = String::from_utf8_lossy(&p.stdout).into_owned();
+    print!("squidpy: {peer}");
+    let peer_s = number_after(&peer, "\"compute_s\":").context("no timing from peer")?;
+    let peer_mib = number_after(&peer, "\"peak_rss_mib\":").context("no memory from peer")?;
+    println!(
+        "bench spatial: {cells} cells, {sections} sections, radius {radius}: sof {our_s:.3} s / {our_mib:.0} MiB peak vs squidpy {peer_s:.3} s / {peer_mib:.0} MiB peak -> {:.1}x faster, {:.1}x less memory ({threads} threads; identical edges: {})",
+        peer_s / our_s,
+        peer_mib / our_mib,
+        peer.contains("\"identical_edges\": true")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 fn tempfile_dir(name: &str) -> Result<PathBuf> {

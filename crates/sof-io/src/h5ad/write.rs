@@ -253,6 +253,19 @@ impl H5adEditor {
         write_column_order(&obs, &order).map_err(h)
     }
 
+    /// Sets `obsp[key]`, a cells x cells sparse matrix in CSR form (e.g. a neighbour graph).
+    pub fn put_obsp_csr(&mut self, key: &str, indptr: &[u64], indices: &[u32], data: &[f32]) -> Result<()> {
+        let field = format!("obsp/{key}");
+        self.check_rows(&field, indptr.len().saturating_sub(1))?;
+        let g = self.group("obsp")?;
+        let h = |e| Error::hdf5(&self.path, &field, e);
+        unlink_if_exists(&g, key).map_err(h)?;
+        let m = CsrMatrix::new(self.n_obs, self.n_obs, indptr.to_vec(), indices.to_vec(), data.to_vec())
+            .map_err(|e| Error::invalid(&self.path, &field, e.to_string(), "pass a valid cells x cells CSR matrix"))?;
+        let x = g.create_group(key).map_err(h)?;
+        write_csr(&x, &m).map_err(h)
+    }
+
     /// Sets `uns[key]`.
     pub fn put_uns(&mut self, key: &str, v: &UnsValue) -> Result<()> {
         write_uns(&self.group("uns")?, key, v).map_err(|e| Error::hdf5(&self.path, format!("uns/{key}"), e))
