@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use ndarray::Array2;
-use sof_io::h5ad::{H5adEditor, UnsValue};
-use sof_io::{AnnData, Column};
+use sof_io::h5ad::{H5adEditor, H5adReader, UnsValue};
+use sof_io::{Column, Frame};
 use sof_spatial::{Composition, RadiusGraph, SectionedPoints, niches, radius_for_mean_neighbors};
 
 use crate::util;
@@ -53,20 +53,20 @@ pub struct Args {
 }
 
 /// Codes and names of an obs column used as labels; missing values are an error.
-pub fn label_codes(adata: &AnnData, path: &Path, key: &str) -> anyhow::Result<(Vec<u32>, Vec<String>)> {
-    let col = adata.obs.get(key).with_context(|| {
-        format!("{}: obs has no column '{key}'; columns are: {}", path.display(), adata.obs.column_names().collect::<Vec<_>>().join(", "))
+pub fn label_codes(obs: &Frame, path: &Path, key: &str) -> anyhow::Result<(Vec<u32>, Vec<String>)> {
+    let col = obs.get(key).with_context(|| {
+        format!("{}: obs has no column '{key}'; columns are: {}", path.display(), obs.column_names().collect::<Vec<_>>().join(", "))
     })?;
     // Keep the file's own category order where it has one.
     if let Column::Categorical { codes, categories, .. } = col {
         if let Some(i) = codes.iter().position(|&c| c < 0) {
-            bail!("{}: obs/{key} has a missing value at cell '{}'; fill or drop cells without a label", path.display(), adata.obs_names()[i]);
+            bail!("{}: obs/{key} has a missing value at cell '{}'; fill or drop cells without a label", path.display(), obs.index[i]);
         }
         return Ok((codes.iter().map(|&c| c as u32).collect(), categories.clone()));
     }
     let labels = col.labels();
     if let Some(i) = labels.iter().position(Option::is_none) {
-        bail!("{}: obs/{key} has a missing value at cell '{}'; fill or drop cells without a label", path.display(), adata.obs_names()[i]);
+        bail!("{}: obs/{key} has a missing value at cell '{}'; fill or drop cells without a label", path.display(), obs.index[i]);
     }
     match Column::categorical_from_labels(&labels.into_iter().map(Option::unwrap).collect::<Vec<_>>()) {
         Column::Categorical { codes, categories, .. } => Ok((codes.into_iter().map(|c| c as u32).collect(), categories)),
@@ -75,28 +75,33 @@ pub fn label_codes(adata: &AnnData, path: &Path, key: &str) -> anyhow::Result<(V
 }
 
 /// Coordinates and sections of a spatial file, with errors that name the file and the fix.
-pub fn points(adata: &AnnData, path: &Path, section_key: Option<&str>) -> anyhow::Result<SectionedPoints> {
-    let xy = adata.spatial().with_context(|| {
-        format!("{}: obsm['spatial'] is missing: these cells have no coordinates (dissociated data?), so they have no spatial neighbourhood; spatial targets need a spatial dataset", path.display())
-    })?;
+/// Reads only obs and obsm['spatial'] (not X), so memory does not grow with the gene count.
+pub fn points(reader: &H5adReader, obs: &Frame, section_key: Option<&str>) -> anyhow::Result<SectionedPoints> {
+    let path = reader.path();
+    if !reader.obsm_keys().iter().any(|k| k == "spatial") {
+        bail!("{}: obsm['spatial'] is missing: these cells have no coordinates (dissociated data?), so they have no spatial neighbourhood; spatial targets need a spatial dataset", path.display());
+    }
+    let xy = reader.obsm("spatial")?;
     if xy.ncols() < 2 {
         bail!("{}: obsm['spatial'] has {} column(s); x and y are needed", path.display(), xy.ncols());
     }
     let pts: Vec<[f64; 2]> = xy.rows().into_iter().map(|r| [r[0], r[1]]).collect();
     if let Some(i) = pts.iter().position(|p| !(p[0].is_finite() && p[1].is_finite())) {
-        bail!("{}: obsm['spatial'] of cell '{}' is ({}, {}); drop or fix cells without a position", path.display(), adata.obs_names()[i], pts[i][0], pts[i][1]);
+        bail!("{}: obsm['spatial'] of cell '{}' is ({}, {}); drop or fix cells without a position", path.display(), obs.index[i], pts[i][0], pts[i][1]);
     }
     let sections = match section_key {
-        Some(k) => label_codes(adata, path, k)?.0,
+        Some(k) => label_codes(obs, path, k)?.0,
         None => vec![0; pts.len()],
     };
     Ok(SectionedPoints::new(pts, &sections)?)
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let adata = sof_io::h5ad::read_h5ad(&args.input)?;
-    let p = points(&adata, &args.input, args.section_key.as_deref())?;
-    let (labels, names) = label_codes(&adata, &args.input, &args.cell_type_key)?;
+    let reader = H5adReader::open(&args.input)?;
+    let obs = reader.obs()?;
+    let p = points(&reader, &obs, args.section_key.as_deref())?;
+    let (labels, names) = label_codes(&obs, &args.input, &args.cell_type_key)?;
+    let n_obs = obs.len();
     let radius = match (args.radius, args.mean_neighbors) {
         (Some(r), _) => {
             anyhow::ensure!(r.is_finite() && r > 0.0, "--radius must be a number > 0 (in the coordinates' units), got {r}");
@@ -116,7 +121,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(seconds = t0.elapsed().as_secs_f64(), edges = graph.n_edges(), "radius graph and composition computed");
     let compute_s = t0.elapsed().as_secs_f64();
     let mut e = H5adEditor::copy_of(&args.input, &args.output)?;
-    e.put_obsm("sof_composition", &Array2::from_shape_vec((adata.n_obs(), names.len()), props.clone())?)?;
+    e.put_obsm("sof_composition", &Array2::from_shape_vec((n_obs, names.len()), props.clone())?)?;
     e.put_uns("sof_composition_columns", &UnsValue::Strings(names.clone()))?;
     e.put_obs("sof_density", &Column::Int(graph.degrees().into_iter().map(i64::from).collect()))?;
     e.put_uns("sof_radius", &UnsValue::Float(radius))?;
@@ -132,7 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     e.commit()?;
     util::say(format!(
         "{} cells in {} section(s): radius {radius}, mean {:.2} neighbours, {} isolated, graph + composition in {compute_s:.3} s, peak memory {:.0} MiB; wrote {}",
-        adata.n_obs(),
+        n_obs,
         p.n_sections(),
         graph.mean_degree(),
         graph.degrees().iter().filter(|&&d| d == 0).count(),
