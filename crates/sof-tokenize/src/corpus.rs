@@ -1,0 +1,445 @@
+//! Streaming corpus builder: one `.h5ad` -> Parquet token shards plus a JSON manifest.
+//!
+//! - One row per non-empty cell, in the input's cell order (shuffling is the training loader's
+//!   job): `cell_index` (row in the input), `cell_id`, `dataset`, `section`, `species`, `assay`,
+//!   `modality`, `tokens` (gene tokens, `list<int32>`, no padding), `n_tokens`, `x`, `y`
+//!   (coordinates; null for dissociated cells), `composition`, `density`, `niche` (spatial targets
+//!   from `sof spatial`, null when absent), then the obs columns asked for, as strings.
+//! - Shard `k` holds input cells `[k * shard_cells, (k + 1) * shard_cells)`; row groups of
+//!   `row_group_cells` rows. Memory is bounded by one shard, not the dataset.
+//! - Resumable: a shard is written to a temporary name and renamed when complete, and carries
+//!   the corpus's config hash in its footer; a rerun keeps every finished shard with the same hash
+//!   and never rewrites it. A shard whose footer cannot be read is reported as corrupt.
+//! - Empty cells (no expressed gene the technology measures) are skipped and counted.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{Float32Builder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{Field, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sof_io::Column;
+use sof_io::genes::Species;
+use sof_io::h5ad::H5adReader;
+
+use crate::context::Modality;
+use crate::tokenizer::{GeneMap, TokenizedCell, Tokenizer, TokenizerConfig};
+use crate::{Result, TokenizeError};
+
+/// Fixed column names; obs columns asked for may not reuse them.
+pub const FIXED_COLUMNS: [&str; 14] =
+    ["cell_index", "cell_id", "dataset", "section", "species", "assay", "modality", "tokens", "n_tokens", "x", "y", "composition", "density", "niche"];
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct CorpusSpec {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    /// Dataset name stored in every row.
+    pub dataset: String,
+    pub technology: String,
+    pub species: Species,
+    pub modality: Modality,
+    /// obs column naming sections (stored in `section`).
+    pub section_key: Option<String>,
+    /// obs columns copied as string columns (labels).
+    pub keep_obs: Vec<String>,
+    pub shard_cells: usize,
+    pub row_group_cells: usize,
+}
+
+/// Per-shard statistics (also stored in the shard's footer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub file: String,
+    pub first_cell: usize,
+    pub cells_in: usize,
+    pub rows: usize,
+    pub empty_cells: usize,
+    /// Histogram of tokens per written cell (index = token count).
+    pub length_histogram: Vec<u64>,
+}
+
+/// The corpus manifest (`manifest.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CorpusManifest {
+    pub format: String,
+    pub config_hash: String,
+    pub vocabulary_hash: String,
+    pub vocabulary_size: usize,
+    pub tokenizer: TokenizerConfig,
+    pub dataset: String,
+    pub source: String,
+    pub technology: String,
+    pub species: Species,
+    pub modality: Modality,
+    pub context_tokens: [u32; 3],
+    pub cells_in: usize,
+    pub cells_written: usize,
+    pub empty_cells: usize,
+    pub median_tokens: f64,
+    pub genes_in_file: usize,
+    pub genes_mapped: usize,
+    pub unmapped_genes: Vec<String>,
+    pub label_columns: Vec<String>,
+    pub composition_columns: Option<Vec<String>>,
+    pub shards: Vec<ShardInfo>,
+}
+
+impl CorpusManifest {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| sof_io::Error::Io { path: path.clone(), error: e })?;
+        serde_json::from_str(&text).map_err(|e| TokenizeError::invalid(path.display(), e.to_string(), "the corpus manifest is damaged: rebuild the corpus"))
+    }
+}
+
+const FORMAT: &str = "sof-corpus-1";
+
+/// Everything a corpus build needs besides the spec.
+#[derive(Debug)]
+pub struct CorpusInputs<'a> {
+    pub tokenizer: &'a Tokenizer,
+    pub map: &'a GeneMap,
+    pub vocabulary_hash: &'a str,
+    pub vocabulary_size: usize,
+    pub unmapped_genes: Vec<String>,
+}
+
+struct Annotations {
+    cell_ids: Vec<String>,
+    section: Option<Vec<Option<String>>>,
+    xy: Option<ndarray::Array2<f64>>,
+    composition: Option<ndarray::Array2<f64>>,
+    density: Option<Vec<f64>>,
+    niche: Option<Vec<Option<String>>>,
+    labels: Vec<(String, Vec<Option<String>>)>,
+}
+
+fn read_annotations(reader: &H5adReader, spec: &CorpusSpec) -> Result<Annotations> {
+    let path = reader.path().display().to_string();
+    let obs = reader.obs()?;
+    let column = |name: &str| -> Result<&Column> {
+        obs.get(name).ok_or_else(|| TokenizeError::invalid(&path, format!("obs has no column '{name}'"), format!("columns are: {}", obs.column_names().collect::<Vec<_>>().join(", "))))
+    };
+    let mut labels = Vec::new();
+    for name in &spec.keep_obs {
+        if FIXED_COLUMNS.contains(&name.as_str()) {
+            return Err(TokenizeError::invalid(&path, format!("obs column '{name}' clashes with a corpus column"), "rename it before tokenizing"));
+        }
+        labels.push((name.clone(), column(name)?.labels()));
+    }
+    let section = spec.section_key.as_deref().map(|k| column(k).map(Column::labels)).transpose()?;
+    let keys = reader.obsm_keys();
+    let has = |k: &str| keys.iter().any(|x| x == k);
+    let xy = if has("spatial") { Some(reader.obsm("spatial")?) } else { None };
+    let composition = if has("sof_composition") { Some(reader.obsm("sof_composition")?) } else { None };
+    let density = obs.get("sof_density").and_then(Column::as_f64);
+    let niche = obs.get("sof_niche").map(Column::labels);
+    Ok(Annotations { cell_ids: obs.index.clone(), section, xy, composition, density, niche, labels })
+}
+
+fn config_hash(spec: &CorpusSpec, inputs: &CorpusInputs<'_>, n_obs: usize) -> String {
+    let t = inputs.tokenizer;
+    let key = serde_json::json!({
+        "format": FORMAT, "tokenizer": t.config(), "context": t.context(), "vocab": inputs.vocabulary_hash,
+        "shard_cells": spec.shard_cells, "keep_obs": spec.keep_obs, "section_key": spec.section_key,
+        "dataset": spec.dataset, "n_obs": n_obs,
+        "source": spec.input.file_name().map(|f| f.to_string_lossy().into_owned()),
+    });
+    Sha256::digest(key.to_string().as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds (or resumes) a corpus. `progress` is called with the number of input cells done.
+pub fn build_corpus(spec: &CorpusSpec, inputs: &CorpusInputs<'_>, mut progress: impl FnMut(usize)) -> Result<CorpusManifest> {
+    let reader = H5adReader::open(&spec.input)?;
+    let n_obs = reader.n_obs();
+    let src = spec.input.display().to_string();
+    if inputs.map.n_columns() != reader.n_vars() {
+        return Err(TokenizeError::invalid(&src, format!("the gene map has {} genes, the file {}", inputs.map.n_columns(), reader.n_vars()), "align this file's genes to the vocabulary"));
+    }
+    if inputs.map.n_mapped() == 0 {
+        return Err(TokenizeError::invalid(&src, "no gene maps into the vocabulary", "check --species, the vocabulary and the gene tables (sof inspect --vocab ... --genes-dir ... shows the mapping)"));
+    }
+    if spec.shard_cells == 0 || spec.row_group_cells == 0 {
+        return Err(TokenizeError::invalid(&src, "shard and row-group sizes must be positive", "pass sizes >= 1"));
+    }
+    std::fs::create_dir_all(&spec.output).map_err(|e| sof_io::Error::Io { path: spec.output.clone(), error: e })?;
+    let ann = read_annotations(&reader, spec)?;
+    let composition_columns = if ann.composition.is_some() { sof_io::h5ad::read_uns_strings(&spec.input, "sof_composition_columns")? } else { None };
+    let hash = config_hash(spec, inputs, n_obs);
+    let n_shards = n_obs.div_ceil(spec.shard_cells);
+    let mut shards = Vec::with_capacity(n_shards);
+    for k in 0..n_shards {
+        let first = k * spec.shard_cells;
+        let last = (first + spec.shard_cells).min(n_obs);
+        let file = format!("shard-{k:05}.parquet");
+        let path = spec.output.join(&file);
+        let info = match existing_shard(&path, &hash)? {
+            Some(info) => {
+                tracing::info!(shard = %path.display(), "resuming: shard already complete");
+                info
+            }
+            None => write_shard(&reader, spec, inputs, &ann, &hash, &path, file, first..last)?,
+        };
+        progress(last - first);
+        shards.push(info);
+    }
+    let mut hist: Vec<u64> = Vec::new();
+    for s in &shards {
+        if hist.len() < s.length_histogram.len() {
+            hist.resize(s.length_histogram.len(), 0);
+        }
+        for (h, x) in hist.iter_mut().zip(&s.length_histogram) {
+            *h += x;
+        }
+    }
+    let manifest = CorpusManifest {
+        format: FORMAT.into(),
+        config_hash: hash,
+        vocabulary_hash: inputs.vocabulary_hash.to_owned(),
+        vocabulary_size: inputs.vocabulary_size,
+        tokenizer: inputs.tokenizer.config().clone(),
+        dataset: spec.dataset.clone(),
+        source: src,
+        technology: spec.technology.clone(),
+        species: spec.species,
+        modality: spec.modality,
+        context_tokens: inputs.tokenizer.context(),
+        cells_in: n_obs,
+        cells_written: shards.iter().map(|s| s.rows).sum(),
+        empty_cells: shards.iter().map(|s| s.empty_cells).sum(),
+        median_tokens: median_of_histogram(&hist),
+        genes_in_file: inputs.map.n_columns(),
+        genes_mapped: inputs.map.n_mapped(),
+        unmapped_genes: inputs.unmapped_genes.clone(),
+        label_columns: spec.keep_obs.clone(),
+        composition_columns,
+        shards,
+    };
+    let path = spec.output.join("manifest.json");
+    let tmp = sof_io::AtomicPath::new(&path)?;
+    std::fs::write(tmp.path(), serde_json::to_string_pretty(&manifest).expect("manifest serializes")).map_err(|e| sof_io::Error::Io { path: path.clone(), error: e })?;
+    tmp.commit()?;
+    Ok(manifest)
+}
+
+fn median_of_histogram(hist: &[u64]) -> f64 {
+    let n: u64 = hist.iter().sum();
+    if n == 0 {
+        return 0.0;
+    }
+    let at = |rank: u64| {
+        let mut acc = 0;
+        for (len, &c) in hist.iter().enumerate() {
+            acc += c;
+            if acc > rank {
+                return len as f64;
+            }
+        }
+        0.0
+    };
+    if n % 2 == 1 { at(n / 2) } else { (at(n / 2 - 1) + at(n / 2)) / 2.0 }
+}
+
+/// A finished shard with this config hash, or None if absent; an unreadable one is an error.
+fn existing_shard(path: &Path, hash: &str) -> Result<Option<ShardInfo>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let corrupt = |why: String| {
+        TokenizeError::invalid(path.display(), format!("corrupt shard ({why})"), "delete this shard file and run the same command again to rewrite it")
+    };
+    let file = File::open(path).map_err(|e| sof_io::Error::Io { path: path.into(), error: e })?;
+    let reader = SerializedFileReader::new(file).map_err(|e| corrupt(e.to_string()))?;
+    let kv: BTreeMap<String, String> = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|v| v.iter().filter_map(|k| Some((k.key.clone(), k.value.clone()?))).collect())
+        .unwrap_or_default();
+    let stored = kv.get("sof.config_hash").ok_or_else(|| corrupt("no sof.config_hash in its footer".into()))?;
+    if stored != hash {
+        return Err(TokenizeError::invalid(
+            path.display(),
+            "this shard was written with other tokenizer settings or another input",
+            "write the corpus to a new folder, or delete the old shards to rebuild them",
+        ));
+    }
+    let info: ShardInfo = serde_json::from_str(kv.get("sof.shard").ok_or_else(|| corrupt("no sof.shard in its footer".into()))?).map_err(|e| corrupt(e.to_string()))?;
+    if reader.metadata().file_metadata().num_rows() as usize != info.rows {
+        return Err(corrupt(format!("{} rows, its footer promises {}", reader.metadata().file_metadata().num_rows(), info.rows)));
+    }
+    Ok(Some(info))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_shard(
+    reader: &H5adReader,
+    spec: &CorpusSpec,
+    inputs: &CorpusInputs<'_>,
+    ann: &Annotations,
+    hash: &str,
+    path: &Path,
+    file: String,
+    cells: std::ops::Range<usize>,
+) -> Result<ShardInfo> {
+    let x = reader.read_rows(cells.clone())?;
+    let tok = inputs.tokenizer;
+    let tokenized: Vec<TokenizedCell> = (0..x.n_rows())
+        .into_par_iter()
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(row, scratch), i| {
+                let (c, v) = x.row(i);
+                tok.tokenize(inputs.map, c, v, row, scratch)
+            },
+        )
+        .collect();
+    let keep: Vec<usize> = (0..tokenized.len()).filter(|&i| !tokenized[i].genes.is_empty()).collect();
+    let mut hist = vec![0u64; tok.max_genes() + 1];
+    for &i in &keep {
+        hist[tokenized[i].genes.len()] += 1;
+    }
+    while hist.len() > 1 && hist.last() == Some(&0) {
+        hist.pop();
+    }
+    let info = ShardInfo { file, first_cell: cells.start, cells_in: cells.len(), rows: keep.len(), empty_cells: tokenized.len() - keep.len(), length_histogram: hist };
+    if info.empty_cells > 0 {
+        tracing::info!(shard = %path.display(), empty = info.empty_cells, "skipped empty cells (no expressed, measured gene)");
+    }
+
+    let pq = |e: parquet::errors::ParquetError| TokenizeError::Parquet { path: path.display().to_string(), reason: e.to_string() };
+    let tmp = sof_io::AtomicPath::new(path)?;
+    let out = File::create(tmp.path()).map_err(|e| sof_io::Error::Io { path: path.into(), error: e })?;
+    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_row_count(Some(spec.row_group_cells)).build();
+    let mut writer: Option<ArrowWriter<File>> = None;
+    let mut out = Some(out);
+    for chunk in keep.chunks(spec.row_group_cells) {
+        let batch = record_batch(spec, tok, ann, &tokenized, chunk, cells.start);
+        if writer.is_none() {
+            writer = Some(ArrowWriter::try_new(out.take().expect("file used once"), batch.schema(), Some(props.clone())).map_err(pq)?);
+        }
+        writer.as_mut().expect("created above").write(&batch).map_err(pq)?;
+    }
+    let mut writer = match writer {
+        Some(w) => w,
+        // A shard of empty cells only: write an empty file with the schema.
+        None => {
+            let batch = record_batch(spec, tok, ann, &tokenized, &[], cells.start);
+            ArrowWriter::try_new(out.take().expect("file used once"), batch.schema(), Some(props)).map_err(pq)?
+        }
+    };
+    writer.append_key_value_metadata(KeyValue::new("sof.config_hash".to_owned(), hash.to_owned()));
+    writer.append_key_value_metadata(KeyValue::new("sof.shard".to_owned(), serde_json::to_string(&info).expect("serializes")));
+    writer.close().map_err(pq)?;
+    tmp.commit()?;
+    Ok(info)
+}
+
+fn record_batch(spec: &CorpusSpec, tok: &Tokenizer, ann: &Annotations, cells: &[TokenizedCell], rows: &[usize], offset: usize) -> RecordBatch {
+    let n = rows.len();
+    let global = |i: usize| offset + i;
+    let mut cell_index = Int64Builder::with_capacity(n);
+    let mut cell_id = StringBuilder::new();
+    let mut dataset = StringBuilder::new();
+    let mut section = StringBuilder::new();
+    let (mut species, mut assay, mut modality, mut n_tokens) = (Int32Builder::new(), Int32Builder::new(), Int32Builder::new(), Int32Builder::new());
+    let mut tokens = ListBuilder::new(Int32Builder::new()).with_field(Field::new("item", arrow_schema::DataType::Int32, false));
+    let (mut xs, mut ys) = (Float64Builder::new(), Float64Builder::new());
+    let mut comp = ListBuilder::new(Float32Builder::new()).with_field(Field::new("item", arrow_schema::DataType::Float32, false));
+    let mut density = Float32Builder::new();
+    let mut niche = StringBuilder::new();
+    let mut labels: Vec<StringBuilder> = ann.labels.iter().map(|_| StringBuilder::new()).collect();
+    let [sp, asy, md] = tok.context();
+    for &i in rows {
+        let g = global(i);
+        cell_index.append_value(g as i64);
+        cell_id.append_value(&ann.cell_ids[g]);
+        dataset.append_value(&spec.dataset);
+        section.append_option(ann.section.as_ref().and_then(|s| s[g].as_deref()));
+        species.append_value(sp as i32);
+        assay.append_value(asy as i32);
+        modality.append_value(md as i32);
+        tokens.values().append_slice(&cells[i].genes.iter().map(|&t| t as i32).collect::<Vec<_>>());
+        tokens.append(true);
+        n_tokens.append_value(cells[i].genes.len() as i32);
+        match &ann.xy {
+            Some(xy) => {
+                xs.append_value(xy[[g, 0]]);
+                ys.append_value(xy[[g, 1]]);
+            }
+            None => {
+                xs.append_null();
+                ys.append_null();
+            }
+        }
+        match &ann.composition {
+            Some(c) => {
+                comp.values().append_slice(&c.row(g).iter().map(|&v| v as f32).collect::<Vec<_>>());
+                comp.append(true);
+            }
+            None => comp.append(false),
+        }
+        density.append_option(ann.density.as_ref().map(|d| d[g] as f32));
+        niche.append_option(ann.niche.as_ref().and_then(|v| v[g].as_deref()));
+        for (b, (_, vals)) in labels.iter_mut().zip(&ann.labels) {
+            b.append_option(vals[g].as_deref());
+        }
+    }
+    let mut columns: Vec<(&str, ArrayRef)> = vec![
+        ("cell_index", Arc::new(cell_index.finish())),
+        ("cell_id", Arc::new(cell_id.finish())),
+        ("dataset", Arc::new(dataset.finish())),
+        ("section", Arc::new(section.finish())),
+        ("species", Arc::new(species.finish())),
+        ("assay", Arc::new(assay.finish())),
+        ("modality", Arc::new(modality.finish())),
+        ("tokens", Arc::new(tokens.finish())),
+        ("n_tokens", Arc::new(n_tokens.finish())),
+        ("x", Arc::new(xs.finish())),
+        ("y", Arc::new(ys.finish())),
+        ("composition", Arc::new(comp.finish())),
+        ("density", Arc::new(density.finish())),
+        ("niche", Arc::new(niche.finish())),
+    ];
+    for (b, (name, _)) in labels.iter_mut().zip(&ann.labels) {
+        columns.push((name.as_str(), Arc::new(b.finish())));
+    }
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(name, a)| Field::new(*name, a.data_type().clone(), !matches!(*name, "cell_index" | "cell_id" | "dataset" | "species" | "assay" | "modality" | "tokens" | "n_tokens")))
+        .collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns.into_iter().map(|c| c.1).collect()).expect("columns match the schema")
+}
+
+/// Reads a shard's rows back: `(cell_index, tokens)` pairs, for tests and tools.
+pub fn read_shard_tokens(path: &Path) -> Result<Vec<(i64, Vec<u32>)>> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int32Type, Int64Type};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let pq = |e: parquet::errors::ParquetError| TokenizeError::Parquet { path: path.display().to_string(), reason: e.to_string() };
+    let file = File::open(path).map_err(|e| sof_io::Error::Io { path: path.into(), error: e })?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?.build().map_err(pq)?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| TokenizeError::Parquet { path: path.display().to_string(), reason: e.to_string() })?;
+        let idx = batch.column_by_name("cell_index").expect("corpus column").as_primitive::<Int64Type>();
+        let toks = batch.column_by_name("tokens").expect("corpus column").as_list::<i32>();
+        for r in 0..batch.num_rows() {
+            let t = toks.value(r);
+            out.push((idx.value(r), t.as_primitive::<Int32Type>().values().iter().map(|&v| v as u32).collect()));
+        }
+    }
+    Ok(out)
+}
