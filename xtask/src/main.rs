@@ -50,6 +50,17 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         cells: usize,
     },
+    /// Tokenization: `sof tokenize` (1 and 2 threads) against the reference approach in numpy +
+    /// numba (dense chunks over the vocabulary, one thread) on the same cells, tokens compared;
+    /// then peak memory of `sof tokenize` streaming `--cells` cells.
+    Tokenize {
+        /// Cells for the streaming memory run.
+        #[arg(long, default_value_t = 2_000_000)]
+        cells: usize,
+        /// Cells both tokenizers process for the speed comparison.
+        #[arg(long, default_value_t = 50_000)]
+        peer_cells: usize,
+    },
     /// Radius graph + neighbourhood composition: `sof spatial` against squidpy
     /// (`spatial_neighbors(coord_type='generic', radius=r)` then adjacency x one-hot) on the same
     /// synthetic cells, with an identical-edges check.
@@ -179,6 +190,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Job::Bench { what: Bench::Spatial { cells, radius, sections } } => bench_spatial(cells, radius, sections),
+        Job::Bench { what: Bench::Tokenize { cells, peer_cells } } => bench_tokenize(cells, peer_cells),
         Job::ExpectedH5ad { data_dir } => {
             let py = python_venv()?.context("needs a Python venv with anndata")?;
             let dir = data_dir.unwrap_or_else(|| root().join("../shared/data"));
@@ -251,6 +263,87 @@ fn bench_spatial(cells: usize, radius: f64, sections: usize) -> Result<()> {
         peer_mib / our_mib,
         peer.contains("\"identical_edges\": true")
     );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A 20,310-gene synthetic tissue (the reference vocabulary's size), so both tokenizers work over
+/// a vocabulary as large as the reference's.
+fn synth_for_tokenize(sof: &Path, dir: &Path, cells: usize, dissociated: usize) -> Result<()> {
+    let cfg = dir.join("tissue.toml");
+    std::fs::write(&cfg, "n_genes = 20310\nsection_tech = [\"merfish\"]\n")?;
+    run(Command::new(sof).args(["synth", "-q", "--sections", "2", "--cells", &cells.to_string(), "--dissociated-cells", &dissociated.to_string(), "--config"]).arg(&cfg).arg("--output").arg(dir))
+}
+
+fn bench_tokenize(cells: usize, peer_cells: usize) -> Result<()> {
+    setup()?;
+    let sof = sof_release()?;
+    let python = bench_venv()?;
+    let dir = tempfile_dir("tokenize-bench")?;
+    synth_for_tokenize(&sof, &dir, peer_cells, peer_cells / 10)?;
+    for (file, tech, modality) in [("spatial_merfish", "merfish", "spatial"), ("dissociated", "dissociated", "dissociated")] {
+        let input = dir.join(format!("{file}.h5ad"));
+        let means_dir = dir.join(format!("means-{file}"));
+        std::fs::create_dir_all(&means_dir)?;
+        let means = means_dir.join(format!("{tech}.tsv"));
+        run(Command::new(&sof).args(["-q", "tech-means", "--species", "mouse", "--input"]).arg(&input).arg("--output").arg(&means))?;
+        let mut ours = Vec::new();
+        for threads in [1, 2] {
+            let out = dir.join(format!("corpus-{file}-{threads}"));
+            let o = Command::new(&sof)
+                .args(["-q", "--threads", &threads.to_string(), "tokenize", "--species", "mouse", "--technology", tech, "--modality", modality, "--input"])
+                .arg(&input)
+                .arg("--tech-means")
+                .arg(&means_dir)
+                .arg("--output")
+                .arg(&out)
+                .output()?;
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            if !o.status.success() {
+                bail!("sof tokenize failed: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            print!("sof ({threads} thread(s)): {text}");
+            let rate = text.split("s (").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok()).context("no rate in sof output")?;
+            ours.push(rate);
+        }
+        let p = Command::new(&python)
+            .env("NUMBA_NUM_THREADS", "1")
+            .env("OMP_NUM_THREADS", "1")
+            .env("OPENBLAS_NUM_THREADS", "1")
+            .arg(root().join("xtask/peers/tokenize_peer.py"))
+            .arg(&input)
+            .arg(&means)
+            .arg("fixed")
+            .arg(dir.join(format!("corpus-{file}-1")))
+            .output()?;
+        if !p.status.success() {
+            bail!("tokenize peer failed: {}", String::from_utf8_lossy(&p.stderr));
+        }
+        let peer = String::from_utf8_lossy(&p.stdout).into_owned();
+        print!("peer (numpy + numba, 1 thread): {peer}");
+        let peer_rate = number_after(&peer, "\"cells_per_s\":").context("no rate from peer")?;
+        println!(
+            "bench tokenize {file}: sof {:.0} cells/s (1 thread, end to end incl. reading and writing Parquet), {:.0} cells/s (2 threads, {:.2}x) vs peer {:.0} cells/s (1 thread, compute only) -> {:.1}x; tokens identical: {}",
+            ours[0], ours[1], ours[1] / ours[0], peer_rate, ours[0] / peer_rate, peer.contains("\"identical\": true")
+        );
+    }
+    // Streaming memory: many cells, one technology.
+    let big = dir.join("big");
+    std::fs::create_dir_all(&big)?;
+    let cfg = big.join("tissue.toml");
+    std::fs::write(&cfg, "section_tech = [\"merfish\"]\n")?;
+    run(Command::new(&sof).args(["synth", "-q", "--sections", "4", "--dissociated-cells", "0", "--cells", &cells.to_string(), "--config"]).arg(&cfg).arg("--output").arg(&big))?;
+    for f in std::fs::read_dir(&big)? {
+        let f = f?.path();
+        if f.extension().is_some_and(|e| e == "h5ad") {
+            let tech = if f.to_string_lossy().contains("xenium") { "xenium" } else { "merfish" };
+            let o = Command::new(&sof).args(["-q", "tokenize", "--species", "mouse", "--modality", "spatial", "--technology", tech, "--input"]).arg(&f).arg("--output").arg(big.join(format!("corpus-{tech}"))).output()?;
+            print!("sof streaming: {}", String::from_utf8_lossy(&o.stdout));
+            if !o.status.success() {
+                bail!("sof tokenize failed: {}", String::from_utf8_lossy(&o.stderr));
+            }
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -30,6 +30,8 @@ enum Command {
     Demo(commands::demo::Args),
     Synth(commands::synth::Args),
     Inspect(commands::inspect::Args),
+    Tokenize(commands::tokenize::Args),
+    TechMeans(commands::tokenize::MeansArgs),
     Spatial(commands::spatial::Args),
     Datasets(commands::datasets::Args),
 }
@@ -53,6 +55,8 @@ where
         Command::Demo(a) => commands::demo::run(a, cli.quiet),
         Command::Synth(a) => commands::synth::run(a, cli.quiet),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Tokenize(a) => commands::tokenize::run(a, cli.quiet),
+        Command::TechMeans(a) => commands::tokenize::run_means(a),
         Command::Spatial(a) => commands::spatial::run(a),
         Command::Datasets(a) => commands::datasets::run(a),
     }

@@ -322,7 +322,13 @@ fn write_shard(
     let pq = |e: parquet::errors::ParquetError| TokenizeError::Parquet { path: path.display().to_string(), reason: e.to_string() };
     let tmp = sof_io::AtomicPath::new(path)?;
     let out = File::create(tmp.path()).map_err(|e| sof_io::Error::Io { path: path.into(), error: e })?;
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_row_count(Some(spec.row_group_cells)).build();
+    // No dictionary encoding: interning every value cost more time than it saved space
+    // (snappy already shrinks repeated dataset / section names).
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(spec.row_group_cells))
+        .set_dictionary_enabled(false);
+    let props = props.build();
     let mut writer: Option<ArrowWriter<File>> = None;
     let mut out = Some(out);
     for chunk in keep.chunks(spec.row_group_cells) {

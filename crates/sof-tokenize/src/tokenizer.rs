@@ -141,7 +141,7 @@ impl Tokenizer {
     }
 
     /// Ranks one cell given as mapped `(vocab index, count)` pairs; `scratch` is reused.
-    pub fn tokenize_mapped(&self, row: &[(u32, f64)], scratch: &mut Vec<(f64, u32)>) -> TokenizedCell {
+    pub fn tokenize_mapped(&self, row: &[(u32, f64)], scratch: &mut Vec<u128>) -> TokenizedCell {
         let total: f64 = row.iter().map(|p| p.1).sum();
         scratch.clear();
         if total <= 0.0 {
@@ -157,24 +157,42 @@ impl Tokenizer {
             }
             let x = v * scale / d;
             if x != 0.0 {
-                scratch.push((x, g));
+                // Sort key: descending value, then ascending vocabulary index, as one integer.
+                scratch.push((u128::from(!order_bits(x)) << 32) | u128::from(g));
             }
         }
-        // Descending value, ties by vocabulary index: a total order, so deterministic.
-        let cmp = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         let k = self.max_genes();
         if scratch.len() > k && k > 0 {
-            scratch.select_nth_unstable_by(k - 1, cmp);
+            scratch.select_nth_unstable(k - 1);
             scratch.truncate(k);
         }
-        scratch.sort_unstable_by(cmp);
+        scratch.sort_unstable();
         scratch.truncate(k);
-        TokenizedCell { genes: scratch.iter().map(|&(_, g)| g + N_SPECIAL).collect() }
+        TokenizedCell { genes: scratch.iter().map(|&key| (key as u32) + N_SPECIAL).collect() }
     }
 
     /// Tokenizes one cell of a dataset (its CSR row) through `map`.
-    pub fn tokenize(&self, map: &GeneMap, cols: &[u32], vals: &[f32], row: &mut Vec<(u32, f64)>, scratch: &mut Vec<(f64, u32)>) -> TokenizedCell {
+    pub fn tokenize(&self, map: &GeneMap, cols: &[u32], vals: &[f32], row: &mut Vec<(u32, f64)>, scratch: &mut Vec<u128>) -> TokenizedCell {
         map.vocab_row(cols, vals, row);
         self.tokenize_mapped(row, scratch)
+    }
+}
+
+/// Maps an `f64` to a `u64` whose unsigned order is the float's total order (`f64::total_cmp`).
+fn order_bits(x: f64) -> u64 {
+    let b = x.to_bits();
+    if b >> 63 == 1 { !b } else { b | (1 << 63) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order_bits;
+
+    #[test]
+    fn order_bits_preserve_float_order() {
+        let xs = [-1e300, -2.5, -1e-300, -0.0, 0.0, 1e-300, 0.5, 1.0, 61.728395061728385, 61.72839506172839, 1e300];
+        for w in xs.windows(2) {
+            assert!(order_bits(w[0]) < order_bits(w[1]), "{} < {}", w[0], w[1]);
+        }
     }
 }

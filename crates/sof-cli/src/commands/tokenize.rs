@@ -1,0 +1,249 @@
+//! `sof tokenize` and `sof tech-means`: cells to gene-rank tokens in Parquet shards.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use sof_io::genes::{AlignmentReport, GeneTables, Species, Vocabulary};
+use sof_io::h5ad::H5adReader;
+use sof_tokenize::corpus::{CorpusInputs, CorpusSpec, build_corpus};
+use sof_tokenize::{ContextTable, GeneMap, MeansAccumulator, Modality, Mode, TechMeans, Tokenizer, TokenizerConfig, vocabulary_hash};
+
+use super::inspect::SpeciesArg;
+use crate::util;
+
+/// Tokenize cells into Parquet shards: per cell, counts scaled to 10,000, divided by the
+/// technology's gene means, expressed genes ranked (ties by vocabulary index), behind the
+/// context tokens [species, assay, modality]. Streams the input; a rerun resumes.
+///
+/// Without --vocab, the vocabulary is the file's own genes (written to <output>/vocab.tsv);
+/// without --tech-means, the technology's means are computed from the input itself.
+///
+/// Example: sof tokenize --input starmap_mpfc.h5ad --technology merfish --species mouse
+///          --modality spatial --vocab nicheformer/vocab.tsv --genes-dir genes/
+///          --tech-means nicheformer/tech_means --keep-obs cell_type,layer --output corpus/starmap
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Input .h5ad.
+    #[arg(short, long)]
+    pub input: PathBuf,
+    /// Technology (merfish, xenium, cosmx, iss, dissociated, 10x_3p_v3, ... or one added with
+    /// --context-config).
+    #[arg(long)]
+    pub technology: String,
+    #[arg(long, value_enum)]
+    pub species: SpeciesArg,
+    /// spatial or dissociated.
+    #[arg(long)]
+    pub modality: String,
+    /// Vocabulary TSV (index, token_id, ensembl_id), e.g. the reference's vocab.tsv.
+    #[arg(long)]
+    pub vocab: Option<PathBuf>,
+    /// Folder with genes.tsv and mouse_human_orthologs_all.tsv, to map gene symbols.
+    #[arg(long)]
+    pub genes_dir: Option<PathBuf>,
+    /// Folder of mean vectors (<means name>.tsv), e.g. the reference's tech_means/.
+    #[arg(long)]
+    pub tech_means: Option<PathBuf>,
+    /// `nicheformer` reproduces the reference exactly (for its published weights); `fixed`
+    /// (default) skips genes the technology does not measure (NaN or negative means).
+    #[arg(long, value_enum, default_value = "fixed")]
+    pub mode: ModeArg,
+    /// obs columns to keep as label columns.
+    #[arg(long, value_delimiter = ',')]
+    pub keep_obs: Vec<String>,
+    /// obs column naming sections.
+    #[arg(long)]
+    pub section_key: Option<String>,
+    /// Dataset name stored in every row (default: the input's file name).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// TOML with extra [technology.<name>] entries (token in 19..=29, means).
+    #[arg(long)]
+    pub context_config: Option<PathBuf>,
+    /// Positions per cell, context tokens included.
+    #[arg(long, default_value_t = 1500)]
+    pub context_length: usize,
+    /// Cells per shard.
+    #[arg(long, default_value_t = 65_536)]
+    pub shard_cells: usize,
+    /// Output folder (shards, manifest.json, gene_mapping.tsv).
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    Fixed,
+    Nicheformer,
+}
+
+pub fn species(s: SpeciesArg) -> Species {
+    match s {
+        SpeciesArg::Human => Species::Human,
+        SpeciesArg::Mouse => Species::Mouse,
+    }
+}
+
+/// The vocabulary and how the file's genes map into it.
+pub fn align(reader: &H5adReader, vocab: Option<&Path>, genes_dir: Option<&Path>, species: Species) -> anyhow::Result<(Vocabulary, AlignmentReport)> {
+    let genes = reader.var()?.index;
+    let vocab = match vocab {
+        Some(p) => Vocabulary::load_tsv(p)?,
+        None => Vocabulary::new(genes.clone()).map_err(|e| anyhow::anyhow!("{}: {e}", reader.path().display()))?,
+    };
+    let tables = match genes_dir {
+        Some(d) => GeneTables::load(d)?,
+        None => GeneTables::default(),
+    };
+    let report = tables.align(&genes, species, &vocab);
+    if report.n_mapped() == 0 {
+        bail!(
+            "{}: none of its {} genes maps into the vocabulary ({} genes); {}",
+            reader.path().display(),
+            genes.len(),
+            vocab.len(),
+            if genes_dir.is_none() { "pass --genes-dir to map gene symbols to Ensembl ids" } else { "check --species and the vocabulary" }
+        );
+    }
+    Ok((vocab, report))
+}
+
+fn context_table(path: Option<&Path>) -> anyhow::Result<ContextTable> {
+    Ok(match path {
+        Some(p) => ContextTable::with_config(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, &p.display().to_string())?,
+        None => ContextTable::default(),
+    })
+}
+
+/// Means from `<dir>/<name>.tsv`, or computed from the input when no folder is given.
+fn load_means(dir: Option<&Path>, name: &str, reader: &H5adReader, vocab: &Vocabulary, map: &GeneMap) -> anyhow::Result<TechMeans> {
+    if let Some(dir) = dir {
+        let path = dir.join(format!("{name}.tsv"));
+        if !path.exists() {
+            let have: Vec<String> = std::fs::read_dir(dir).map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+            bail!("{}: no mean vector '{name}.tsv' (the folder has: {}); compute one with `sof tech-means`", dir.display(), have.join(", "));
+        }
+        return Ok(TechMeans::load_tsv(&path, vocab)?);
+    }
+    tracing::info!("no --tech-means: computing the technology's means from the input");
+    let mut acc = MeansAccumulator::new(vocab.len());
+    for start in (0..reader.n_obs()).step_by(65_536) {
+        acc.add(&reader.read_rows(start..(start + 65_536).min(reader.n_obs()))?, map);
+    }
+    Ok(acc.finish())
+}
+
+pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let table = context_table(args.context_config.as_deref())?;
+    let tech = table.get(&args.technology)?.clone();
+    let modality = Modality::parse(&args.modality)?;
+    let species = species(args.species);
+    let reader = H5adReader::open(&args.input)?;
+    let (vocab, report) = align(&reader, args.vocab.as_deref(), args.genes_dir.as_deref(), species)?;
+    let map = GeneMap::from_report(&report);
+    std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
+    util::write_atomic(&args.output.join("gene_mapping.tsv"), &report.to_tsv(&vocab))?;
+    if args.vocab.is_none() {
+        let mut s = String::from("index\ttoken_id\tensembl_id\n");
+        for (i, id) in vocab.ids().iter().enumerate() {
+            s.push_str(&format!("{i}\t{}\t{id}\n", i + 30));
+        }
+        util::write_atomic(&args.output.join("vocab.tsv"), &s)?;
+    }
+    let means = load_means(args.tech_means.as_deref(), &tech.means, &reader, &vocab, &map)?;
+    let mode = match args.mode {
+        ModeArg::Fixed => Mode::Fixed,
+        ModeArg::Nicheformer => Mode::Nicheformer,
+    };
+    anyhow::ensure!(args.context_length > 3, "--context-length must leave room for genes after the 3 context tokens");
+    let config = TokenizerConfig { mode, context_length: args.context_length, ..TokenizerConfig::default() };
+    let tokenizer = Tokenizer::new(config, &means, species, tech.token, modality);
+    let dataset = args.dataset.clone().unwrap_or_else(|| args.input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    let spec = CorpusSpec {
+        input: args.input.clone(),
+        output: args.output.clone(),
+        dataset,
+        technology: args.technology.to_ascii_lowercase(),
+        species,
+        modality,
+        section_key: args.section_key.clone(),
+        keep_obs: args.keep_obs.clone(),
+        shard_cells: args.shard_cells,
+        row_group_cells: 8_192.min(args.shard_cells),
+    };
+    let unmapped: Vec<String> = report.unmapped().iter().map(|s| s.to_string()).collect();
+    let inputs = CorpusInputs { tokenizer: &tokenizer, map: &map, vocabulary_hash: &vocabulary_hash(&vocab), vocabulary_size: vocab.len(), unmapped_genes: unmapped.clone() };
+    let pb = util::progress(reader.n_obs() as u64, "tokenize", quiet);
+    let m = build_corpus(&spec, &inputs, |n| pb.inc(n as u64))?;
+    pb.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    util::say(format!(
+        "{}: {} cells -> {} tokenized ({} empty, skipped), median {} tokens per cell, {} shard(s) in {}",
+        args.input.display(),
+        m.cells_in,
+        m.cells_written,
+        m.empty_cells,
+        m.median_tokens,
+        m.shards.len(),
+        args.output.display()
+    ));
+    util::say(format!(
+        "genes: {}/{} mapped{}; {:.2} s ({:.0} cells/s), peak memory {:.0} MiB",
+        m.genes_mapped,
+        m.genes_in_file,
+        if unmapped.is_empty() { String::new() } else { format!(" (unmapped: {})", abbreviate(&unmapped, 12)) },
+        secs,
+        m.cells_in as f64 / secs,
+        util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0
+    ));
+    Ok(())
+}
+
+fn abbreviate(names: &[String], k: usize) -> String {
+    if names.len() <= k { names.join(", ") } else { format!("{}, ... {} more", names[..k].join(", "), names.len() - k) }
+}
+
+/// Compute a technology's mean vector from one or more files: per gene, the mean of
+/// 10k-normalized expression over the cells where it is non-zero (NaN if never detected).
+///
+/// Example: sof tech-means --input a.h5ad --input b.h5ad --species mouse
+///          --vocab nicheformer/vocab.tsv --genes-dir genes/ --output tech_means/starmap.tsv
+#[derive(Debug, clap::Args)]
+pub struct MeansArgs {
+    /// Input .h5ad files, all of one technology.
+    #[arg(short, long, required = true)]
+    pub input: Vec<PathBuf>,
+    #[arg(long, value_enum)]
+    pub species: SpeciesArg,
+    /// Vocabulary TSV (default: the first file's genes).
+    #[arg(long)]
+    pub vocab: Option<PathBuf>,
+    #[arg(long)]
+    pub genes_dir: Option<PathBuf>,
+    /// Output TSV (ensembl_id, mean).
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+pub fn run_means(args: MeansArgs) -> anyhow::Result<()> {
+    let species = species(args.species);
+    let first = H5adReader::open(&args.input[0])?;
+    let (vocab, _) = align(&first, args.vocab.as_deref(), args.genes_dir.as_deref(), species)?;
+    let mut acc = MeansAccumulator::new(vocab.len());
+    let mut cells = 0;
+    for path in &args.input {
+        let reader = H5adReader::open(path)?;
+        let (_, report) = align(&reader, args.vocab.as_deref(), args.genes_dir.as_deref(), species)?;
+        let map = GeneMap::from_report(&report);
+        for start in (0..reader.n_obs()).step_by(65_536) {
+            acc.add(&reader.read_rows(start..(start + 65_536).min(reader.n_obs()))?, &map);
+        }
+        cells += reader.n_obs();
+    }
+    let means = acc.finish();
+    means.save_tsv(&args.output, &vocab)?;
+    util::say(format!("{} cells from {} file(s): {} genes measured; wrote {}", cells, args.input.len(), means.n_measured(), args.output.display()));
+    Ok(())
+}
