@@ -102,3 +102,43 @@ fn spatial_targets_and_their_errors() {
     let e = format!("{:#}", sof(&["spatial", "--input", diss.to_str().unwrap(), "--cell-type-key", "cell_type", "--radius", "20", "--output", out.to_str().unwrap()]).unwrap_err());
     assert!(e.contains("dissociated.h5ad") && e.contains("obsm['spatial'] is missing"), "{e}");
 }
+
+/// `sof tokenize` on the synthetic tissue: a manifest that adds up, spatial targets carried into
+/// the shards when present, a rerun that resumes, and clear errors for bad flags.
+#[test]
+fn tokenize_writes_a_resumable_corpus() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap();
+    sof(&["-q", "synth", "--cells", "2400", "--output", dir]).unwrap();
+    let input = d.path().join("spatial_merfish.h5ad");
+    let with_targets = d.path().join("targets.h5ad");
+    sof(&["-q", "spatial", "--input", input.to_str().unwrap(), "--cell-type-key", "cell_type", "--section-key", "section", "--radius", "40", "--niches", "3", "--output", with_targets.to_str().unwrap()]).unwrap();
+    let out = d.path().join("corpus");
+    let args = [
+        "-q", "tokenize", "--input", with_targets.to_str().unwrap(), "--technology", "merfish", "--species", "mouse", "--modality", "spatial",
+        "--keep-obs", "layer,cell_type", "--section-key", "section", "--shard-cells", "500", "--output", out.to_str().unwrap(),
+    ];
+    sof(&args).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    // 2,400 cells: 2,000 spatial over 3 sections, two of them merfish-like.
+    assert_eq!(m["cells_in"], 1332);
+    assert_eq!(m["cells_written"].as_u64().unwrap() + m["empty_cells"].as_u64().unwrap(), 1332);
+    assert_eq!(m["shards"].as_array().unwrap().len(), 3);
+    assert_eq!(m["context_tokens"], serde_json::json!([6, 7, 4]));
+    assert_eq!(m["composition_columns"].as_array().unwrap().len(), 12);
+    assert!(out.join("vocab.tsv").exists() && out.join("gene_mapping.tsv").exists());
+    let rows = sof_tokenize::corpus::read_shard_tokens(&out.join("shard-00001.parquet")).unwrap();
+    assert_eq!(rows.first().unwrap().0, 500, "shard 1 starts at cell 500");
+    let before = std::fs::read(out.join("shard-00001.parquet")).unwrap();
+    std::fs::remove_file(out.join("shard-00002.parquet")).unwrap();
+    sof(&args).unwrap();
+    assert_eq!(std::fs::read(out.join("shard-00001.parquet")).unwrap(), before);
+    assert!(out.join("shard-00002.parquet").exists(), "the missing shard is rewritten");
+
+    let e = format!("{:#}", sof(&["tokenize", "--input", input.to_str().unwrap(), "--technology", "visium", "--species", "mouse", "--modality", "spatial", "--output", dir]).unwrap_err());
+    assert!(e.contains("unknown technology 'visium'"), "{e}");
+    let e = format!("{:#}", sof(&["tokenize", "--input", input.to_str().unwrap(), "--technology", "merfish", "--species", "mouse", "--modality", "bulk", "--output", dir]).unwrap_err());
+    assert!(e.contains("unknown modality 'bulk'"), "{e}");
+    let e = format!("{:#}", sof(&["tokenize", "--input", input.to_str().unwrap(), "--technology", "merfish", "--species", "mouse", "--modality", "spatial", "--tech-means", dir, "--output", out.to_str().unwrap()]).unwrap_err());
+    assert!(e.contains("no mean vector 'merfish.tsv'") && e.contains("sof tech-means"), "{e}");
+}
