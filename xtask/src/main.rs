@@ -290,7 +290,12 @@ fn bench_tokenize(cells: usize, peer_cells: usize) -> Result<()> {
         let mut ours = Vec::new();
         for threads in [1, 2] {
             let out = dir.join(format!("corpus-{file}-{threads}"));
-            let o = Command::new(&sof)
+            // One core: pinned with taskset (sof reads, tokenizes and writes on separate threads);
+            // two cores: unpinned.
+            let cores = if threads == 1 { "0" } else { "0-63" };
+            let o = Command::new("taskset")
+                .args(["-c", cores])
+                .arg(&sof)
                 .args(["-q", "--threads", &threads.to_string(), "tokenize", "--species", "mouse", "--technology", tech, "--modality", modality, "--input"])
                 .arg(&input)
                 .arg("--tech-means")
@@ -302,11 +307,13 @@ fn bench_tokenize(cells: usize, peer_cells: usize) -> Result<()> {
             if !o.status.success() {
                 bail!("sof tokenize failed: {}", String::from_utf8_lossy(&o.stderr));
             }
-            print!("sof ({threads} thread(s)): {text}");
+            print!("sof ({threads} core(s)): {text}");
             let rate = text.split("s (").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok()).context("no rate in sof output")?;
             ours.push(rate);
         }
-        let p = Command::new(&python)
+        let p = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(&python)
             .env("NUMBA_NUM_THREADS", "1")
             .env("OMP_NUM_THREADS", "1")
             .env("OPENBLAS_NUM_THREADS", "1")
@@ -320,10 +327,10 @@ fn bench_tokenize(cells: usize, peer_cells: usize) -> Result<()> {
             bail!("tokenize peer failed: {}", String::from_utf8_lossy(&p.stderr));
         }
         let peer = String::from_utf8_lossy(&p.stdout).into_owned();
-        print!("peer (numpy + numba, 1 thread): {peer}");
+        print!("peer (numpy + numba, 1 core): {peer}");
         let peer_rate = number_after(&peer, "\"cells_per_s\":").context("no rate from peer")?;
         println!(
-            "bench tokenize {file}: sof {:.0} cells/s (1 thread, end to end incl. reading and writing Parquet), {:.0} cells/s (2 threads, {:.2}x) vs peer {:.0} cells/s (1 thread, compute only) -> {:.1}x; tokens identical: {}",
+            "bench tokenize {file}: sof {:.0} cells/s (1 core, end to end incl. reading and writing Parquet), {:.0} cells/s (2 cores, {:.2}x) vs peer {:.0} cells/s (1 core, compute only) -> {:.1}x; tokens identical: {}",
             ours[0], ours[1], ours[1] / ours[0], peer_rate, ours[0] / peer_rate, peer.contains("\"identical\": true")
         );
     }

@@ -179,22 +179,62 @@ pub fn build_corpus(spec: &CorpusSpec, inputs: &CorpusInputs<'_>, mut progress: 
     let composition_columns = if ann.composition.is_some() { sof_io::h5ad::read_uns_strings(&spec.input, "sof_composition_columns")? } else { None };
     let hash = config_hash(spec, inputs, n_obs);
     let n_shards = n_obs.div_ceil(spec.shard_cells);
-    let mut shards = Vec::with_capacity(n_shards);
-    for k in 0..n_shards {
+    let mut shards: Vec<Option<ShardInfo>> = vec![None; n_shards];
+    let mut todo = Vec::new();
+    for (k, slot) in shards.iter_mut().enumerate() {
         let first = k * spec.shard_cells;
-        let last = (first + spec.shard_cells).min(n_obs);
+        let cells = first..(first + spec.shard_cells).min(n_obs);
         let file = format!("shard-{k:05}.parquet");
-        let path = spec.output.join(&file);
-        let info = match existing_shard(&path, &hash)? {
+        match existing_shard(&spec.output.join(&file), &hash)? {
             Some(info) => {
-                tracing::info!(shard = %path.display(), "resuming: shard already complete");
-                info
+                tracing::info!(shard = file, "resuming: shard already complete");
+                progress(cells.len());
+                *slot = Some(info);
             }
-            None => write_shard(&reader, spec, inputs, &ann, &hash, &path, file, first..last)?,
-        };
-        progress(last - first);
-        shards.push(info);
+            None => todo.push((k, file, cells)),
+        }
     }
+    // A three-stage pipeline: one thread reads shard k+1 from the .h5ad while the rayon pool
+    // tokenizes shard k and another thread encodes and writes shard k-1 (bounded channels keep at
+    // most three shards in memory).
+    let written = std::thread::scope(|scope| -> Result<Vec<(usize, ShardInfo)>> {
+        let (read_tx, read_rx) = std::sync::mpsc::sync_channel::<(usize, String, std::ops::Range<usize>, Result<sof_io::CsrMatrix>)>(1);
+        let (write_tx, write_rx) = std::sync::mpsc::sync_channel::<(usize, ShardJob)>(1);
+        let reader = &reader;
+        let todo = &todo;
+        scope.spawn(move || {
+            for (k, file, cells) in todo {
+                if read_tx.send((*k, file.clone(), cells.clone(), reader.read_rows(cells.clone()).map_err(Into::into))).is_err() {
+                    break;
+                }
+            }
+        });
+        let ann = &ann;
+        let hash = hash.as_str();
+        let writer = scope.spawn(move || -> Result<Vec<(usize, ShardInfo)>> {
+            let mut done = Vec::new();
+            for (k, job) in write_rx {
+                write_parquet(spec, inputs.tokenizer, ann, hash, &job)?;
+                done.push((k, job.info));
+            }
+            Ok(done)
+        });
+        for (k, file, cells, x) in read_rx {
+            let x = x?;
+            let n = cells.len();
+            let job = tokenize_shard(inputs, &x, spec.output.join(&file), file, cells);
+            if write_tx.send((k, job)).is_err() {
+                break;
+            }
+            progress(n);
+        }
+        drop(write_tx);
+        writer.join().expect("writer thread does not panic")
+    })?;
+    for (k, info) in written {
+        shards[k] = Some(info);
+    }
+    let shards: Vec<ShardInfo> = shards.into_iter().map(|s| s.expect("every shard is done or was resumed")).collect();
     let mut hist: Vec<u64> = Vec::new();
     for s in &shards {
         if hist.len() < s.length_histogram.len() {
@@ -283,18 +323,16 @@ fn existing_shard(path: &Path, hash: &str) -> Result<Option<ShardInfo>> {
     Ok(Some(info))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_shard(
-    reader: &H5adReader,
-    spec: &CorpusSpec,
-    inputs: &CorpusInputs<'_>,
-    ann: &Annotations,
-    hash: &str,
-    path: &Path,
-    file: String,
-    cells: std::ops::Range<usize>,
-) -> Result<ShardInfo> {
-    let x = reader.read_rows(cells.clone())?;
+/// A tokenized shard waiting to be written.
+struct ShardJob {
+    path: PathBuf,
+    tokenized: Vec<TokenizedCell>,
+    keep: Vec<usize>,
+    first_cell: usize,
+    info: ShardInfo,
+}
+
+fn tokenize_shard(inputs: &CorpusInputs<'_>, x: &sof_io::CsrMatrix, path: PathBuf, file: String, cells: std::ops::Range<usize>) -> ShardJob {
     let tok = inputs.tokenizer;
     let tokenized: Vec<TokenizedCell> = (0..x.n_rows())
         .into_par_iter()
@@ -318,7 +356,11 @@ fn write_shard(
     if info.empty_cells > 0 {
         tracing::info!(shard = %path.display(), empty = info.empty_cells, "skipped empty cells (no expressed, measured gene)");
     }
+    ShardJob { path, tokenized, keep, first_cell: cells.start, info }
+}
 
+fn write_parquet(spec: &CorpusSpec, tok: &Tokenizer, ann: &Annotations, hash: &str, job: &ShardJob) -> Result<()> {
+    let path = job.path.as_path();
     let pq = |e: parquet::errors::ParquetError| TokenizeError::Parquet { path: path.display().to_string(), reason: e.to_string() };
     let tmp = sof_io::AtomicPath::new(path)?;
     let out = File::create(tmp.path()).map_err(|e| sof_io::Error::Io { path: path.into(), error: e })?;
@@ -327,30 +369,18 @@ fn write_shard(
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(spec.row_group_cells))
-        .set_dictionary_enabled(false);
-    let props = props.build();
-    let mut writer: Option<ArrowWriter<File>> = None;
-    let mut out = Some(out);
-    for chunk in keep.chunks(spec.row_group_cells) {
-        let batch = record_batch(spec, tok, ann, &tokenized, chunk, cells.start);
-        if writer.is_none() {
-            writer = Some(ArrowWriter::try_new(out.take().expect("file used once"), batch.schema(), Some(props.clone())).map_err(pq)?);
-        }
-        writer.as_mut().expect("created above").write(&batch).map_err(pq)?;
+        .set_dictionary_enabled(false)
+        .build();
+    let schema = record_batch(spec, tok, ann, &job.tokenized, &[], job.first_cell).schema();
+    let mut writer = ArrowWriter::try_new(out, schema, Some(props)).map_err(pq)?;
+    for chunk in job.keep.chunks(spec.row_group_cells) {
+        writer.write(&record_batch(spec, tok, ann, &job.tokenized, chunk, job.first_cell)).map_err(pq)?;
     }
-    let mut writer = match writer {
-        Some(w) => w,
-        // A shard of empty cells only: write an empty file with the schema.
-        None => {
-            let batch = record_batch(spec, tok, ann, &tokenized, &[], cells.start);
-            ArrowWriter::try_new(out.take().expect("file used once"), batch.schema(), Some(props)).map_err(pq)?
-        }
-    };
     writer.append_key_value_metadata(KeyValue::new("sof.config_hash".to_owned(), hash.to_owned()));
-    writer.append_key_value_metadata(KeyValue::new("sof.shard".to_owned(), serde_json::to_string(&info).expect("serializes")));
+    writer.append_key_value_metadata(KeyValue::new("sof.shard".to_owned(), serde_json::to_string(&job.info).expect("serializes")));
     writer.close().map_err(pq)?;
     tmp.commit()?;
-    Ok(info)
+    Ok(())
 }
 
 fn record_batch(spec: &CorpusSpec, tok: &Tokenizer, ann: &Annotations, cells: &[TokenizedCell], rows: &[usize], offset: usize) -> RecordBatch {
