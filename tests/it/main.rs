@@ -20,6 +20,14 @@ fn demo_runs_and_is_reproducible() {
     }
     let (sa, sb) = (summary(a.path()), summary(b.path()));
     assert_eq!(sa["labels"], sb["labels"], "same seed, same ground truth");
+    assert_eq!(sa["spatial"].as_array().unwrap().len(), 2);
+    for (x, y) in sa["spatial"].as_array().unwrap().iter().zip(sb["spatial"].as_array().unwrap()) {
+        assert_eq!(x["niche_ari"], y["niche_ari"], "same seed, same niches");
+        assert_eq!(x["radius"], y["radius"]);
+        assert!(x["niche_ari"].as_f64().unwrap() > 0.1, "niches carry the true structure: {x}");
+    }
+    let corpora: Vec<u64> = sa["corpora"].as_array().unwrap().iter().map(|c| c["cells"].as_u64().unwrap()).collect();
+    assert_eq!(corpora.iter().sum::<u64>(), 3000, "every synthetic cell is tokenized");
     assert_eq!(sa["files"].as_array().unwrap().len(), 3);
     for f in ["spatial_merfish.h5ad", "spatial_xenium.h5ad", "dissociated.h5ad"] {
         let (x, y) = (std::fs::read(a.path().join("data").join(f)).unwrap(), std::fs::read(b.path().join("data").join(f)).unwrap());

@@ -3,8 +3,9 @@
 //! - One row per non-empty cell, in the input's cell order (shuffling is the training loader's
 //!   job): `cell_index` (row in the input), `cell_id`, `dataset`, `section`, `species`, `assay`,
 //!   `modality`, `tokens` (gene tokens, `list<int32>`, no padding), `n_tokens`, `x`, `y`
-//!   (coordinates; null for dissociated cells), `composition`, `density`, `niche` (spatial targets
-//!   from `sof spatial`, null when absent), then the obs columns asked for, as strings.
+//!   (coordinates; null for dissociated cells), `sof_composition`, `sof_density`, `sof_niche`
+//!   (spatial targets from `sof spatial`, null when absent), then the obs columns asked for, as
+//!   strings.
 //! - Shard `k` holds input cells `[k * shard_cells, (k + 1) * shard_cells)`; row groups of
 //!   `row_group_cells` rows. Memory is bounded by one shard, not the dataset.
 //! - Resumable: a shard is written to a temporary name and renamed when complete, and carries
@@ -38,7 +39,7 @@ use crate::{Result, TokenizeError};
 
 /// Fixed column names; obs columns asked for may not reuse them.
 pub const FIXED_COLUMNS: [&str; 14] =
-    ["cell_index", "cell_id", "dataset", "section", "species", "assay", "modality", "tokens", "n_tokens", "x", "y", "composition", "density", "niche"];
+    ["cell_index", "cell_id", "dataset", "section", "species", "assay", "modality", "tokens", "n_tokens", "x", "y", "sof_composition", "sof_density", "sof_niche"];
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -445,9 +446,9 @@ fn record_batch(spec: &CorpusSpec, tok: &Tokenizer, ann: &Annotations, cells: &[
         ("n_tokens", Arc::new(n_tokens.finish())),
         ("x", Arc::new(xs.finish())),
         ("y", Arc::new(ys.finish())),
-        ("composition", Arc::new(comp.finish())),
-        ("density", Arc::new(density.finish())),
-        ("niche", Arc::new(niche.finish())),
+        ("sof_composition", Arc::new(comp.finish())),
+        ("sof_density", Arc::new(density.finish())),
+        ("sof_niche", Arc::new(niche.finish())),
     ];
     for (b, (name, _)) in labels.iter_mut().zip(&ann.labels) {
         columns.push((name.as_str(), Arc::new(b.finish())));

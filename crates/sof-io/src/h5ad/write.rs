@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use hdf5::types::VarLenUnicode;
-use hdf5::{Dataset, File, Group, H5Type, Location};
+use hdf5::{Dataset, File, Group, H5Type};
 use ndarray::Array2;
 
-use super::hdf::{read_strings, set_encoding, set_str_array_attr, str_attr, to_vlen};
+use super::hdf::{read_strings, set_encoding, set_str_array_attr, to_vlen};
 use super::read::{H5adReader, open_hdf5};
 use crate::anndata::{AnnData, check_values};
 use crate::atomic::AtomicPath;
@@ -400,7 +400,10 @@ pub fn read_uns_strings(path: impl AsRef<Path>, key: &str) -> Result<Option<Vec<
     Ok(Some(read_strings(&ds).map_err(|e| Error::hdf5(path, format!("uns/{key}"), e))?))
 }
 
-#[allow(dead_code)]
-fn encoding_of(loc: &Location) -> Option<String> {
-    str_attr(loc, "encoding-type")
+/// Reads the uns numeric scalar `key` of a file (e.g. the radius `sof spatial` chose).
+pub fn read_uns_f64(path: impl AsRef<Path>, key: &str) -> Result<Option<f64>> {
+    let path = path.as_ref();
+    let f = open_hdf5(path)?;
+    let Ok(ds) = f.dataset(&format!("uns/{key}")) else { return Ok(None) };
+    Ok(Some(ds.read_scalar::<f64>().map_err(|e| Error::hdf5(path, format!("uns/{key}"), e))?))
 }
