@@ -30,8 +30,14 @@ fn demo_runs_and_is_reproducible() {
     assert_eq!(corpora.iter().sum::<u64>(), 3000, "every synthetic cell is tokenized");
     assert_eq!(sa["files"].as_array().unwrap().len(), 3);
     for f in ["spatial_merfish.h5ad", "spatial_xenium.h5ad", "dissociated.h5ad"] {
-        let (x, y) = (std::fs::read(a.path().join("data").join(f)).unwrap(), std::fs::read(b.path().join("data").join(f)).unwrap());
-        let (ra, rb) = (sof_io::h5ad::read_h5ad(a.path().join("data").join(f)).unwrap(), sof_io::h5ad::read_h5ad(b.path().join("data").join(f)).unwrap());
+        let (x, y) = (
+            std::fs::read(a.path().join("data").join(f)).unwrap(),
+            std::fs::read(b.path().join("data").join(f)).unwrap(),
+        );
+        let (ra, rb) = (
+            sof_io::h5ad::read_h5ad(a.path().join("data").join(f)).unwrap(),
+            sof_io::h5ad::read_h5ad(b.path().join("data").join(f)).unwrap(),
+        );
         assert_eq!(ra, rb, "{f}: identical data");
         assert!(!x.is_empty() && !y.is_empty());
     }
@@ -81,7 +87,16 @@ fn spatial_targets_and_their_errors() {
     let input = d.path().join("spatial_merfish.h5ad");
     let out = d.path().join("targets.h5ad");
     let args = |extra: &[&str]| {
-        let mut v = vec!["-q", "spatial", "--input", input.to_str().unwrap(), "--cell-type-key", "cell_type", "--output", out.to_str().unwrap()];
+        let mut v = vec![
+            "-q",
+            "spatial",
+            "--input",
+            input.to_str().unwrap(),
+            "--cell-type-key",
+            "cell_type",
+            "--output",
+            out.to_str().unwrap(),
+        ];
         v.extend_from_slice(extra);
         v.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
@@ -107,7 +122,21 @@ fn spatial_targets_and_their_errors() {
     let e = err(args(&["--radius", "-5"]));
     assert!(e.contains("--radius must be a number > 0"), "{e}");
     let diss = d.path().join("dissociated.h5ad");
-    let e = format!("{:#}", sof(&["spatial", "--input", diss.to_str().unwrap(), "--cell-type-key", "cell_type", "--radius", "20", "--output", out.to_str().unwrap()]).unwrap_err());
+    let e = format!(
+        "{:#}",
+        sof(&[
+            "spatial",
+            "--input",
+            diss.to_str().unwrap(),
+            "--cell-type-key",
+            "cell_type",
+            "--radius",
+            "20",
+            "--output",
+            out.to_str().unwrap()
+        ])
+        .unwrap_err()
+    );
     assert!(e.contains("dissociated.h5ad") && e.contains("obsm['spatial'] is missing"), "{e}");
 }
 
@@ -120,14 +149,47 @@ fn tokenize_writes_a_resumable_corpus() {
     sof(&["-q", "synth", "--cells", "2400", "--output", dir]).unwrap();
     let input = d.path().join("spatial_merfish.h5ad");
     let with_targets = d.path().join("targets.h5ad");
-    sof(&["-q", "spatial", "--input", input.to_str().unwrap(), "--cell-type-key", "cell_type", "--section-key", "section", "--radius", "40", "--niches", "3", "--output", with_targets.to_str().unwrap()]).unwrap();
+    sof(&[
+        "-q",
+        "spatial",
+        "--input",
+        input.to_str().unwrap(),
+        "--cell-type-key",
+        "cell_type",
+        "--section-key",
+        "section",
+        "--radius",
+        "40",
+        "--niches",
+        "3",
+        "--output",
+        with_targets.to_str().unwrap(),
+    ])
+    .unwrap();
     let out = d.path().join("corpus");
     let args = [
-        "-q", "tokenize", "--input", with_targets.to_str().unwrap(), "--technology", "merfish", "--species", "mouse", "--modality", "spatial",
-        "--keep-obs", "layer,cell_type", "--section-key", "section", "--shard-cells", "500", "--output", out.to_str().unwrap(),
+        "-q",
+        "tokenize",
+        "--input",
+        with_targets.to_str().unwrap(),
+        "--technology",
+        "merfish",
+        "--species",
+        "mouse",
+        "--modality",
+        "spatial",
+        "--keep-obs",
+        "layer,cell_type",
+        "--section-key",
+        "section",
+        "--shard-cells",
+        "500",
+        "--output",
+        out.to_str().unwrap(),
     ];
     sof(&args).unwrap();
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     // 2,400 cells: 2,000 spatial over 3 sections, two of them merfish-like.
     assert_eq!(m["cells_in"], 1332);
     assert_eq!(m["cells_written"].as_u64().unwrap() + m["empty_cells"].as_u64().unwrap(), 1332);
@@ -143,10 +205,60 @@ fn tokenize_writes_a_resumable_corpus() {
     assert_eq!(std::fs::read(out.join("shard-00001.parquet")).unwrap(), before);
     assert!(out.join("shard-00002.parquet").exists(), "the missing shard is rewritten");
 
-    let e = format!("{:#}", sof(&["tokenize", "--input", input.to_str().unwrap(), "--technology", "visium", "--species", "mouse", "--modality", "spatial", "--output", dir]).unwrap_err());
+    let e = format!(
+        "{:#}",
+        sof(&[
+            "tokenize",
+            "--input",
+            input.to_str().unwrap(),
+            "--technology",
+            "visium",
+            "--species",
+            "mouse",
+            "--modality",
+            "spatial",
+            "--output",
+            dir
+        ])
+        .unwrap_err()
+    );
     assert!(e.contains("unknown technology 'visium'"), "{e}");
-    let e = format!("{:#}", sof(&["tokenize", "--input", input.to_str().unwrap(), "--technology", "merfish", "--species", "mouse", "--modality", "bulk", "--output", dir]).unwrap_err());
+    let e = format!(
+        "{:#}",
+        sof(&[
+            "tokenize",
+            "--input",
+            input.to_str().unwrap(),
+            "--technology",
+            "merfish",
+            "--species",
+            "mouse",
+            "--modality",
+            "bulk",
+            "--output",
+            dir
+        ])
+        .unwrap_err()
+    );
     assert!(e.contains("unknown modality 'bulk'"), "{e}");
-    let e = format!("{:#}", sof(&["tokenize", "--input", input.to_str().unwrap(), "--technology", "merfish", "--species", "mouse", "--modality", "spatial", "--tech-means", dir, "--output", out.to_str().unwrap()]).unwrap_err());
+    let e = format!(
+        "{:#}",
+        sof(&[
+            "tokenize",
+            "--input",
+            input.to_str().unwrap(),
+            "--technology",
+            "merfish",
+            "--species",
+            "mouse",
+            "--modality",
+            "spatial",
+            "--tech-means",
+            dir,
+            "--output",
+            out.to_str().unwrap()
+        ])
+        .unwrap_err()
+    );
     assert!(e.contains("no mean vector 'merfish.tsv'") && e.contains("sof tech-means"), "{e}");
 }

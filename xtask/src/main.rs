@@ -178,14 +178,31 @@ fn main() -> Result<()> {
             let sof = sof_release()?;
             let out = tempfile_dir("synth-bench")?;
             let start = Instant::now();
-            let o = Command::new(&sof).args(["synth", "-q", "--sections", "4", "--dissociated-cells", "0", "--cells", &cells.to_string(), "--output"]).arg(&out).output()?;
+            let o = Command::new(&sof)
+                .args([
+                    "synth",
+                    "-q",
+                    "--sections",
+                    "4",
+                    "--dissociated-cells",
+                    "0",
+                    "--cells",
+                    &cells.to_string(),
+                    "--output",
+                ])
+                .arg(&out)
+                .output()?;
             let secs = start.elapsed().as_secs_f64();
             let text = String::from_utf8_lossy(&o.stdout);
             print!("{text}");
             if !o.status.success() {
                 bail!("sof synth failed: {}", String::from_utf8_lossy(&o.stderr));
             }
-            println!("bench synth: {cells} cells in {secs:.2} s wall = {:.0} cells/s (release, {} threads, includes writing .h5ad)", cells as f64 / secs, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            println!(
+                "bench synth: {cells} cells in {secs:.2} s wall = {:.0} cells/s (release, {} threads, includes writing .h5ad)",
+                cells as f64 / secs,
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            );
             let _ = std::fs::remove_dir_all(&out);
             Ok(())
         }
@@ -232,12 +249,36 @@ fn bench_spatial(cells: usize, radius: f64, sections: usize) -> Result<()> {
     let dir = tempfile_dir("spatial-bench")?;
     let cfg = dir.join("tissue.toml");
     std::fs::write(&cfg, "section_tech = [\"merfish\"]\n")?;
-    run(Command::new(&sof).args(["synth", "-q", "--cells", &cells.to_string(), "--sections", &sections.to_string(), "--dissociated-cells", "0", "--config"]).arg(&cfg).arg("--output").arg(&dir))?;
+    run(Command::new(&sof)
+        .args([
+            "synth",
+            "-q",
+            "--cells",
+            &cells.to_string(),
+            "--sections",
+            &sections.to_string(),
+            "--dissociated-cells",
+            "0",
+            "--config",
+        ])
+        .arg(&cfg)
+        .arg("--output")
+        .arg(&dir))?;
     let input = dir.join("spatial_merfish.h5ad");
     let ours = dir.join("ours.h5ad");
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let o = Command::new(&sof)
-        .args(["spatial", "--cell-type-key", "cell_type", "--section-key", "section", "--write-graph", "--radius", &radius.to_string(), "--input"])
+        .args([
+            "spatial",
+            "--cell-type-key",
+            "cell_type",
+            "--section-key",
+            "section",
+            "--write-graph",
+            "--radius",
+            &radius.to_string(),
+            "--input",
+        ])
         .arg(&input)
         .arg("--output")
         .arg(&ours)
@@ -249,7 +290,13 @@ fn bench_spatial(cells: usize, radius: f64, sections: usize) -> Result<()> {
     print!("sof:     {text}");
     let our_s = number_after(&text, "composition in").context("no timing in sof output")?;
     let our_mib = number_after(&text, "peak memory").context("no memory in sof output")?;
-    let p = Command::new(&python).arg(root().join("xtask/peers/spatial_squidpy.py")).arg(&input).arg(&ours).arg(radius.to_string()).args(["section", "cell_type"]).output()?;
+    let p = Command::new(&python)
+        .arg(root().join("xtask/peers/spatial_squidpy.py"))
+        .arg(&input)
+        .arg(&ours)
+        .arg(radius.to_string())
+        .args(["section", "cell_type"])
+        .output()?;
     if !p.status.success() {
         bail!("squidpy peer failed: {}", String::from_utf8_lossy(&p.stderr));
     }
@@ -272,7 +319,21 @@ fn bench_spatial(cells: usize, radius: f64, sections: usize) -> Result<()> {
 fn synth_for_tokenize(sof: &Path, dir: &Path, cells: usize, dissociated: usize) -> Result<()> {
     let cfg = dir.join("tissue.toml");
     std::fs::write(&cfg, "n_genes = 20310\nsection_tech = [\"merfish\"]\n")?;
-    run(Command::new(sof).args(["synth", "-q", "--sections", "2", "--cells", &cells.to_string(), "--dissociated-cells", &dissociated.to_string(), "--config"]).arg(&cfg).arg("--output").arg(dir))
+    run(Command::new(sof)
+        .args([
+            "synth",
+            "-q",
+            "--sections",
+            "2",
+            "--cells",
+            &cells.to_string(),
+            "--dissociated-cells",
+            &dissociated.to_string(),
+            "--config",
+        ])
+        .arg(&cfg)
+        .arg("--output")
+        .arg(dir))
 }
 
 fn bench_tokenize(cells: usize, peer_cells: usize) -> Result<()> {
@@ -281,12 +342,18 @@ fn bench_tokenize(cells: usize, peer_cells: usize) -> Result<()> {
     let python = bench_venv()?;
     let dir = tempfile_dir("tokenize-bench")?;
     synth_for_tokenize(&sof, &dir, peer_cells, peer_cells / 10)?;
-    for (file, tech, modality) in [("spatial_merfish", "merfish", "spatial"), ("dissociated", "dissociated", "dissociated")] {
+    for (file, tech, modality) in
+        [("spatial_merfish", "merfish", "spatial"), ("dissociated", "dissociated", "dissociated")]
+    {
         let input = dir.join(format!("{file}.h5ad"));
         let means_dir = dir.join(format!("means-{file}"));
         std::fs::create_dir_all(&means_dir)?;
         let means = means_dir.join(format!("{tech}.tsv"));
-        run(Command::new(&sof).args(["-q", "tech-means", "--species", "mouse", "--input"]).arg(&input).arg("--output").arg(&means))?;
+        run(Command::new(&sof)
+            .args(["-q", "tech-means", "--species", "mouse", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(&means))?;
         let mut ours = Vec::new();
         for threads in [1, 2] {
             let out = dir.join(format!("corpus-{file}-{threads}"));
@@ -296,7 +363,19 @@ fn bench_tokenize(cells: usize, peer_cells: usize) -> Result<()> {
             let o = Command::new("taskset")
                 .args(["-c", cores])
                 .arg(&sof)
-                .args(["-q", "--threads", &threads.to_string(), "tokenize", "--species", "mouse", "--technology", tech, "--modality", modality, "--input"])
+                .args([
+                    "-q",
+                    "--threads",
+                    &threads.to_string(),
+                    "tokenize",
+                    "--species",
+                    "mouse",
+                    "--technology",
+                    tech,
+                    "--modality",
+                    modality,
+                    "--input",
+                ])
                 .arg(&input)
                 .arg("--tech-means")
                 .arg(&means_dir)
@@ -308,7 +387,12 @@ fn bench_tokenize(cells: usize, peer_cells: usize) -> Result<()> {
                 bail!("sof tokenize failed: {}", String::from_utf8_lossy(&o.stderr));
             }
             print!("sof ({threads} core(s)): {text}");
-            let rate = text.split("s (").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok()).context("no rate in sof output")?;
+            let rate = text
+                .split("s (")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .context("no rate in sof output")?;
             ours.push(rate);
         }
         let p = Command::new("taskset")
@@ -331,7 +415,12 @@ fn bench_tokenize(cells: usize, peer_cells: usize) -> Result<()> {
         let peer_rate = number_after(&peer, "\"cells_per_s\":").context("no rate from peer")?;
         println!(
             "bench tokenize {file}: sof {:.0} cells/s (1 core, end to end incl. reading and writing Parquet), {:.0} cells/s (2 cores, {:.2}x) vs peer {:.0} cells/s (1 core, compute only) -> {:.1}x; tokens identical: {}",
-            ours[0], ours[1], ours[1] / ours[0], peer_rate, ours[0] / peer_rate, peer.contains("\"identical\": true")
+            ours[0],
+            ours[1],
+            ours[1] / ours[0],
+            peer_rate,
+            ours[0] / peer_rate,
+            peer.contains("\"identical\": true")
         );
     }
     // Streaming memory: many cells, one technology.
@@ -339,12 +428,31 @@ fn bench_tokenize(cells: usize, peer_cells: usize) -> Result<()> {
     std::fs::create_dir_all(&big)?;
     let cfg = big.join("tissue.toml");
     std::fs::write(&cfg, "section_tech = [\"merfish\"]\n")?;
-    run(Command::new(&sof).args(["synth", "-q", "--sections", "4", "--dissociated-cells", "0", "--cells", &cells.to_string(), "--config"]).arg(&cfg).arg("--output").arg(&big))?;
+    run(Command::new(&sof)
+        .args(["synth", "-q", "--sections", "4", "--dissociated-cells", "0", "--cells", &cells.to_string(), "--config"])
+        .arg(&cfg)
+        .arg("--output")
+        .arg(&big))?;
     for f in std::fs::read_dir(&big)? {
         let f = f?.path();
         if f.extension().is_some_and(|e| e == "h5ad") {
             let tech = if f.to_string_lossy().contains("xenium") { "xenium" } else { "merfish" };
-            let o = Command::new(&sof).args(["-q", "tokenize", "--species", "mouse", "--modality", "spatial", "--technology", tech, "--input"]).arg(&f).arg("--output").arg(big.join(format!("corpus-{tech}"))).output()?;
+            let o = Command::new(&sof)
+                .args([
+                    "-q",
+                    "tokenize",
+                    "--species",
+                    "mouse",
+                    "--modality",
+                    "spatial",
+                    "--technology",
+                    tech,
+                    "--input",
+                ])
+                .arg(&f)
+                .arg("--output")
+                .arg(big.join(format!("corpus-{tech}")))
+                .output()?;
             print!("sof streaming: {}", String::from_utf8_lossy(&o.stdout));
             if !o.status.success() {
                 bail!("sof tokenize failed: {}", String::from_utf8_lossy(&o.stderr));

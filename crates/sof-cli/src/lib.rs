@@ -42,9 +42,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = Cli::try_parse_from(args).map_err(|e| {
-        if e.use_stderr() { anyhow::anyhow!("{e}") } else { e.exit() }
-    })?;
+    let cli = Cli::try_parse_from(args).map_err(|e| if e.use_stderr() { anyhow::anyhow!("{e}") } else { e.exit() })?;
     util::init_logging(cli.verbose, cli.quiet);
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {

@@ -69,11 +69,7 @@ impl AnnData {
             x: self.x.select_rows(rows),
             obs: self.obs.select(rows),
             var: self.var.clone(),
-            obsm: self
-                .obsm
-                .iter()
-                .map(|(k, a)| (k.clone(), a.select(ndarray::Axis(0), rows)))
-                .collect(),
+            obsm: self.obsm.iter().map(|(k, a)| (k.clone(), a.select(ndarray::Axis(0), rows))).collect(),
         }
     }
 }
@@ -112,9 +108,7 @@ pub(crate) fn check_unique_genes(path: &Path, field: &str, names: &[String]) -> 
             return Err(Error::invalid(
                 path,
                 field,
-                format!(
-                    "duplicate gene name '{n}' at positions {first} and {i} ({dups} duplicate(s) in all)"
-                ),
+                format!("duplicate gene name '{n}' at positions {first} and {i} ({dups} duplicate(s) in all)"),
                 "make gene names unique (e.g. anndata's var_names_make_unique()) or sum the duplicated genes",
             ));
         }

@@ -37,12 +37,7 @@ impl Error {
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Error::Invalid {
-            path: path.to_path_buf(),
-            field: field.into(),
-            problem: problem.into(),
-            fix: fix.into(),
-        }
+        Error::Invalid { path: path.to_path_buf(), field: field.into(), problem: problem.into(), fix: fix.into() }
     }
 
     pub(crate) fn missing(path: &Path, field: impl Into<String>, fix: impl Into<String>) -> Self {

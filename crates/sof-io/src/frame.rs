@@ -93,11 +93,9 @@ impl Column {
             rows.iter().map(|&i| v[i].clone()).collect()
         }
         match self {
-            Column::Categorical { codes, categories, ordered } => Column::Categorical {
-                codes: pick(codes, rows),
-                categories: categories.clone(),
-                ordered: *ordered,
-            },
+            Column::Categorical { codes, categories, ordered } => {
+                Column::Categorical { codes: pick(codes, rows), categories: categories.clone(), ordered: *ordered }
+            }
             Column::Str(v) => Column::Str(pick(v, rows)),
             Column::Float(v) => Column::Float(pick(v, rows)),
             Column::Int(v) => Column::Int(pick(v, rows)),
@@ -167,11 +165,7 @@ mod tests {
         let c = Column::categorical_from_labels(&["L5", "L1", "L5"]);
         assert_eq!(
             c,
-            Column::Categorical {
-                codes: vec![1, 0, 1],
-                categories: vec!["L1".into(), "L5".into()],
-                ordered: false
-            }
+            Column::Categorical { codes: vec![1, 0, 1], categories: vec!["L1".into(), "L5".into()], ordered: false }
         );
         assert_eq!(c.value_counts().get("L5"), Some(&2));
         assert_eq!(c.select(&[1]).labels(), vec![Some("L1".to_string())]);

@@ -55,17 +55,32 @@ impl Vocabulary {
         for (n, line) in lines.enumerate().filter(|(_, l)| !l.is_empty()) {
             let fields: Vec<&str> = line.split('\t').collect();
             let id = fields.get(col).ok_or_else(|| {
-                Error::invalid(path, format!("line {}", n + 2), "is missing the ensembl_id field", "check for truncation")
+                Error::invalid(
+                    path,
+                    format!("line {}", n + 2),
+                    "is missing the ensembl_id field",
+                    "check for truncation",
+                )
             })?;
             if let Some(i) = idx_col {
                 if fields.get(i).and_then(|s| s.parse::<usize>().ok()) != Some(ids.len()) {
-                    return Err(Error::invalid(path, format!("line {}", n + 2), "index is not the row number", "the vocabulary must be listed in index order, from 0"));
+                    return Err(Error::invalid(
+                        path,
+                        format!("line {}", n + 2),
+                        "index is not the row number",
+                        "the vocabulary must be listed in index order, from 0",
+                    ));
                 }
             }
             ids.push((*id).to_owned());
         }
         if ids.is_empty() {
-            return Err(Error::invalid(path, "rows", "the vocabulary is empty", "pass a vocabulary with at least one gene"));
+            return Err(Error::invalid(
+                path,
+                "rows",
+                "the vocabulary is empty",
+                "pass a vocabulary with at least one gene",
+            ));
         }
         Self::new(ids).map_err(|p| Error::invalid(path, "ensembl_id", p, "vocabulary ids must be unique"))
     }
@@ -238,24 +253,28 @@ impl GeneTables {
             }
         })?;
         let orth = dir.join("mouse_human_orthologs_all.tsv");
-        for_each_row(&orth, &["mouse_ensembl", "mouse_symbol", "human_ensembl", "human_symbol", "homology_type"], |f| {
-            let (mouse_ens, mouse_sym, human_ens, kind) = (f[0], f[1], f[2], f[4]);
-            if human_ens.is_empty() {
-                return;
-            }
-            let table = if kind.starts_with("hcop") {
-                &mut t.orth_hcop
-            } else if kind.contains("one2many") || kind.contains("many2many") {
-                &mut t.orth_many
-            } else {
-                return;
-            };
-            for key in [mouse_ens, mouse_sym] {
-                if !key.is_empty() && key != "-" {
-                    push(table, key, human_ens);
+        for_each_row(
+            &orth,
+            &["mouse_ensembl", "mouse_symbol", "human_ensembl", "human_symbol", "homology_type"],
+            |f| {
+                let (mouse_ens, mouse_sym, human_ens, kind) = (f[0], f[1], f[2], f[4]);
+                if human_ens.is_empty() {
+                    return;
                 }
-            }
-        })?;
+                let table = if kind.starts_with("hcop") {
+                    &mut t.orth_hcop
+                } else if kind.contains("one2many") || kind.contains("many2many") {
+                    &mut t.orth_many
+                } else {
+                    return;
+                };
+                for key in [mouse_ens, mouse_sym] {
+                    if !key.is_empty() && key != "-" {
+                        push(table, key, human_ens);
+                    }
+                }
+            },
+        )?;
         Ok(t)
     }
 
@@ -265,7 +284,8 @@ impl GeneTables {
     }
 
     fn map_one(&self, name: &str, species: Species, vocab: &Vocabulary) -> GeneMapping {
-        let done = |index: Option<u32>, method, candidates| GeneMapping { input: name.to_owned(), index, method, candidates };
+        let done =
+            |index: Option<u32>, method, candidates| GeneMapping { input: name.to_owned(), index, method, candidates };
         let stripped = strip_version(name);
         if let Some(i) = vocab.get(name).or_else(|| vocab.get(stripped)) {
             return done(Some(i), MapMethod::DirectId, vec![]);
@@ -285,7 +305,10 @@ impl GeneTables {
             ));
             steps.push((MapMethod::UppercaseHumanSymbol, lookup(&self.human_primary, &upper)));
             let keys: Vec<&str> = ensmusg.iter().copied().chain([name]).collect();
-            steps.push((MapMethod::EnsemblOne2manySingleInVocab, keys.iter().flat_map(|k| lookup(&self.orth_many, k)).collect()));
+            steps.push((
+                MapMethod::EnsemblOne2manySingleInVocab,
+                keys.iter().flat_map(|k| lookup(&self.orth_many, k)).collect(),
+            ));
             steps.push((MapMethod::HcopSingleInVocab, keys.iter().flat_map(|k| lookup(&self.orth_hcop, k)).collect()));
         } else {
             steps.push((MapMethod::HumanSymbol, lookup(&self.human_primary, name)));

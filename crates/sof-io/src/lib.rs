@@ -17,8 +17,8 @@ mod frame;
 pub mod genes;
 pub mod h5ad;
 pub mod loom;
-mod matrix;
 pub mod manifest;
+mod matrix;
 pub mod shared;
 pub mod table;
 

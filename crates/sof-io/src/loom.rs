@@ -40,9 +40,9 @@ impl Default for LoomOptions {
 pub fn read_loom(path: impl AsRef<Path>, opts: &LoomOptions) -> Result<AnnData> {
     let path = path.as_ref();
     let f = open_hdf5(path)?;
-    let m = f.dataset("matrix").map_err(|_| {
-        Error::missing(path, "matrix", "a .loom file stores its genes x cells counts in /matrix")
-    })?;
+    let m = f
+        .dataset("matrix")
+        .map_err(|_| Error::missing(path, "matrix", "a .loom file stores its genes x cells counts in /matrix"))?;
     let shape = m.shape();
     if shape.len() != 2 {
         return Err(Error::invalid(path, "matrix", format!("is {}-d", shape.len()), "it must be genes x cells"));
@@ -50,9 +50,9 @@ pub fn read_loom(path: impl AsRef<Path>, opts: &LoomOptions) -> Result<AnnData> 
     let (n_genes, n_cells) = (shape[0], shape[1]);
 
     let gene_field = format!("row_attrs/{}", opts.gene_attr);
-    let genes_ds = f.dataset(&gene_field).map_err(|_| {
-        Error::missing(path, &gene_field, "pass the row attribute that holds gene names")
-    })?;
+    let genes_ds = f
+        .dataset(&gene_field)
+        .map_err(|_| Error::missing(path, &gene_field, "pass the row attribute that holds gene names"))?;
     let genes = read_strings(&genes_ds).map_err(|e| Error::hdf5(path, &gene_field, e))?;
     if genes.len() != n_genes {
         return Err(Error::invalid(
@@ -63,15 +63,21 @@ pub fn read_loom(path: impl AsRef<Path>, opts: &LoomOptions) -> Result<AnnData> 
         ));
     }
 
-    let col_attrs = f.group("col_attrs").map_err(|_| Error::missing(path, "col_attrs", "re-export the file with loompy"))?;
+    let col_attrs =
+        f.group("col_attrs").map_err(|_| Error::missing(path, "col_attrs", "re-export the file with loompy"))?;
     let id_field = format!("col_attrs/{}", opts.cell_id_attr);
-    let ids_ds = col_attrs.dataset(&opts.cell_id_attr).map_err(|_| {
-        Error::missing(path, &id_field, "pass the column attribute that holds cell ids")
-    })?;
+    let ids_ds = col_attrs
+        .dataset(&opts.cell_id_attr)
+        .map_err(|_| Error::missing(path, &id_field, "pass the column attribute that holds cell ids"))?;
     let ids = read_strings(&ids_ds).map_err(|e| Error::hdf5(path, &id_field, e))?;
     let mut obs = Frame::new(ids);
     if obs.len() != n_cells {
-        return Err(Error::invalid(path, &id_field, format!("has {} ids for {n_cells} cells", obs.len()), "re-export the file"));
+        return Err(Error::invalid(
+            path,
+            &id_field,
+            format!("has {} ids for {n_cells} cells", obs.len()),
+            "re-export the file",
+        ));
     }
     let mut names = col_attrs.member_names().map_err(|e| Error::hdf5(path, "col_attrs", e))?;
     names.sort();
@@ -83,7 +89,12 @@ pub fn read_loom(path: impl AsRef<Path>, opts: &LoomOptions) -> Result<AnnData> 
         }
         let col = read_plain_column(&ds).map_err(|e| Error::hdf5(path, &field, e))?;
         if col.len() != n_cells {
-            return Err(Error::invalid(path, &field, format!("has {} values for {n_cells} cells", col.len()), "re-export the file"));
+            return Err(Error::invalid(
+                path,
+                &field,
+                format!("has {} values for {n_cells} cells", col.len()),
+                "re-export the file",
+            ));
         }
         obs.insert(name, col);
     }

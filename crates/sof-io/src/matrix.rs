@@ -176,8 +176,7 @@ impl CsrMatrix {
             if self.indices[r.clone()].is_sorted() {
                 continue;
             }
-            let mut pairs: Vec<(u32, f32)> =
-                r.clone().map(|k| (self.indices[k], self.data[k])).collect();
+            let mut pairs: Vec<(u32, f32)> = r.clone().map(|k| (self.indices[k], self.data[k])).collect();
             pairs.sort_unstable_by_key(|p| p.0);
             for (k, (c, v)) in r.zip(pairs) {
                 self.indices[k] = c;

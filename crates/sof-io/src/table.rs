@@ -76,8 +76,11 @@ pub fn read_tables(
 ) -> Result<AnnData> {
     let path = expression.as_ref();
     let t = read_table(path, opts.delimiter)?;
-    let (cells, genes) =
-        if opts.genes_in_rows { (t.columns.clone(), t.row_names.clone()) } else { (t.row_names.clone(), t.columns.clone()) };
+    let (cells, genes) = if opts.genes_in_rows {
+        (t.columns.clone(), t.row_names.clone())
+    } else {
+        (t.row_names.clone(), t.columns.clone())
+    };
     let (n_cells, n_genes) = (cells.len(), genes.len());
     let mut dense = vec![0f32; n_cells * n_genes];
     for (r, row) in t.rows.iter().enumerate() {
@@ -102,7 +105,11 @@ pub fn read_tables(
         let ct = read_table(cp, opts.delimiter)?;
         let col = |name: &str| {
             ct.columns.iter().position(|c| c == name).ok_or_else(|| {
-                Error::missing(cp, name, format!("coordinate columns are [{}]; pass the right names", ct.columns.join(", ")))
+                Error::missing(
+                    cp,
+                    name,
+                    format!("coordinate columns are [{}]; pass the right names", ct.columns.join(", ")),
+                )
             })
         };
         let (xi, yi) = (col(&opts.coordinate_columns.0)?, col(&opts.coordinate_columns.1)?);
@@ -112,7 +119,12 @@ pub fn read_tables(
             for (k, ci) in [xi, yi].into_iter().enumerate() {
                 let v = &ct.rows[r][ci];
                 xy[[i, k]] = v.parse().map_err(|_| {
-                    Error::invalid(cp, format!("row '{}', column '{}'", ct.row_names[r], ct.columns[ci]), format!("'{v}' is not a number"), "coordinates must be numbers")
+                    Error::invalid(
+                        cp,
+                        format!("row '{}', column '{}'", ct.row_names[r], ct.columns[ci]),
+                        format!("'{v}' is not a number"),
+                        "coordinates must be numbers",
+                    )
                 })?;
             }
         }
@@ -140,7 +152,12 @@ fn lookup(path: &Path, table: &Table, cells: &[String]) -> Result<Vec<usize>> {
         .iter()
         .map(|c| {
             by_name.get(c.as_str()).copied().ok_or_else(|| {
-                Error::invalid(path, "row names", format!("has no row for cell '{c}'"), "every cell of the expression table needs a row here")
+                Error::invalid(
+                    path,
+                    "row names",
+                    format!("has no row for cell '{c}'"),
+                    "every cell of the expression table needs a row here",
+                )
             })
         })
         .collect()

@@ -17,10 +17,15 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("spatial");
     group.sample_size(10);
     group.throughput(Throughput::Elements(p.len() as u64));
-    group.bench_function("radius_graph_100k_cells_20_neighbours", |bch| bch.iter(|| RadiusGraph::build(&p, r).unwrap()));
+    group
+        .bench_function("radius_graph_100k_cells_20_neighbours", |bch| bch.iter(|| RadiusGraph::build(&p, r).unwrap()));
     let graph = RadiusGraph::build(&p, r).unwrap();
-    group.bench_function("composition_100k_cells_12_types", |bch| bch.iter(|| Composition::from_graph(&graph, &labels, 12).unwrap()));
-    group.bench_function("radius_search_100k_cells", |bch| bch.iter(|| radius_for_mean_neighbors(&p, 20.0, 0.01).unwrap()));
+    group.bench_function("composition_100k_cells_12_types", |bch| {
+        bch.iter(|| Composition::from_graph(&graph, &labels, 12).unwrap())
+    });
+    group.bench_function("radius_search_100k_cells", |bch| {
+        bch.iter(|| radius_for_mean_neighbors(&p, 20.0, 0.01).unwrap())
+    });
     group.finish();
 }
 

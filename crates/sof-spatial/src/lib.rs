@@ -66,7 +66,7 @@ impl SectionedPoints {
         let mut local = vec![0u32; xy.len()];
         let mut dense = vec![0u32; xy.len()];
         for (i, s) in section.iter().enumerate() {
-            let g = ids.binary_search(s).expect("id is present") ;
+            let g = ids.binary_search(s).expect("id is present");
             local[i] = groups[g].len() as u32;
             groups[g].push(i as u32);
             dense[i] = g as u32;

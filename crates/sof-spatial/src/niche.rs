@@ -23,11 +23,16 @@ fn dist2(a: &[f32], b: &[f32]) -> f32 {
 /// Clusters the rows of `data` (n x dim, row-major) into `k` groups; deterministic for a seed.
 pub fn niches(data: &[f32], dim: usize, k: usize, seed: u64) -> Result<KMeans, SpatialError> {
     if dim == 0 || data.len() % dim != 0 {
-        return Err(SpatialError::Other(format!("composition data of {} values is not a multiple of {dim} columns", data.len())));
+        return Err(SpatialError::Other(format!(
+            "composition data of {} values is not a multiple of {dim} columns",
+            data.len()
+        )));
     }
     let n = data.len() / dim;
     if k == 0 || k > n {
-        return Err(SpatialError::Other(format!("number of niches must be between 1 and the number of cells ({n}), got {k}")));
+        return Err(SpatialError::Other(format!(
+            "number of niches must be between 1 and the number of cells ({n}), got {k}"
+        )));
     }
     let row = |i: usize| &data[i * dim..(i + 1) * dim];
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
@@ -62,7 +67,12 @@ pub fn niches(data: &[f32], dim: usize, k: usize, seed: u64) -> Result<KMeans, S
         let assign: Vec<u32> = (0..n)
             .into_par_iter()
             .map(|i| {
-                (0..k).min_by(|&a, &b| dist2(row(i), &centroids[a * dim..(a + 1) * dim]).total_cmp(&dist2(row(i), &centroids[b * dim..(b + 1) * dim]))).unwrap() as u32
+                (0..k)
+                    .min_by(|&a, &b| {
+                        dist2(row(i), &centroids[a * dim..(a + 1) * dim])
+                            .total_cmp(&dist2(row(i), &centroids[b * dim..(b + 1) * dim]))
+                    })
+                    .unwrap() as u32
             })
             .collect();
         let changed = assign != labels;

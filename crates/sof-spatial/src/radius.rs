@@ -32,7 +32,11 @@ fn mean_with(points: &SectionedPoints, trees: &Trees, radius: f64) -> f64 {
 /// Bisection on the radius until the mean neighbour count is within `rel_tol` of `target`
 /// (or the interval cannot shrink further: the count is a step function of the radius, and the
 /// closest achievable radius is returned then).
-pub fn radius_for_mean_neighbors(points: &SectionedPoints, target: f64, rel_tol: f64) -> Result<RadiusSearch, SpatialError> {
+pub fn radius_for_mean_neighbors(
+    points: &SectionedPoints,
+    target: f64,
+    rel_tol: f64,
+) -> Result<RadiusSearch, SpatialError> {
     let largest = points.groups().iter().map(Vec::len).max().unwrap_or(0);
     if !(target > 0.0 && target.is_finite() && target < largest.saturating_sub(1) as f64) {
         return Err(SpatialError::BadTarget(target));

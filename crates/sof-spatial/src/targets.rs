@@ -74,7 +74,12 @@ pub struct RadiusTargets {
 }
 
 /// Composition and density at several radii, sharing one set of kd-trees.
-pub fn targets(points: &SectionedPoints, labels: &[u32], n_labels: usize, radii: &[f64]) -> Result<Vec<RadiusTargets>, SpatialError> {
+pub fn targets(
+    points: &SectionedPoints,
+    labels: &[u32],
+    n_labels: usize,
+    radii: &[f64],
+) -> Result<Vec<RadiusTargets>, SpatialError> {
     for &r in radii {
         crate::check_radius(r)?;
     }
@@ -83,7 +88,11 @@ pub fn targets(points: &SectionedPoints, labels: &[u32], n_labels: usize, radii:
         .iter()
         .map(|&radius| {
             let g = RadiusGraph::from_trees(points, &trees, radius);
-            Ok(RadiusTargets { radius, composition: Composition::from_graph(&g, labels, n_labels)?, density: g.degrees() })
+            Ok(RadiusTargets {
+                radius,
+                composition: Composition::from_graph(&g, labels, n_labels)?,
+                density: g.degrees(),
+            })
         })
         .collect()
 }

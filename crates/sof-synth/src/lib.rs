@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
-use rand_xoshiro::Xoshiro256PlusPlus;
 use rand_distr::{Distribution, LogNormal, Normal};
+use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use sof_io::h5ad::{H5adStreamWriter, UnsValue};
 use sof_io::{AnnData, Column, CsrMatrix, Frame};
@@ -126,18 +126,26 @@ impl Generator {
         }
         let type_index = |name: &str| cfg.cell_types.iter().position(|t| t.name == name);
         let n_types = cfg.cell_types.len();
-        let markers = cfg.markers_per_type * n_types + cfg.markers_per_layer * cfg.layers.len() + cfg.markers_per_niche * cfg.focal.len();
+        let markers = cfg.markers_per_type * n_types
+            + cfg.markers_per_layer * cfg.layers.len()
+            + cfg.markers_per_niche * cfg.focal.len();
         if cfg.n_genes < markers.max(1) {
             return err(format!("n_genes = {} is fewer than the {markers} marker genes", cfg.n_genes));
         }
         for t in &cfg.technologies {
             if t.panel_size > cfg.n_genes || t.mean_counts <= 0.0 || !(0.0..=1.0).contains(&t.min_efficiency) {
-                return err(format!("technology '{}': panel_size <= n_genes, mean_counts > 0 and min_efficiency in 0..1 are required", t.name));
+                return err(format!(
+                    "technology '{}': panel_size <= n_genes, mean_counts > 0 and min_efficiency in 0..1 are required",
+                    t.name
+                ));
             }
         }
         for name in cfg.section_tech.iter().chain([&cfg.dissociated_tech]) {
             if !cfg.technologies.iter().any(|t| &t.name == name) {
-                return err(format!("unknown technology '{name}' (configured: {:?})", cfg.technologies.iter().map(|t| &t.name).collect::<Vec<_>>()));
+                return err(format!(
+                    "unknown technology '{name}' (configured: {:?})",
+                    cfg.technologies.iter().map(|t| &t.name).collect::<Vec<_>>()
+                ));
             }
         }
 
@@ -146,7 +154,8 @@ impl Generator {
         let weights_of = |map: &BTreeMap<String, f64>, what: &str| -> Result<Vec<f64>, SynthError> {
             let mut w = vec![0.0; n_types];
             for (name, v) in map {
-                let i = type_index(name).ok_or_else(|| SynthError::Config(format!("{what}: unknown cell type '{name}'")))?;
+                let i = type_index(name)
+                    .ok_or_else(|| SynthError::Config(format!("{what}: unknown cell type '{name}'")))?;
                 if !(*v >= 0.0 && v.is_finite()) {
                     return Err(SynthError::Config(format!("{what}: weight of '{name}' must be >= 0")));
                 }
@@ -208,7 +217,11 @@ impl Generator {
 
         let mut techs = Vec::new();
         for spec in &cfg.technologies {
-            let mut trng = stream(cfg.seed, 0x5445_4348, mix(spec.name.bytes().fold(0u64, |h, b| h.wrapping_mul(31) ^ u64::from(b))));
+            let mut trng = stream(
+                cfg.seed,
+                0x5445_4348,
+                mix(spec.name.bytes().fold(0u64, |h, b| h.wrapping_mul(31) ^ u64::from(b))),
+            );
             let panel: Vec<u32> = if spec.panel_size == 0 || spec.panel_size >= n {
                 (0..n as u32).collect()
             } else {
@@ -329,7 +342,8 @@ impl Generator {
 
     /// Layer index at a position (boundaries wave along x).
     pub fn layer_at(&self, layout: &SectionLayout, x: f64, y: f64) -> usize {
-        let wave = self.cfg.boundary_wave_um * (std::f64::consts::TAU * 2.0 * x / self.cfg.width_um + layout.phase).sin();
+        let wave =
+            self.cfg.boundary_wave_um * (std::f64::consts::TAU * 2.0 * x / self.cfg.width_um + layout.phase).sin();
         let t = ((y - wave) / self.cfg.height_um).clamp(0.0, 1.0 - 1e-12);
         self.bounds.partition_point(|&b| b <= t).saturating_sub(1).min(self.cfg.layers.len() - 1)
     }
@@ -397,7 +411,11 @@ impl Generator {
                 }
             };
             let t = self.zone_types[layer * n_states + state].sample(&mut rng) as usize;
-            let niche = if state == 0 { self.layer_niche[layer] } else { (self.niche_names.len() - 2 * self.cfg.focal.len() + state - 1) as u16 };
+            let niche = if state == 0 {
+                self.layer_niche[layer]
+            } else {
+                (self.niche_names.len() - 2 * self.cfg.focal.len() + state - 1) as u16
+            };
             truth.push(CellTruth { section, cell_type: t as u16, layer: layer as u16, niche, x_um: x, y_um: y });
             let mean = tech.spec.mean_counts * self.cfg.cell_types[t].size * depth.sample(&mut rng);
             let total = (mean.round() as usize).max(1);
@@ -477,11 +495,18 @@ impl Generator {
             })
             .collect();
         let mut obs = Frame::new(index);
-        let cat = |codes: Vec<i32>, categories: Vec<String>, ordered| Column::Categorical { codes, categories, ordered };
-        obs.insert("cell_type", cat(truth.iter().map(|t| i32::from(t.cell_type)).collect(), self.cell_type_names(), false));
+        let cat =
+            |codes: Vec<i32>, categories: Vec<String>, ordered| Column::Categorical { codes, categories, ordered };
+        obs.insert(
+            "cell_type",
+            cat(truth.iter().map(|t| i32::from(t.cell_type)).collect(), self.cell_type_names(), false),
+        );
         obs.insert("layer", cat(truth.iter().map(|t| i32::from(t.layer)).collect(), self.layer_names(), true));
         obs.insert("niche", cat(truth.iter().map(|t| i32::from(t.niche)).collect(), self.niche_names.clone(), false));
-        let sections: Vec<String> = truth.iter().map(|t| if t.section == u32::MAX { "dissociated".to_owned() } else { format!("section_{}", t.section) }).collect();
+        let sections: Vec<String> = truth
+            .iter()
+            .map(|t| if t.section == u32::MAX { "dissociated".to_owned() } else { format!("section_{}", t.section) })
+            .collect();
         obs.insert("section", Column::categorical_from_labels(&sections));
         obs.insert("technology", Column::categorical_from_labels(&vec![tech.name.clone(); truth.len()]));
         let mut obsm = BTreeMap::new();
@@ -499,7 +524,8 @@ impl Generator {
     /// a few blocks plus the per-cell ground truth. `on_block` sees every block once it is
     /// written, with the index of the output it belongs to (for progress and statistics).
     pub fn write_all(&self, dir: &Path, mut on_block: impl FnMut(usize, &Block)) -> Result<Vec<PathBuf>, SynthError> {
-        std::fs::create_dir_all(dir).map_err(|e| SynthError::Io(sof_io::Error::Io { path: dir.to_path_buf(), error: e }))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SynthError::Io(sof_io::Error::Io { path: dir.to_path_buf(), error: e }))?;
         let batch = rayon::current_num_threads().max(1) * 2;
         let mut paths = Vec::new();
         for (out_index, (name, samples)) in self.outputs().into_iter().enumerate() {
@@ -510,7 +536,8 @@ impl Generator {
             for &s in &samples {
                 let n_blocks = self.n_cells(s).div_ceil(BLOCK_CELLS);
                 for start in (0..n_blocks).step_by(batch) {
-                    let blocks: Vec<Block> = (start..(start + batch).min(n_blocks)).into_par_iter().map(|b| self.block(s, b)).collect();
+                    let blocks: Vec<Block> =
+                        (start..(start + batch).min(n_blocks)).into_par_iter().map(|b| self.block(s, b)).collect();
                     for b in blocks {
                         w.append(&b.x)?;
                         on_block(out_index, &b);
@@ -520,7 +547,10 @@ impl Generator {
             }
             let (obs, obsm) = self.annotations(&truth, &tech);
             let mut uns = BTreeMap::new();
-            uns.insert("sof_synth_config".into(), UnsValue::Str(serde_json::to_string(&self.cfg).expect("config serializes")));
+            uns.insert(
+                "sof_synth_config".into(),
+                UnsValue::Str(serde_json::to_string(&self.cfg).expect("config serializes")),
+            );
             uns.insert("technology".into(), UnsValue::Str(tech.name.clone()));
             uns.insert("modality".into(), UnsValue::Str(tech.modality.clone()));
             uns.insert("coordinate_units".into(), UnsValue::Str("um".into()));

@@ -99,13 +99,18 @@ impl ContextTable {
     /// The default table extended by a TOML config of `[technology.<name>]` entries with
     /// `token` (19..=29 for new ones) and `means`. Existing names may be redefined.
     pub fn with_config(toml_text: &str, path: &str) -> Result<Self> {
-        let extra: ContextTable = toml::from_str(toml_text)
-            .map_err(|e| TokenizeError::invalid(path, e.to_string(), "write [technology.<name>] tables with token and means"))?;
+        let extra: ContextTable = toml::from_str(toml_text).map_err(|e| {
+            TokenizeError::invalid(path, e.to_string(), "write [technology.<name>] tables with token and means")
+        })?;
         let mut table = Self::default();
         for (name, spec) in extra.technologies {
             let builtin = table.technologies.get(&name).map(|s| s.token);
             if builtin != Some(spec.token) && !(19..=29).contains(&spec.token) {
-                return Err(TokenizeError::invalid(path, format!("technology '{name}' asks for token {}", spec.token), "new technologies take a free token id in 19..=29"));
+                return Err(TokenizeError::invalid(
+                    path,
+                    format!("technology '{name}' asks for token {}", spec.token),
+                    "new technologies take a free token id in 19..=29",
+                ));
             }
             table.technologies.insert(name, spec);
         }

@@ -38,8 +38,22 @@ use crate::tokenizer::{GeneMap, TokenizedCell, Tokenizer, TokenizerConfig};
 use crate::{Result, TokenizeError};
 
 /// Fixed column names; obs columns asked for may not reuse them.
-pub const FIXED_COLUMNS: [&str; 14] =
-    ["cell_index", "cell_id", "dataset", "section", "species", "assay", "modality", "tokens", "n_tokens", "x", "y", "sof_composition", "sof_density", "sof_niche"];
+pub const FIXED_COLUMNS: [&str; 14] = [
+    "cell_index",
+    "cell_id",
+    "dataset",
+    "section",
+    "species",
+    "assay",
+    "modality",
+    "tokens",
+    "n_tokens",
+    "x",
+    "y",
+    "sof_composition",
+    "sof_density",
+    "sof_niche",
+];
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -101,7 +115,9 @@ impl CorpusManifest {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("manifest.json");
         let text = std::fs::read_to_string(&path).map_err(|e| sof_io::Error::Io { path: path.clone(), error: e })?;
-        serde_json::from_str(&text).map_err(|e| TokenizeError::invalid(path.display(), e.to_string(), "the corpus manifest is damaged: rebuild the corpus"))
+        serde_json::from_str(&text).map_err(|e| {
+            TokenizeError::invalid(path.display(), e.to_string(), "the corpus manifest is damaged: rebuild the corpus")
+        })
     }
 }
 
@@ -131,12 +147,22 @@ fn read_annotations(reader: &H5adReader, spec: &CorpusSpec) -> Result<Annotation
     let path = reader.path().display().to_string();
     let obs = reader.obs()?;
     let column = |name: &str| -> Result<&Column> {
-        obs.get(name).ok_or_else(|| TokenizeError::invalid(&path, format!("obs has no column '{name}'"), format!("columns are: {}", obs.column_names().collect::<Vec<_>>().join(", "))))
+        obs.get(name).ok_or_else(|| {
+            TokenizeError::invalid(
+                &path,
+                format!("obs has no column '{name}'"),
+                format!("columns are: {}", obs.column_names().collect::<Vec<_>>().join(", ")),
+            )
+        })
     };
     let mut labels = Vec::new();
     for name in &spec.keep_obs {
         if FIXED_COLUMNS.contains(&name.as_str()) {
-            return Err(TokenizeError::invalid(&path, format!("obs column '{name}' clashes with a corpus column"), "rename it before tokenizing"));
+            return Err(TokenizeError::invalid(
+                &path,
+                format!("obs column '{name}' clashes with a corpus column"),
+                "rename it before tokenizing",
+            ));
         }
         labels.push((name.clone(), column(name)?.labels()));
     }
@@ -162,22 +188,38 @@ fn config_hash(spec: &CorpusSpec, inputs: &CorpusInputs<'_>, n_obs: usize) -> St
 }
 
 /// Builds (or resumes) a corpus. `progress` is called with the number of input cells done.
-pub fn build_corpus(spec: &CorpusSpec, inputs: &CorpusInputs<'_>, mut progress: impl FnMut(usize)) -> Result<CorpusManifest> {
+pub fn build_corpus(
+    spec: &CorpusSpec,
+    inputs: &CorpusInputs<'_>,
+    mut progress: impl FnMut(usize),
+) -> Result<CorpusManifest> {
     let reader = H5adReader::open(&spec.input)?;
     let n_obs = reader.n_obs();
     let src = spec.input.display().to_string();
     if inputs.map.n_columns() != reader.n_vars() {
-        return Err(TokenizeError::invalid(&src, format!("the gene map has {} genes, the file {}", inputs.map.n_columns(), reader.n_vars()), "align this file's genes to the vocabulary"));
+        return Err(TokenizeError::invalid(
+            &src,
+            format!("the gene map has {} genes, the file {}", inputs.map.n_columns(), reader.n_vars()),
+            "align this file's genes to the vocabulary",
+        ));
     }
     if inputs.map.n_mapped() == 0 {
-        return Err(TokenizeError::invalid(&src, "no gene maps into the vocabulary", "check --species, the vocabulary and the gene tables (sof inspect --vocab ... --genes-dir ... shows the mapping)"));
+        return Err(TokenizeError::invalid(
+            &src,
+            "no gene maps into the vocabulary",
+            "check --species, the vocabulary and the gene tables (sof inspect --vocab ... --genes-dir ... shows the mapping)",
+        ));
     }
     if spec.shard_cells == 0 || spec.row_group_cells == 0 {
         return Err(TokenizeError::invalid(&src, "shard and row-group sizes must be positive", "pass sizes >= 1"));
     }
     std::fs::create_dir_all(&spec.output).map_err(|e| sof_io::Error::Io { path: spec.output.clone(), error: e })?;
     let ann = read_annotations(&reader, spec)?;
-    let composition_columns = if ann.composition.is_some() { sof_io::h5ad::read_uns_strings(&spec.input, "sof_composition_columns")? } else { None };
+    let composition_columns = if ann.composition.is_some() {
+        sof_io::h5ad::read_uns_strings(&spec.input, "sof_composition_columns")?
+    } else {
+        None
+    };
     let hash = config_hash(spec, inputs, n_obs);
     let n_shards = n_obs.div_ceil(spec.shard_cells);
     let mut shards: Vec<Option<ShardInfo>> = vec![None; n_shards];
@@ -199,13 +241,17 @@ pub fn build_corpus(spec: &CorpusSpec, inputs: &CorpusInputs<'_>, mut progress: 
     // tokenizes shard k and another thread encodes and writes shard k-1 (bounded channels keep at
     // most three shards in memory).
     let written = std::thread::scope(|scope| -> Result<Vec<(usize, ShardInfo)>> {
-        let (read_tx, read_rx) = std::sync::mpsc::sync_channel::<(usize, String, std::ops::Range<usize>, Result<sof_io::CsrMatrix>)>(1);
+        let (read_tx, read_rx) =
+            std::sync::mpsc::sync_channel::<(usize, String, std::ops::Range<usize>, Result<sof_io::CsrMatrix>)>(1);
         let (write_tx, write_rx) = std::sync::mpsc::sync_channel::<(usize, ShardJob)>(1);
         let reader = &reader;
         let todo = &todo;
         scope.spawn(move || {
             for (k, file, cells) in todo {
-                if read_tx.send((*k, file.clone(), cells.clone(), reader.read_rows(cells.clone()).map_err(Into::into))).is_err() {
+                if read_tx
+                    .send((*k, file.clone(), cells.clone(), reader.read_rows(cells.clone()).map_err(Into::into)))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -270,7 +316,8 @@ pub fn build_corpus(spec: &CorpusSpec, inputs: &CorpusInputs<'_>, mut progress: 
     };
     let path = spec.output.join("manifest.json");
     let tmp = sof_io::AtomicPath::new(&path)?;
-    std::fs::write(tmp.path(), serde_json::to_string_pretty(&manifest).expect("manifest serializes")).map_err(|e| sof_io::Error::Io { path: path.clone(), error: e })?;
+    std::fs::write(tmp.path(), serde_json::to_string_pretty(&manifest).expect("manifest serializes"))
+        .map_err(|e| sof_io::Error::Io { path: path.clone(), error: e })?;
     tmp.commit()?;
     Ok(manifest)
 }
@@ -299,7 +346,11 @@ fn existing_shard(path: &Path, hash: &str) -> Result<Option<ShardInfo>> {
         return Ok(None);
     }
     let corrupt = |why: String| {
-        TokenizeError::invalid(path.display(), format!("corrupt shard ({why})"), "delete this shard file and run the same command again to rewrite it")
+        TokenizeError::invalid(
+            path.display(),
+            format!("corrupt shard ({why})"),
+            "delete this shard file and run the same command again to rewrite it",
+        )
     };
     let file = File::open(path).map_err(|e| sof_io::Error::Io { path: path.into(), error: e })?;
     let reader = SerializedFileReader::new(file).map_err(|e| corrupt(e.to_string()))?;
@@ -317,9 +368,15 @@ fn existing_shard(path: &Path, hash: &str) -> Result<Option<ShardInfo>> {
             "write the corpus to a new folder, or delete the old shards to rebuild them",
         ));
     }
-    let info: ShardInfo = serde_json::from_str(kv.get("sof.shard").ok_or_else(|| corrupt("no sof.shard in its footer".into()))?).map_err(|e| corrupt(e.to_string()))?;
+    let info: ShardInfo =
+        serde_json::from_str(kv.get("sof.shard").ok_or_else(|| corrupt("no sof.shard in its footer".into()))?)
+            .map_err(|e| corrupt(e.to_string()))?;
     if reader.metadata().file_metadata().num_rows() as usize != info.rows {
-        return Err(corrupt(format!("{} rows, its footer promises {}", reader.metadata().file_metadata().num_rows(), info.rows)));
+        return Err(corrupt(format!(
+            "{} rows, its footer promises {}",
+            reader.metadata().file_metadata().num_rows(),
+            info.rows
+        )));
     }
     Ok(Some(info))
 }
@@ -333,7 +390,13 @@ struct ShardJob {
     info: ShardInfo,
 }
 
-fn tokenize_shard(inputs: &CorpusInputs<'_>, x: &sof_io::CsrMatrix, path: PathBuf, file: String, cells: std::ops::Range<usize>) -> ShardJob {
+fn tokenize_shard(
+    inputs: &CorpusInputs<'_>,
+    x: &sof_io::CsrMatrix,
+    path: PathBuf,
+    file: String,
+    cells: std::ops::Range<usize>,
+) -> ShardJob {
     let tok = inputs.tokenizer;
     let tokenized: Vec<TokenizedCell> = (0..x.n_rows())
         .into_par_iter()
@@ -353,7 +416,14 @@ fn tokenize_shard(inputs: &CorpusInputs<'_>, x: &sof_io::CsrMatrix, path: PathBu
     while hist.len() > 1 && hist.last() == Some(&0) {
         hist.pop();
     }
-    let info = ShardInfo { file, first_cell: cells.start, cells_in: cells.len(), rows: keep.len(), empty_cells: tokenized.len() - keep.len(), length_histogram: hist };
+    let info = ShardInfo {
+        file,
+        first_cell: cells.start,
+        cells_in: cells.len(),
+        rows: keep.len(),
+        empty_cells: tokenized.len() - keep.len(),
+        length_histogram: hist,
+    };
     if info.empty_cells > 0 {
         tracing::info!(shard = %path.display(), empty = info.empty_cells, "skipped empty cells (no expressed, measured gene)");
     }
@@ -362,7 +432,10 @@ fn tokenize_shard(inputs: &CorpusInputs<'_>, x: &sof_io::CsrMatrix, path: PathBu
 
 fn write_parquet(spec: &CorpusSpec, tok: &Tokenizer, ann: &Annotations, hash: &str, job: &ShardJob) -> Result<()> {
     let path = job.path.as_path();
-    let pq = |e: parquet::errors::ParquetError| TokenizeError::Parquet { path: path.display().to_string(), reason: e.to_string() };
+    let pq = |e: parquet::errors::ParquetError| TokenizeError::Parquet {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
     let tmp = sof_io::AtomicPath::new(path)?;
     let out = File::create(tmp.path()).map_err(|e| sof_io::Error::Io { path: path.into(), error: e })?;
     // No dictionary encoding: interning every value cost more time than it saved space
@@ -378,23 +451,36 @@ fn write_parquet(spec: &CorpusSpec, tok: &Tokenizer, ann: &Annotations, hash: &s
         writer.write(&record_batch(spec, tok, ann, &job.tokenized, chunk, job.first_cell)).map_err(pq)?;
     }
     writer.append_key_value_metadata(KeyValue::new("sof.config_hash".to_owned(), hash.to_owned()));
-    writer.append_key_value_metadata(KeyValue::new("sof.shard".to_owned(), serde_json::to_string(&job.info).expect("serializes")));
+    writer.append_key_value_metadata(KeyValue::new(
+        "sof.shard".to_owned(),
+        serde_json::to_string(&job.info).expect("serializes"),
+    ));
     writer.close().map_err(pq)?;
     tmp.commit()?;
     Ok(())
 }
 
-fn record_batch(spec: &CorpusSpec, tok: &Tokenizer, ann: &Annotations, cells: &[TokenizedCell], rows: &[usize], offset: usize) -> RecordBatch {
+fn record_batch(
+    spec: &CorpusSpec,
+    tok: &Tokenizer,
+    ann: &Annotations,
+    cells: &[TokenizedCell],
+    rows: &[usize],
+    offset: usize,
+) -> RecordBatch {
     let n = rows.len();
     let global = |i: usize| offset + i;
     let mut cell_index = Int64Builder::with_capacity(n);
     let mut cell_id = StringBuilder::new();
     let mut dataset = StringBuilder::new();
     let mut section = StringBuilder::new();
-    let (mut species, mut assay, mut modality, mut n_tokens) = (Int32Builder::new(), Int32Builder::new(), Int32Builder::new(), Int32Builder::new());
-    let mut tokens = ListBuilder::new(Int32Builder::new()).with_field(Field::new("item", arrow_schema::DataType::Int32, false));
+    let (mut species, mut assay, mut modality, mut n_tokens) =
+        (Int32Builder::new(), Int32Builder::new(), Int32Builder::new(), Int32Builder::new());
+    let mut tokens =
+        ListBuilder::new(Int32Builder::new()).with_field(Field::new("item", arrow_schema::DataType::Int32, false));
     let (mut xs, mut ys) = (Float64Builder::new(), Float64Builder::new());
-    let mut comp = ListBuilder::new(Float32Builder::new()).with_field(Field::new("item", arrow_schema::DataType::Float32, false));
+    let mut comp =
+        ListBuilder::new(Float32Builder::new()).with_field(Field::new("item", arrow_schema::DataType::Float32, false));
     let mut density = Float32Builder::new();
     let mut niche = StringBuilder::new();
     let mut labels: Vec<StringBuilder> = ann.labels.iter().map(|_| StringBuilder::new()).collect();
@@ -455,9 +541,19 @@ fn record_batch(spec: &CorpusSpec, tok: &Tokenizer, ann: &Annotations, cells: &[
     }
     let fields: Vec<Field> = columns
         .iter()
-        .map(|(name, a)| Field::new(*name, a.data_type().clone(), !matches!(*name, "cell_index" | "cell_id" | "dataset" | "species" | "assay" | "modality" | "tokens" | "n_tokens")))
+        .map(|(name, a)| {
+            Field::new(
+                *name,
+                a.data_type().clone(),
+                !matches!(
+                    *name,
+                    "cell_index" | "cell_id" | "dataset" | "species" | "assay" | "modality" | "tokens" | "n_tokens"
+                ),
+            )
+        })
         .collect();
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns.into_iter().map(|c| c.1).collect()).expect("columns match the schema")
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns.into_iter().map(|c| c.1).collect())
+        .expect("columns match the schema")
 }
 
 /// Reads a shard's rows back: `(cell_index, tokens)` pairs, for tests and tools.
@@ -465,12 +561,16 @@ pub fn read_shard_tokens(path: &Path) -> Result<Vec<(i64, Vec<u32>)>> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Int32Type, Int64Type};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let pq = |e: parquet::errors::ParquetError| TokenizeError::Parquet { path: path.display().to_string(), reason: e.to_string() };
+    let pq = |e: parquet::errors::ParquetError| TokenizeError::Parquet {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
     let file = File::open(path).map_err(|e| sof_io::Error::Io { path: path.into(), error: e })?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?.build().map_err(pq)?;
     let mut out = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| TokenizeError::Parquet { path: path.display().to_string(), reason: e.to_string() })?;
+        let batch =
+            batch.map_err(|e| TokenizeError::Parquet { path: path.display().to_string(), reason: e.to_string() })?;
         let idx = batch.column_by_name("cell_index").expect("corpus column").as_primitive::<Int64Type>();
         let toks = batch.column_by_name("tokens").expect("corpus column").as_list::<i32>();
         for r in 0..batch.num_rows() {

@@ -26,7 +26,9 @@ pub use tokenizer::{GeneMap, Mode, TokenizedCell, Tokenizer, TokenizerConfig};
 /// Errors of the tokenizer and the corpus builder.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {
-    #[error("unknown technology '{name}'; known: {known}. Add it with a [technology.{name}] entry (token id in 19..=29) in a context config")]
+    #[error(
+        "unknown technology '{name}'; known: {known}. Add it with a [technology.{name}] entry (token id in 19..=29) in a context config"
+    )]
     UnknownTechnology { name: String, known: String },
     #[error("unknown species '{0}'; use human or mouse")]
     UnknownSpecies(String),

@@ -28,25 +28,47 @@ impl TechMeans {
         let mut lines = text.lines();
         let header = lines.next().unwrap_or_default();
         if header.split('\t').next() != Some("ensembl_id") {
-            return Err(TokenizeError::invalid(&p, format!("header is '{header}'"), "a mean vector TSV starts with the header 'ensembl_id<TAB>mean'"));
+            return Err(TokenizeError::invalid(
+                &p,
+                format!("header is '{header}'"),
+                "a mean vector TSV starts with the header 'ensembl_id<TAB>mean'",
+            ));
         }
         let mut values = Vec::with_capacity(vocab.len());
         for (i, line) in lines.filter(|l| !l.is_empty()).enumerate() {
-            let (id, v) = line.split_once('\t').ok_or_else(|| TokenizeError::invalid(&p, format!("line {} has no tab", i + 2), "rows are 'ensembl_id<TAB>mean'"))?;
+            let (id, v) = line.split_once('\t').ok_or_else(|| {
+                TokenizeError::invalid(&p, format!("line {} has no tab", i + 2), "rows are 'ensembl_id<TAB>mean'")
+            })?;
             if i >= vocab.len() || vocab.id(i as u32) != id {
                 return Err(TokenizeError::invalid(
                     &p,
-                    format!("row {} is gene '{id}', the vocabulary has '{}' there", i + 1, if i < vocab.len() { vocab.id(i as u32) } else { "nothing" }),
+                    format!(
+                        "row {} is gene '{id}', the vocabulary has '{}' there",
+                        i + 1,
+                        if i < vocab.len() { vocab.id(i as u32) } else { "nothing" }
+                    ),
                     "vocabulary mismatch: use the mean vectors made for this vocabulary, or compute new ones with `sof tech-means`",
                 ));
             }
-            let x: f64 = if v.eq_ignore_ascii_case("nan") { f64::NAN } else {
-                v.parse().map_err(|_| TokenizeError::invalid(&p, format!("row {}: '{v}' is not a number", i + 1), "means are numbers or nan"))?
+            let x: f64 = if v.eq_ignore_ascii_case("nan") {
+                f64::NAN
+            } else {
+                v.parse().map_err(|_| {
+                    TokenizeError::invalid(
+                        &p,
+                        format!("row {}: '{v}' is not a number", i + 1),
+                        "means are numbers or nan",
+                    )
+                })?
             };
             values.push(x);
         }
         if values.len() != vocab.len() {
-            return Err(TokenizeError::invalid(&p, format!("has {} genes, the vocabulary {}", values.len(), vocab.len()), "vocabulary mismatch: the file is truncated or made for another vocabulary"));
+            return Err(TokenizeError::invalid(
+                &p,
+                format!("has {} genes, the vocabulary {}", values.len(), vocab.len()),
+                "vocabulary mismatch: the file is truncated or made for another vocabulary",
+            ));
         }
         Ok(Self { values })
     }
@@ -102,6 +124,8 @@ impl MeansAccumulator {
     }
 
     pub fn finish(&self) -> TechMeans {
-        TechMeans { values: self.sum.iter().zip(&self.n).map(|(&s, &n)| if n == 0 { f64::NAN } else { s / n as f64 }).collect() }
+        TechMeans {
+            values: self.sum.iter().zip(&self.n).map(|(&s, &n)| if n == 0 { f64::NAN } else { s / n as f64 }).collect(),
+        }
     }
 }

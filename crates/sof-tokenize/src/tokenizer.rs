@@ -109,7 +109,13 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    pub fn new(config: TokenizerConfig, means: &TechMeans, species: Species, assay_token: u32, modality: Modality) -> Self {
+    pub fn new(
+        config: TokenizerConfig,
+        means: &TechMeans,
+        species: Species,
+        assay_token: u32,
+        modality: Modality,
+    ) -> Self {
         let divisor = means
             .values
             .iter()
@@ -172,7 +178,14 @@ impl Tokenizer {
     }
 
     /// Tokenizes one cell of a dataset (its CSR row) through `map`.
-    pub fn tokenize(&self, map: &GeneMap, cols: &[u32], vals: &[f32], row: &mut Vec<(u32, f64)>, scratch: &mut Vec<u128>) -> TokenizedCell {
+    pub fn tokenize(
+        &self,
+        map: &GeneMap,
+        cols: &[u32],
+        vals: &[f32],
+        row: &mut Vec<(u32, f64)>,
+        scratch: &mut Vec<u128>,
+    ) -> TokenizedCell {
         map.vocab_row(cols, vals, row);
         self.tokenize_mapped(row, scratch)
     }

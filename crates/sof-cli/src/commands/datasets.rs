@@ -28,7 +28,10 @@ pub fn data_dir(flag: Option<PathBuf>) -> Option<PathBuf> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let manifests = sof_io::manifest::load_manifests(&args.manifests)?;
     let dir = data_dir(args.data_dir);
-    util::say(format!("data folder: {}", dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "none (pass --data-dir)".into())));
+    util::say(format!(
+        "data folder: {}",
+        dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "none (pass --data-dir)".into())
+    ));
     let mut failed = 0;
     for m in &manifests {
         let state = match &dir {

@@ -87,7 +87,17 @@ fn codes(col: Option<&Column>) -> Vec<u32> {
 pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let start = Instant::now();
     let data_dir = args.output.join("data");
-    let files = synth::generate(&synth::Args { output: data_dir.clone(), cells: args.cells, seed: args.seed, sections: None, dissociated_cells: None, config: None }, quiet)?;
+    let files = synth::generate(
+        &synth::Args {
+            output: data_dir.clone(),
+            cells: args.cells,
+            seed: args.seed,
+            sections: None,
+            dissociated_cells: None,
+            config: None,
+        },
+        quiet,
+    )?;
     let mut labels = BTreeMap::new();
     for f in &files {
         let a = sof_io::h5ad::read_h5ad(&f.path)?;
@@ -108,7 +118,8 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             inputs.push((f.path.clone(), f.technology.clone(), "dissociated"));
             continue;
         }
-        let out = args.output.join(format!("{}_targets.h5ad", f.path.file_stem().unwrap_or_default().to_string_lossy()));
+        let out =
+            args.output.join(format!("{}_targets.h5ad", f.path.file_stem().unwrap_or_default().to_string_lossy()));
         let n_true = sof_io::h5ad::H5adReader::open(&f.path)?.obs()?.get("niche").map_or(6, |c| c.value_counts().len());
         spatial::run(spatial::Args {
             input: f.path.clone(),
@@ -136,7 +147,11 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
 
     // One vocabulary for every sample: the dissociated sample measures every gene.
     let vocab_path = args.output.join("vocab.tsv");
-    let all_genes = sof_io::h5ad::H5adReader::open(&files.iter().find(|f| f.technology == "dissociated").map_or(&files[0].path, |f| &f.path))?.var()?.index;
+    let all_genes = sof_io::h5ad::H5adReader::open(
+        &files.iter().find(|f| f.technology == "dissociated").map_or(&files[0].path, |f| &f.path),
+    )?
+    .var()?
+    .index;
     let mut s = String::from("index\ttoken_id\tensembl_id\n");
     for (i, g) in all_genes.iter().enumerate() {
         s.push_str(&format!("{i}\t{}\t{g}\n", i + 30));
@@ -166,7 +181,11 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             quiet,
         )?;
         let m = sof_tokenize::corpus::CorpusManifest::load(&out)?;
-        corpora.push(CorpusSummary { corpus: out.display().to_string(), cells: m.cells_written, median_tokens: m.median_tokens });
+        corpora.push(CorpusSummary {
+            corpus: out.display().to_string(),
+            cells: m.cells_written,
+            median_tokens: m.median_tokens,
+        });
     }
 
     let summary = Summary { seed: args.seed, files, labels, spatial: spatial_out, corpora };
@@ -176,13 +195,26 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     util::say("");
     util::say("SpatialOmics-Foundation demo: synthetic tissue with known ground truth");
     for f in &summary.files {
-        util::say(format!("  {:<12} {:>8} cells x {:>5} genes, median {:>6.0} counts/cell  -> {}", f.technology, f.cells, f.genes, f.median_counts, f.path.display()));
+        util::say(format!(
+            "  {:<12} {:>8} cells x {:>5} genes, median {:>6.0} counts/cell  -> {}",
+            f.technology,
+            f.cells,
+            f.genes,
+            f.median_counts,
+            f.path.display()
+        ));
     }
     for sp in &summary.spatial {
-        util::say(format!("  spatial targets: radius {:.1} um ({:.1} neighbours/cell); k-means niches vs true niches: ARI {:.3}  -> {}", sp.radius, sp.mean_neighbors, sp.niche_ari, sp.file));
+        util::say(format!(
+            "  spatial targets: radius {:.1} um ({:.1} neighbours/cell); k-means niches vs true niches: ARI {:.3}  -> {}",
+            sp.radius, sp.mean_neighbors, sp.niche_ari, sp.file
+        ));
     }
     for c in &summary.corpora {
-        util::say(format!("  corpus: {:>8} cells, median {:>5} tokens/cell  -> {}", c.cells, c.median_tokens, c.corpus));
+        util::say(format!(
+            "  corpus: {:>8} cells, median {:>5} tokens/cell  -> {}",
+            c.cells, c.median_tokens, c.corpus
+        ));
     }
     util::say(format!("  summary: {}  ({:.1} s)", path.display(), start.elapsed().as_secs_f64()));
     util::say("  next stages (pretrain, embed, probe, map, report) arrive with their issues");

@@ -49,7 +49,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut totals = adata.x.row_sums();
     let empty = totals.iter().filter(|&&t| t == 0.0).count();
     util::say(format!("{}", args.input.display()));
-    util::say(format!("  cells x genes   {} x {}  (X stored {enc}, {} non-zero)", adata.n_obs(), adata.n_vars(), adata.x.nnz_nonzero()));
+    util::say(format!(
+        "  cells x genes   {} x {}  (X stored {enc}, {} non-zero)",
+        adata.n_obs(),
+        adata.n_vars(),
+        adata.x.nnz_nonzero()
+    ));
     util::say(format!("  counts per cell median {:.1}, {} empty cell(s)", util::median(&mut totals), empty));
     for (name, col) in adata.obs.columns() {
         let extra = match col {
@@ -63,7 +68,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     for label in &args.label {
         let col = adata.obs.get(label).with_context(|| {
-            format!("{}: obs has no column '{label}' (columns: {})", args.input.display(), adata.obs.column_names().collect::<Vec<_>>().join(", "))
+            format!(
+                "{}: obs has no column '{label}' (columns: {})",
+                args.input.display(),
+                adata.obs.column_names().collect::<Vec<_>>().join(", ")
+            )
         })?;
         util::say(format!("  {label}:"));
         for (k, n) in col.value_counts() {
@@ -78,7 +87,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             SpeciesArg::Mouse => Species::Mouse,
         };
         let report = tables.align(adata.var_names(), species, &vocab);
-        util::say(format!("  genes mapped    {}/{} into a vocabulary of {}", report.n_mapped(), adata.n_vars(), vocab.len()));
+        util::say(format!(
+            "  genes mapped    {}/{} into a vocabulary of {}",
+            report.n_mapped(),
+            adata.n_vars(),
+            vocab.len()
+        ));
         let unmapped = report.unmapped();
         if !unmapped.is_empty() {
             util::say(format!("  unmapped        {}", unmapped.join(", ")));

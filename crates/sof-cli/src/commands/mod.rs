@@ -2,5 +2,5 @@ pub mod datasets;
 pub mod demo;
 pub mod inspect;
 pub mod spatial;
-pub mod tokenize;
 pub mod synth;
+pub mod tokenize;

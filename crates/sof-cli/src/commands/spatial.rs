@@ -32,7 +32,12 @@ pub struct Args {
     #[arg(long)]
     pub section_key: Option<String>,
     /// Radius in the coordinates' units.
-    #[arg(long, conflicts_with = "mean_neighbors", required_unless_present = "mean_neighbors", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        conflicts_with = "mean_neighbors",
+        required_unless_present = "mean_neighbors",
+        allow_negative_numbers = true
+    )]
     pub radius: Option<f64>,
     /// Choose the radius giving this mean neighbour count (the reference uses 5/10/20/50/100).
     #[arg(long)]
@@ -55,21 +60,35 @@ pub struct Args {
 /// Codes and names of an obs column used as labels; missing values are an error.
 pub fn label_codes(obs: &Frame, path: &Path, key: &str) -> anyhow::Result<(Vec<u32>, Vec<String>)> {
     let col = obs.get(key).with_context(|| {
-        format!("{}: obs has no column '{key}'; columns are: {}", path.display(), obs.column_names().collect::<Vec<_>>().join(", "))
+        format!(
+            "{}: obs has no column '{key}'; columns are: {}",
+            path.display(),
+            obs.column_names().collect::<Vec<_>>().join(", ")
+        )
     })?;
     // Keep the file's own category order where it has one.
     if let Column::Categorical { codes, categories, .. } = col {
         if let Some(i) = codes.iter().position(|&c| c < 0) {
-            bail!("{}: obs/{key} has a missing value at cell '{}'; fill or drop cells without a label", path.display(), obs.index[i]);
+            bail!(
+                "{}: obs/{key} has a missing value at cell '{}'; fill or drop cells without a label",
+                path.display(),
+                obs.index[i]
+            );
         }
         return Ok((codes.iter().map(|&c| c as u32).collect(), categories.clone()));
     }
     let labels = col.labels();
     if let Some(i) = labels.iter().position(Option::is_none) {
-        bail!("{}: obs/{key} has a missing value at cell '{}'; fill or drop cells without a label", path.display(), obs.index[i]);
+        bail!(
+            "{}: obs/{key} has a missing value at cell '{}'; fill or drop cells without a label",
+            path.display(),
+            obs.index[i]
+        );
     }
     match Column::categorical_from_labels(&labels.into_iter().map(Option::unwrap).collect::<Vec<_>>()) {
-        Column::Categorical { codes, categories, .. } => Ok((codes.into_iter().map(|c| c as u32).collect(), categories)),
+        Column::Categorical { codes, categories, .. } => {
+            Ok((codes.into_iter().map(|c| c as u32).collect(), categories))
+        }
         _ => unreachable!("categorical_from_labels builds a categorical"),
     }
 }
@@ -79,7 +98,10 @@ pub fn label_codes(obs: &Frame, path: &Path, key: &str) -> anyhow::Result<(Vec<u
 pub fn points(reader: &H5adReader, obs: &Frame, section_key: Option<&str>) -> anyhow::Result<SectionedPoints> {
     let path = reader.path();
     if !reader.obsm_keys().iter().any(|k| k == "spatial") {
-        bail!("{}: obsm['spatial'] is missing: these cells have no coordinates (dissociated data?), so they have no spatial neighbourhood; spatial targets need a spatial dataset", path.display());
+        bail!(
+            "{}: obsm['spatial'] is missing: these cells have no coordinates (dissociated data?), so they have no spatial neighbourhood; spatial targets need a spatial dataset",
+            path.display()
+        );
     }
     let xy = reader.obsm("spatial")?;
     if xy.ncols() < 2 {
@@ -87,7 +109,13 @@ pub fn points(reader: &H5adReader, obs: &Frame, section_key: Option<&str>) -> an
     }
     let pts: Vec<[f64; 2]> = xy.rows().into_iter().map(|r| [r[0], r[1]]).collect();
     if let Some(i) = pts.iter().position(|p| !(p[0].is_finite() && p[1].is_finite())) {
-        bail!("{}: obsm['spatial'] of cell '{}' is ({}, {}); drop or fix cells without a position", path.display(), obs.index[i], pts[i][0], pts[i][1]);
+        bail!(
+            "{}: obsm['spatial'] of cell '{}' is ({}, {}); drop or fix cells without a position",
+            path.display(),
+            obs.index[i],
+            pts[i][0],
+            pts[i][1]
+        );
     }
     let sections = match section_key {
         Some(k) => label_codes(obs, path, k)?.0,
@@ -104,12 +132,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let n_obs = obs.len();
     let radius = match (args.radius, args.mean_neighbors) {
         (Some(r), _) => {
-            anyhow::ensure!(r.is_finite() && r > 0.0, "--radius must be a number > 0 (in the coordinates' units), got {r}");
+            anyhow::ensure!(
+                r.is_finite() && r > 0.0,
+                "--radius must be a number > 0 (in the coordinates' units), got {r}"
+            );
             r
         }
         (None, Some(k)) => {
             let s = radius_for_mean_neighbors(&p, k, 0.005)?;
-            util::say(format!("radius {:.4} gives {:.3} neighbours per cell on average (target {k})", s.radius, s.mean_neighbors));
+            util::say(format!(
+                "radius {:.4} gives {:.3} neighbours per cell on average (target {k})",
+                s.radius, s.mean_neighbors
+            ));
             s.radius
         }
         (None, None) => bail!("pass --radius or --mean-neighbors"),
@@ -118,7 +152,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let graph = RadiusGraph::build(&p, radius)?;
     let comp = Composition::from_graph(&graph, &labels, names.len())?;
     let props = comp.proportions();
-    tracing::info!(seconds = t0.elapsed().as_secs_f64(), edges = graph.n_edges(), "radius graph and composition computed");
+    tracing::info!(
+        seconds = t0.elapsed().as_secs_f64(),
+        edges = graph.n_edges(),
+        "radius graph and composition computed"
+    );
     let compute_s = t0.elapsed().as_secs_f64();
     let mut e = H5adEditor::copy_of(&args.input, &args.output)?;
     e.put_obsm("sof_composition", &Array2::from_shape_vec((n_obs, names.len()), props.clone())?)?;

@@ -89,7 +89,13 @@ pub fn generate(args: &Args, quiet: bool) -> anyhow::Result<Vec<FileSummary>> {
     for ((path, (_, samples)), mut t) in paths.into_iter().zip(generator.outputs()).zip(totals) {
         let tech = generator.tech_of(samples[0]);
         let genes = generator.panel_names(&tech.name).map_or(0, |p| p.len());
-        out.push(FileSummary { technology: tech.name.clone(), cells: t.len(), genes, median_counts: util::median(&mut t), path });
+        out.push(FileSummary {
+            technology: tech.name.clone(),
+            cells: t.len(),
+            genes,
+            median_counts: util::median(&mut t),
+            path,
+        });
     }
     Ok(out)
 }
@@ -107,7 +113,12 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             f.technology
         ));
     }
-    let peak = util::peak_rss_bytes().map(|b| format!(", peak memory {:.0} MiB", b as f64 / 1048576.0)).unwrap_or_default();
-    util::say(format!("synthesized {} cells in {:.2} s{peak}", files.iter().map(|f| f.cells).sum::<usize>(), start.elapsed().as_secs_f64()));
+    let peak =
+        util::peak_rss_bytes().map(|b| format!(", peak memory {:.0} MiB", b as f64 / 1048576.0)).unwrap_or_default();
+    util::say(format!(
+        "synthesized {} cells in {:.2} s{peak}",
+        files.iter().map(|f| f.cells).sum::<usize>(),
+        start.elapsed().as_secs_f64()
+    ));
     Ok(())
 }

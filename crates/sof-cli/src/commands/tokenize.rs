@@ -7,7 +7,9 @@ use anyhow::{Context, bail};
 use sof_io::genes::{AlignmentReport, GeneTables, Species, Vocabulary};
 use sof_io::h5ad::H5adReader;
 use sof_tokenize::corpus::{CorpusInputs, CorpusSpec, build_corpus};
-use sof_tokenize::{ContextTable, GeneMap, MeansAccumulator, Modality, Mode, TechMeans, Tokenizer, TokenizerConfig, vocabulary_hash};
+use sof_tokenize::{
+    ContextTable, GeneMap, MeansAccumulator, Modality, Mode, TechMeans, Tokenizer, TokenizerConfig, vocabulary_hash,
+};
 
 use super::inspect::SpeciesArg;
 use crate::util;
@@ -86,7 +88,12 @@ pub fn species(s: SpeciesArg) -> Species {
 }
 
 /// The vocabulary and how the file's genes map into it.
-pub fn align(reader: &H5adReader, vocab: Option<&Path>, genes_dir: Option<&Path>, species: Species) -> anyhow::Result<(Vocabulary, AlignmentReport)> {
+pub fn align(
+    reader: &H5adReader,
+    vocab: Option<&Path>,
+    genes_dir: Option<&Path>,
+    species: Species,
+) -> anyhow::Result<(Vocabulary, AlignmentReport)> {
     let genes = reader.var()?.index;
     let vocab = match vocab {
         Some(p) => Vocabulary::load_tsv(p)?,
@@ -103,7 +110,11 @@ pub fn align(reader: &H5adReader, vocab: Option<&Path>, genes_dir: Option<&Path>
             reader.path().display(),
             genes.len(),
             vocab.len(),
-            if genes_dir.is_none() { "pass --genes-dir to map gene symbols to Ensembl ids" } else { "check --species and the vocabulary" }
+            if genes_dir.is_none() {
+                "pass --genes-dir to map gene symbols to Ensembl ids"
+            } else {
+                "check --species and the vocabulary"
+            }
         );
     }
     Ok((vocab, report))
@@ -111,18 +122,33 @@ pub fn align(reader: &H5adReader, vocab: Option<&Path>, genes_dir: Option<&Path>
 
 fn context_table(path: Option<&Path>) -> anyhow::Result<ContextTable> {
     Ok(match path {
-        Some(p) => ContextTable::with_config(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, &p.display().to_string())?,
+        Some(p) => ContextTable::with_config(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            &p.display().to_string(),
+        )?,
         None => ContextTable::default(),
     })
 }
 
 /// Means from `<dir>/<name>.tsv`, or computed from the input when no folder is given.
-fn load_means(dir: Option<&Path>, name: &str, reader: &H5adReader, vocab: &Vocabulary, map: &GeneMap) -> anyhow::Result<TechMeans> {
+fn load_means(
+    dir: Option<&Path>,
+    name: &str,
+    reader: &H5adReader,
+    vocab: &Vocabulary,
+    map: &GeneMap,
+) -> anyhow::Result<TechMeans> {
     if let Some(dir) = dir {
         let path = dir.join(format!("{name}.tsv"));
         if !path.exists() {
-            let have: Vec<String> = std::fs::read_dir(dir).map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
-            bail!("{}: no mean vector '{name}.tsv' (the folder has: {}); compute one with `sof tech-means`", dir.display(), have.join(", "));
+            let have: Vec<String> = std::fs::read_dir(dir)
+                .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            bail!(
+                "{}: no mean vector '{name}.tsv' (the folder has: {}); compute one with `sof tech-means`",
+                dir.display(),
+                have.join(", ")
+            );
         }
         return Ok(TechMeans::load_tsv(&path, vocab)?);
     }
@@ -160,7 +186,10 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     anyhow::ensure!(args.context_length > 3, "--context-length must leave room for genes after the 3 context tokens");
     let config = TokenizerConfig { mode, context_length: args.context_length, ..TokenizerConfig::default() };
     let tokenizer = Tokenizer::new(config, &means, species, tech.token, modality);
-    let dataset = args.dataset.clone().unwrap_or_else(|| args.input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    let dataset = args
+        .dataset
+        .clone()
+        .unwrap_or_else(|| args.input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
     let spec = CorpusSpec {
         input: args.input.clone(),
         output: args.output.clone(),
@@ -174,7 +203,13 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         row_group_cells: 8_192.min(args.shard_cells),
     };
     let unmapped: Vec<String> = report.unmapped().iter().map(|s| s.to_string()).collect();
-    let inputs = CorpusInputs { tokenizer: &tokenizer, map: &map, vocabulary_hash: &vocabulary_hash(&vocab), vocabulary_size: vocab.len(), unmapped_genes: unmapped.clone() };
+    let inputs = CorpusInputs {
+        tokenizer: &tokenizer,
+        map: &map,
+        vocabulary_hash: &vocabulary_hash(&vocab),
+        vocabulary_size: vocab.len(),
+        unmapped_genes: unmapped.clone(),
+    };
     let pb = util::progress(reader.n_obs() as u64, "tokenize", quiet);
     let m = build_corpus(&spec, &inputs, |n| pb.inc(n as u64))?;
     pb.finish_and_clear();
@@ -244,6 +279,12 @@ pub fn run_means(args: MeansArgs) -> anyhow::Result<()> {
     }
     let means = acc.finish();
     means.save_tsv(&args.output, &vocab)?;
-    util::say(format!("{} cells from {} file(s): {} genes measured; wrote {}", cells, args.input.len(), means.n_measured(), args.output.display()));
+    util::say(format!(
+        "{} cells from {} file(s): {} genes measured; wrote {}",
+        cells,
+        args.input.len(),
+        means.n_measured(),
+        args.output.display()
+    ));
     Ok(())
 }

@@ -12,12 +12,8 @@ use crate::frame::Column;
 pub(crate) fn read_strings(c: &Container) -> hdf5::Result<Vec<String>> {
     let desc = c.dtype()?.to_descriptor()?;
     let out = match desc {
-        TypeDescriptor::VarLenUnicode => {
-            c.read_raw::<VarLenUnicode>()?.iter().map(|s| s.as_str().to_owned()).collect()
-        }
-        TypeDescriptor::VarLenAscii => {
-            c.read_raw::<VarLenAscii>()?.iter().map(|s| s.as_str().to_owned()).collect()
-        }
+        TypeDescriptor::VarLenUnicode => c.read_raw::<VarLenUnicode>()?.iter().map(|s| s.as_str().to_owned()).collect(),
+        TypeDescriptor::VarLenAscii => c.read_raw::<VarLenAscii>()?.iter().map(|s| s.as_str().to_owned()).collect(),
         TypeDescriptor::FixedAscii(n) => fixed_ascii(c, n)?,
         TypeDescriptor::FixedUnicode(n) => fixed_unicode(c, n)?,
         _ if c.size() == 0 => Vec::new(),
@@ -86,10 +82,7 @@ pub(crate) fn set_str_array_attr(loc: &Location, name: &str, values: &[String]) 
 }
 
 pub(crate) fn to_vlen(values: &[String]) -> hdf5::Result<Vec<VarLenUnicode>> {
-    values
-        .iter()
-        .map(|s| s.parse::<VarLenUnicode>().map_err(|e| hdf5::Error::from(format!("{e}"))))
-        .collect()
+    values.iter().map(|s| s.parse::<VarLenUnicode>().map_err(|e| hdf5::Error::from(format!("{e}")))).collect()
 }
 
 /// Sets anndata's `encoding-type` and `encoding-version` attributes.

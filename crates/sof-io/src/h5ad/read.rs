@@ -112,22 +112,14 @@ impl H5adReader {
     /// Names of the dense arrays in obsm.
     pub fn obsm_keys(&self) -> Vec<String> {
         let Ok(g) = self.file.group("obsm") else { return Vec::new() };
-        g.member_names()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|k| g.dataset(k).is_ok())
-            .collect()
+        g.member_names().unwrap_or_default().into_iter().filter(|k| g.dataset(k).is_ok()).collect()
     }
 
     /// One obsm array as `f64` (a 1-d array reads as one column).
     pub fn obsm(&self, key: &str) -> Result<Array2<f64>> {
         let field = format!("obsm/{key}");
         let ds = self.file.dataset(&field).map_err(|_| {
-            Error::missing(
-                &self.path,
-                &field,
-                format!("available obsm arrays: [{}]", self.obsm_keys().join(", ")),
-            )
+            Error::missing(&self.path, &field, format!("available obsm arrays: [{}]", self.obsm_keys().join(", ")))
         })?;
         let arr = match ds.ndim() {
             2 => ds.read_2d::<f64>(),
@@ -166,9 +158,8 @@ impl H5adReader {
         }
         let m = match &self.x {
             XLayout::Dense(ds) => {
-                let block = ds
-                    .read_slice_2d::<f32, _>(s![rows.clone(), ..])
-                    .map_err(|e| Error::hdf5(&self.path, "X", e))?;
+                let block =
+                    ds.read_slice_2d::<f32, _>(s![rows.clone(), ..]).map_err(|e| Error::hdf5(&self.path, "X", e))?;
                 let block = block.as_standard_layout();
                 let values = block.as_slice().expect("standard layout is contiguous");
                 CsrMatrix::from_dense(rows.len(), self.n_vars, values)
@@ -259,9 +250,9 @@ fn read_x_layout(path: &Path, file: &File) -> Result<(XLayout, usize, usize)> {
         }
         return Ok((XLayout::Dense(ds), shape[0], shape[1]));
     }
-    let g = file.group("X").map_err(|_| {
-        Error::missing(path, "X", "an .h5ad needs an expression matrix X; was it written by anndata?")
-    })?;
+    let g = file
+        .group("X")
+        .map_err(|_| Error::missing(path, "X", "an .h5ad needs an expression matrix X; was it written by anndata?"))?;
     let enc = str_attr(&g, "encoding-type")
         .or_else(|| str_attr(&g, "h5sparse_format").map(|f| format!("{f}_matrix")))
         .unwrap_or_default();
@@ -285,9 +276,7 @@ fn read_x_layout(path: &Path, file: &File) -> Result<(XLayout, usize, usize)> {
         return Err(Error::invalid(path, "X/shape", format!("is {shape:?}"), REWRITE_FIX));
     }
     let (n_obs, n_vars) = (shape[0] as usize, shape[1] as usize);
-    let ds = |name: &str| {
-        g.dataset(name).map_err(|_| Error::missing(path, format!("X/{name}"), REWRITE_FIX))
-    };
+    let ds = |name: &str| g.dataset(name).map_err(|_| Error::missing(path, format!("X/{name}"), REWRITE_FIX));
     let (data, indices, indptr_ds) = (ds("data")?, ds("indices")?, ds("indptr")?);
     let indptr: Vec<i64> = indptr_ds.read_raw().map_err(|e| Error::hdf5(path, "X/indptr", e))?;
     let major = if csc { n_vars } else { n_obs };
@@ -324,13 +313,7 @@ fn read_f32_range(path: &Path, ds: &Dataset, field: &str, r: Range<usize>) -> Re
     Ok(ds.read_slice_1d::<f32, _>(r).map_err(|e| Error::hdf5(path, field, e))?.into_raw_vec_and_offset().0)
 }
 
-fn read_index_range(
-    path: &Path,
-    ds: &Dataset,
-    field: &str,
-    r: Range<usize>,
-    bound: usize,
-) -> Result<Vec<u32>> {
+fn read_index_range(path: &Path, ds: &Dataset, field: &str, r: Range<usize>, bound: usize) -> Result<Vec<u32>> {
     if r.is_empty() {
         return Ok(Vec::new());
     }

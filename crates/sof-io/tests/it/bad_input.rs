@@ -99,7 +99,12 @@ fn shape_mismatches() {
     // CSR indptr of the wrong length.
     let p = h5(&dir.path().join("indptr.h5ad"), |f| {
         let x = f.create_group("X").unwrap();
-        x.new_attr::<hdf5::types::VarLenUnicode>().shape(()).create("encoding-type").unwrap().write_scalar(&"csr_matrix".parse::<hdf5::types::VarLenUnicode>().unwrap()).unwrap();
+        x.new_attr::<hdf5::types::VarLenUnicode>()
+            .shape(())
+            .create("encoding-type")
+            .unwrap()
+            .write_scalar(&"csr_matrix".parse::<hdf5::types::VarLenUnicode>().unwrap())
+            .unwrap();
         x.new_attr::<i64>().shape(2).create("shape").unwrap().write_raw(&[3i64, 2]).unwrap();
         x.new_dataset_builder().with_data(&[1.0f32]).create("data").unwrap();
         x.new_dataset_builder().with_data(&[0i32]).create("indices").unwrap();
@@ -117,7 +122,11 @@ fn shape_mismatches() {
 fn duplicate_gene_names() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("dup.h5ad");
-    check(write_h5ad(&p, &toy(vec![1.0, 2.0, 3.0], &["Gad1", "Sst", "Gad1"]), &BTreeMap::new()), &p, &["duplicate gene name 'Gad1'", "positions 0 and 2", "var_names_make_unique"]);
+    check(
+        write_h5ad(&p, &toy(vec![1.0, 2.0, 3.0], &["Gad1", "Sst", "Gad1"]), &BTreeMap::new()),
+        &p,
+        &["duplicate gene name 'Gad1'", "positions 0 and 2", "var_names_make_unique"],
+    );
 }
 
 #[test]

@@ -52,7 +52,13 @@ fn mouse_rule_agrees_with_the_precomputed_map() {
     }
     let mapped = rows.iter().filter(|r| !r.1.is_empty()).count();
     assert!(mapped > 20_000);
-    assert!(disagree.len() * 1000 <= mapped, "{} of {} disagree, e.g. {:?}", disagree.len(), mapped, &disagree[..disagree.len().min(10)]);
+    assert!(
+        disagree.len() * 1000 <= mapped,
+        "{} of {} disagree, e.g. {:?}",
+        disagree.len(),
+        mapped,
+        &disagree[..disagree.len().min(10)]
+    );
 }
 
 #[test]

@@ -16,8 +16,7 @@ fn close(a: f64, b: f64) -> bool {
 #[test]
 fn every_shared_h5ad_matches_python_anndata() {
     let Some(shared) = shared() else { return };
-    let expected: BTreeMap<String, Value> =
-        serde_json::from_str(include_str!("anndata_expected.json")).unwrap();
+    let expected: BTreeMap<String, Value> = serde_json::from_str(include_str!("anndata_expected.json")).unwrap();
     assert_eq!(expected.len(), 10, "expected numbers cover the ten shared .h5ad files");
     for (file, exp) in &expected {
         let a = read_h5ad(shared.join("data").join(file)).unwrap_or_else(|e| panic!("{e}"));
@@ -26,7 +25,12 @@ fn every_shared_h5ad_matches_python_anndata() {
         assert_eq!((a.n_obs(), a.n_vars()), (n("n_obs"), n("n_vars")), "{file}: shape");
         assert_eq!(a.x.nnz_nonzero(), n("nnz"), "{file}: nnz");
         let totals = a.x.row_sums();
-        assert!(close(totals.iter().sum(), f("total_sum")), "{file}: total {} vs {}", totals.iter().sum::<f64>(), f("total_sum"));
+        assert!(
+            close(totals.iter().sum(), f("total_sum")),
+            "{file}: total {} vs {}",
+            totals.iter().sum::<f64>(),
+            f("total_sum")
+        );
         for (i, t) in exp["first_totals"].as_array().unwrap().iter().enumerate() {
             assert!(close(totals[i], t.as_f64().unwrap()), "{file}: total of cell {i}");
         }
@@ -74,7 +78,11 @@ fn row_range_streaming_equals_whole_read() {
 fn osmfish_loom_equals_h5ad() {
     let Some(shared) = shared() else { return };
     let h = read_h5ad(shared.join("data/osmfish_sscortex.h5ad")).unwrap();
-    let l = read_loom(shared.join("data/osmfish_sscortex_original/osmFISH_SScortex_mouse_all_cells.loom"), &LoomOptions::default()).unwrap();
+    let l = read_loom(
+        shared.join("data/osmfish_sscortex_original/osmFISH_SScortex_mouse_all_cells.loom"),
+        &LoomOptions::default(),
+    )
+    .unwrap();
     assert_eq!((l.n_obs(), l.n_vars()), (6471, 33));
     assert_eq!(l.var_names(), h.var_names());
     let ids: Vec<String> = h.obs.get("CellID").unwrap().labels().into_iter().map(Option::unwrap).collect();
@@ -100,7 +108,8 @@ fn osmfish_tables_equal_h5ad() {
     .unwrap();
     assert_eq!((t.n_obs(), t.n_vars()), (5328, 33));
     let h = read_h5ad(shared.join("data/osmfish_sscortex.h5ad")).unwrap();
-    let pos: std::collections::HashMap<&str, usize> = h.obs_names().iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    let pos: std::collections::HashMap<&str, usize> =
+        h.obs_names().iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
     let rows: Vec<usize> = t.obs_names().iter().map(|n| pos[n.as_str()]).collect();
     let sub = h.select_obs(&rows);
     // Gene order may differ between the table and the .h5ad: compare by gene name.

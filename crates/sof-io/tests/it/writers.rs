@@ -19,7 +19,12 @@ fn python_check(spec: serde_json::Value, dir: &Path) {
     std::fs::write(&spec_path, spec.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../xtask/peers/check_anndata.py");
     let out = std::process::Command::new(python).arg(script).arg(&spec_path).output().unwrap();
-    assert!(out.status.success(), "anndata check failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "anndata check failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn toy() -> AnnData {

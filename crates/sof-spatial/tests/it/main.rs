@@ -2,12 +2,17 @@
 //! target; niches recover the synthetic tissue's ground truth.
 
 use sof_io::AnnData;
-use sof_spatial::{Composition, KnnGraph, RadiusGraph, SectionedPoints, SpatialError, niches, radius_for_mean_neighbors, targets};
+use sof_spatial::{
+    Composition, KnnGraph, RadiusGraph, SectionedPoints, SpatialError, niches, radius_for_mean_neighbors, targets,
+};
 
 fn shared() -> Option<std::path::PathBuf> {
     let found = sof_io::shared::shared_dir_from(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
     if found.is_none() {
-        assert!(std::env::var_os("SOF_REQUIRE_SHARED").is_none(), "SOF_REQUIRE_SHARED is set but no shared/ folder was found");
+        assert!(
+            std::env::var_os("SOF_REQUIRE_SHARED").is_none(),
+            "SOF_REQUIRE_SHARED is set but no shared/ folder was found"
+        );
         eprintln!("note: shared/ data folder not found; skipping a test that needs it");
     }
     found
@@ -25,7 +30,9 @@ fn load(file: &str, section_key: Option<&str>, label_key: &str) -> Option<(Secti
         None => vec![0; xy.len()],
     };
     let (labels, n) = match a.obs.get(label_key).unwrap() {
-        sof_io::Column::Categorical { codes, categories, .. } => (codes.iter().map(|&c| c as u32).collect(), categories.len()),
+        sof_io::Column::Categorical { codes, categories, .. } => {
+            (codes.iter().map(|&c| c as u32).collect(), categories.len())
+        }
         other => panic!("{label_key} is {}", other.kind()),
     };
     Some((SectionedPoints::new(xy, &section).unwrap(), labels, n))
@@ -95,10 +102,14 @@ fn knn_equals_brute_force() {
             .collect();
         cand.sort_by(|a, b| a.0.total_cmp(&b.0));
         let want: Vec<f64> = cand[..6].iter().map(|c| c.0).collect();
-        let got: Vec<f64> = g.neighbors(i).iter().map(|&j| {
-            let [a, b] = p.xy()[j as usize];
-            (x - a).powi(2) + (y - b).powi(2)
-        }).collect();
+        let got: Vec<f64> = g
+            .neighbors(i)
+            .iter()
+            .map(|&j| {
+                let [a, b] = p.xy()[j as usize];
+                (x - a).powi(2) + (y - b).powi(2)
+            })
+            .collect();
         assert_eq!(got, want, "cell {i}: distances of the 6 nearest");
     }
 }
@@ -120,13 +131,25 @@ fn radius_selection_hits_targets() {
         let a = sof_io::h5ad::read_h5ad(shared.join("data").join(file)).unwrap();
         let xy: Vec<[f64; 2]> = a.spatial().unwrap().rows().into_iter().map(|r| [r[0], r[1]]).collect();
         let sec: Vec<u32> = match section {
-            Some(k) => a.obs.get(k).unwrap().labels().iter().map(|l| l.as_ref().unwrap().bytes().fold(0u32, |h, b| h.wrapping_mul(31) ^ u32::from(b))).collect(),
+            Some(k) => a
+                .obs
+                .get(k)
+                .unwrap()
+                .labels()
+                .iter()
+                .map(|l| l.as_ref().unwrap().bytes().fold(0u32, |h, b| h.wrapping_mul(31) ^ u32::from(b)))
+                .collect(),
             None => vec![0; xy.len()],
         };
         let p = SectionedPoints::new(xy, &sec).unwrap();
         for target in [5.0, 10.0, 20.0, 50.0, 100.0] {
             let s = radius_for_mean_neighbors(&p, target, 0.01).unwrap();
-            assert!((s.mean_neighbors - target).abs() <= 0.02 * target, "{file}: target {target}, got {} at r = {}", s.mean_neighbors, s.radius);
+            assert!(
+                (s.mean_neighbors - target).abs() <= 0.02 * target,
+                "{file}: target {target}, got {} at r = {}",
+                s.mean_neighbors,
+                s.radius
+            );
             let g = RadiusGraph::build(&p, s.radius).unwrap();
             assert!((g.mean_degree() - s.mean_neighbors).abs() < 1e-9, "reported mean is the graph's");
         }
@@ -152,7 +175,10 @@ fn bad_inputs_are_errors() {
     let p = SectionedPoints::single_section(vec![[0.0, 0.0], [1.0, 1.0]]).unwrap();
     assert_eq!(RadiusGraph::build(&p, -1.0).unwrap_err(), SpatialError::BadRadius(-1.0));
     assert!(matches!(RadiusGraph::build(&p, f64::NAN).unwrap_err(), SpatialError::BadRadius(_)));
-    assert_eq!(Composition::from_graph(&RadiusGraph::build(&p, 2.0).unwrap(), &[0, 5], 2).unwrap_err(), SpatialError::LabelRange { cell: 1, label: 5, n: 2 });
+    assert_eq!(
+        Composition::from_graph(&RadiusGraph::build(&p, 2.0).unwrap(), &[0, 5], 2).unwrap_err(),
+        SpatialError::LabelRange { cell: 1, label: 5, n: 2 }
+    );
     assert!(matches!(radius_for_mean_neighbors(&p, 5.0, 0.01).unwrap_err(), SpatialError::BadTarget(_)));
     assert!(matches!(SectionedPoints::new(vec![[0.0, 0.0]], &[0, 1]).unwrap_err(), SpatialError::Length { .. }));
 }

@@ -89,7 +89,8 @@ fn density_follows_configuration() {
     let mean_density = b.truth.len() as f64 / (cfg.width_um * cfg.height_um);
     assert!(core_density > 2.0 * mean_density, "core {core_density} vs mean {mean_density}");
     // L1 (density 0.5) against L4 (density 1.5), far from the focal niche: ratio about 3.
-    let far = |t: &&sof_synth::CellTruth| ((t.x_um - cx).powi(2) + (t.y_um - cy).powi(2)).sqrt() > r + cfg.focal[0].margin_um;
+    let far =
+        |t: &&sof_synth::CellTruth| ((t.x_um - cx).powi(2) + (t.y_um - cy).powi(2)).sqrt() > r + cfg.focal[0].margin_um;
     let count = |l: u16| b.truth.iter().filter(far).filter(|t| t.layer == l).count() as f64;
     // Area of each layer away from the focal niche, on a 2 um grid.
     let area = |l: usize| {
@@ -132,7 +133,8 @@ fn technologies_measure_their_panels_at_their_depth() {
         assert_eq!(b.x.n_cols(), panel, "{}", tech.name);
         assert_eq!(g.panel_names(&tech.name).unwrap().len(), panel);
         let totals = b.x.row_sums();
-        let mean_size: f64 = b.truth.iter().map(|t| cfg.cell_types[t.cell_type as usize].size).sum::<f64>() / totals.len() as f64;
+        let mean_size: f64 =
+            b.truth.iter().map(|t| cfg.cell_types[t.cell_type as usize].size).sum::<f64>() / totals.len() as f64;
         let mean = totals.iter().sum::<f64>() / totals.len() as f64;
         let expected = tech.mean_counts * mean_size * (0.3f64.powi(2) / 2.0).exp();
         assert!((mean / expected - 1.0).abs() < 0.05, "{}: mean counts {mean} vs {expected}", tech.name);
@@ -199,7 +201,11 @@ fn written_files_hold_the_ground_truth() {
     let names: Vec<String> = paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec!["spatial_merfish.h5ad", "spatial_xenium.h5ad", "dissociated.h5ad"]);
     let merfish = sof_io::h5ad::read_h5ad(&paths[0]).unwrap();
-    assert_eq!(merfish, g.anndata(&[Sample::Section(0), Sample::Section(1)]), "streamed file equals the in-memory dataset");
+    assert_eq!(
+        merfish,
+        g.anndata(&[Sample::Section(0), Sample::Section(1)]),
+        "streamed file equals the in-memory dataset"
+    );
     assert_eq!(merfish.obs.get("section").unwrap().value_counts().len(), 2);
     let diss = sof_io::h5ad::read_h5ad(&paths[2]).unwrap();
     assert!(diss.spatial().is_none(), "dissociated cells carry no coordinates");

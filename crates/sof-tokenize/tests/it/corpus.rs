@@ -19,10 +19,22 @@ fn setup(file: &str, species: Species, tech: &str, token: u32, modality: Modalit
     let report = tables.align(&r.var().unwrap().index, species, &vocab);
     let means = TechMeans::load_tsv(&shared.join(format!("nicheformer/tech_means/{tech}.tsv")), &vocab).unwrap();
     let tok = Tokenizer::new(TokenizerConfig::default(), &means, species, token, modality);
-    Some(Setup { map: GeneMap::from_report(&report), unmapped: report.unmapped().iter().map(|s| s.to_string()).collect(), vocab, tok })
+    Some(Setup {
+        map: GeneMap::from_report(&report),
+        unmapped: report.unmapped().iter().map(|s| s.to_string()).collect(),
+        vocab,
+        tok,
+    })
 }
 
-fn spec(file: &str, out: &std::path::Path, species: Species, modality: Modality, section: Option<&str>, keep: &[&str]) -> CorpusSpec {
+fn spec(
+    file: &str,
+    out: &std::path::Path,
+    species: Species,
+    modality: Modality,
+    section: Option<&str>,
+    keep: &[&str],
+) -> CorpusSpec {
     CorpusSpec {
         input: shared().unwrap().join("data").join(file),
         output: out.to_path_buf(),
@@ -43,8 +55,15 @@ fn spec(file: &str, out: &std::path::Path, species: Species, modality: Modality,
 fn corpus_rows_match_direct_tokenization() {
     let Some(s) = setup("cosmx_human_lung.h5ad", Species::Human, "cosmx", 8, Modality::Spatial) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let sp = spec("cosmx_human_lung.h5ad", dir.path(), Species::Human, Modality::Spatial, Some("fov"), &["fov", "Area"]);
-    let inputs = CorpusInputs { tokenizer: &s.tok, map: &s.map, vocabulary_hash: &vocabulary_hash(&s.vocab), vocabulary_size: s.vocab.len(), unmapped_genes: s.unmapped.clone() };
+    let sp =
+        spec("cosmx_human_lung.h5ad", dir.path(), Species::Human, Modality::Spatial, Some("fov"), &["fov", "Area"]);
+    let inputs = CorpusInputs {
+        tokenizer: &s.tok,
+        map: &s.map,
+        vocabulary_hash: &vocabulary_hash(&s.vocab),
+        vocabulary_size: s.vocab.len(),
+        unmapped_genes: s.unmapped.clone(),
+    };
     let mut done = 0;
     let m = build_corpus(&sp, &inputs, |n| done += n).unwrap();
     assert_eq!(done, 9233);
@@ -80,8 +99,21 @@ fn corpus_rows_match_direct_tokenization() {
 fn corpus_resumes_and_refuses_bad_shards() {
     let Some(s) = setup("starmap_mpfc.h5ad", Species::Mouse, "merfish", 7, Modality::Spatial) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let sp = spec("starmap_mpfc.h5ad", dir.path(), Species::Mouse, Modality::Spatial, Some("section"), &["layer", "cell_type"]);
-    let inputs = CorpusInputs { tokenizer: &s.tok, map: &s.map, vocabulary_hash: &vocabulary_hash(&s.vocab), vocabulary_size: s.vocab.len(), unmapped_genes: s.unmapped.clone() };
+    let sp = spec(
+        "starmap_mpfc.h5ad",
+        dir.path(),
+        Species::Mouse,
+        Modality::Spatial,
+        Some("section"),
+        &["layer", "cell_type"],
+    );
+    let inputs = CorpusInputs {
+        tokenizer: &s.tok,
+        map: &s.map,
+        vocabulary_hash: &vocabulary_hash(&s.vocab),
+        vocabulary_size: s.vocab.len(),
+        unmapped_genes: s.unmapped.clone(),
+    };
     let first = build_corpus(&sp, &inputs, |_| {}).unwrap();
     assert_eq!(first.shards.len(), 4);
     let shard = |k: usize| dir.path().join(format!("shard-{k:05}.parquet"));

@@ -73,7 +73,9 @@ fn shared_datasets_equal_the_dense_implementation() {
     let Some(shared) = shared() else { return };
     let vocab = Vocabulary::load_tsv(shared.join("nicheformer/vocab.tsv")).unwrap();
     let tables = GeneTables::load(shared.join("genes")).unwrap();
-    let manifests = sof_io::manifest::load_manifests(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets")).unwrap();
+    let manifests =
+        sof_io::manifest::load_manifests(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets"))
+            .unwrap();
     let mut files = 0;
     for m in manifests.iter().filter(|m| m.file.ends_with(".h5ad")) {
         let a = sof_io::h5ad::read_h5ad(shared.join("data").join(&m.file)).unwrap();
@@ -82,7 +84,9 @@ fn shared_datasets_equal_the_dense_implementation() {
         let n = a.n_obs().min(600);
         let x = a.x.slice_rows(0..n);
         let means = match m.technology.as_str() {
-            t @ ("merfish" | "xenium" | "cosmx" | "dissociated") => TechMeans::load_tsv(&shared.join(format!("nicheformer/tech_means/{t}.tsv")), &vocab).unwrap(),
+            t @ ("merfish" | "xenium" | "cosmx" | "dissociated") => {
+                TechMeans::load_tsv(&shared.join(format!("nicheformer/tech_means/{t}.tsv")), &vocab).unwrap()
+            }
             _ => {
                 let mut acc = MeansAccumulator::new(vocab.len());
                 acc.add(&a.x, &GeneMap::new(map.clone()));
@@ -110,13 +114,26 @@ fn random_sparse_matrices_equal_the_dense_implementation() {
         let mut dense = vec![0f32; n * p];
         for x in dense.iter_mut() {
             if rng.random::<f64>() < 0.4 {
-                *x = if rng.random::<f64>() < 0.8 { rng.random_range(1..6) as f32 } else { rng.random::<f32>() * 3.0 + 0.01 };
+                *x = if rng.random::<f64>() < 0.8 {
+                    rng.random_range(1..6) as f32
+                } else {
+                    rng.random::<f32>() * 3.0 + 0.01
+                };
             }
         }
         let x = CsrMatrix::from_dense(n, p, &dense);
-        let map: Vec<Option<u32>> = (0..p).map(|_| (rng.random::<f64>() < 0.85).then(|| rng.random_range(0..v) as u32)).collect();
+        let map: Vec<Option<u32>> =
+            (0..p).map(|_| (rng.random::<f64>() < 0.85).then(|| rng.random_range(0..v) as u32)).collect();
         let means = TechMeans {
-            values: (0..v).map(|_| if rng.random::<f64>() < 0.5 { special[rng.random_range(0..special.len())] } else { rng.random::<f64>() * 10.0 }).collect(),
+            values: (0..v)
+                .map(|_| {
+                    if rng.random::<f64>() < 0.5 {
+                        special[rng.random_range(0..special.len())]
+                    } else {
+                        rng.random::<f64>() * 10.0
+                    }
+                })
+                .collect(),
         };
         let cfg = TokenizerConfig {
             mode: if case % 2 == 0 { Mode::Fixed } else { Mode::Nicheformer },
@@ -157,7 +174,10 @@ fn technology_means() {
     for g in 0..vocab.len() {
         let want = if cnt[g] == 0 { f64::NAN } else { sum[g] / cnt[g] as f64 };
         let got = means.values[g];
-        assert!((want.is_nan() && got.is_nan()) || (got - want).abs() <= 1e-9 * want.abs().max(1.0), "gene {g}: {got} vs {want}");
+        assert!(
+            (want.is_nan() && got.is_nan()) || (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+            "gene {g}: {got} vs {want}"
+        );
     }
     assert_eq!(means.n_measured(), 160, "the 160 mapped STARmap genes are measured");
     let dir = tempfile::tempdir().unwrap();
@@ -178,8 +198,14 @@ fn unknown_context_values_are_errors() {
     assert_eq!(t.get("Xenium").unwrap().token, 9);
     assert!(sof_tokenize::context::parse_species("zebrafish").unwrap_err().to_string().contains("human or mouse"));
     assert!(Modality::parse("bulk").is_err());
-    let extended = sof_tokenize::ContextTable::with_config("[technology.stereoseq]\ntoken = 21\nmeans = \"stereoseq\"\n", "ctx.toml").unwrap();
+    let extended = sof_tokenize::ContextTable::with_config(
+        "[technology.stereoseq]\ntoken = 21\nmeans = \"stereoseq\"\n",
+        "ctx.toml",
+    )
+    .unwrap();
     assert_eq!(extended.get("stereoseq").unwrap().token, 21);
-    let e = sof_tokenize::ContextTable::with_config("[technology.stereoseq]\ntoken = 3\nmeans = \"x\"\n", "ctx.toml").unwrap_err().to_string();
+    let e = sof_tokenize::ContextTable::with_config("[technology.stereoseq]\ntoken = 3\nmeans = \"x\"\n", "ctx.toml")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("19..=29") && e.contains("ctx.toml"), "{e}");
 }

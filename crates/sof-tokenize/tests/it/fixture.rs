@@ -26,12 +26,16 @@ fn load() -> Option<Fixture> {
 }
 
 fn expected(tech: &str) -> Vec<(String, Vec<u32>)> {
-    let text = std::fs::read_to_string(shared().unwrap().join(format!("fixtures/tokenizer/expected_tokens_compat_{tech}.tsv"))).unwrap();
+    let text = std::fs::read_to_string(
+        shared().unwrap().join(format!("fixtures/tokenizer/expected_tokens_compat_{tech}.tsv")),
+    )
+    .unwrap();
     text.lines()
         .skip(1)
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            let toks: Vec<u32> = f.get(2).map(|s| s.split_whitespace().map(|t| t.parse().unwrap()).collect()).unwrap_or_default();
+            let toks: Vec<u32> =
+                f.get(2).map(|s| s.split_whitespace().map(|t| t.parse().unwrap()).collect()).unwrap_or_default();
             assert_eq!(toks.len(), f[1].parse::<usize>().unwrap());
             (f[0].to_owned(), toks)
         })
@@ -39,7 +43,8 @@ fn expected(tech: &str) -> Vec<(String, Vec<u32>)> {
 }
 
 fn tokenize_all(fx: &Fixture, tech: &str, mode: Mode) -> (Vec<Vec<u32>>, TechMeans) {
-    let means = TechMeans::load_tsv(&shared().unwrap().join(format!("nicheformer/tech_means/{tech}.tsv")), &fx.vocab).unwrap();
+    let means =
+        TechMeans::load_tsv(&shared().unwrap().join(format!("nicheformer/tech_means/{tech}.tsv")), &fx.vocab).unwrap();
     let cfg = TokenizerConfig { mode, ..TokenizerConfig::default() };
     let tok = Tokenizer::new(cfg, &means, Species::Human, 9, Modality::Spatial);
     let map = GeneMap::new(fx.genes.iter().map(|g| fx.vocab.get(g)).collect());

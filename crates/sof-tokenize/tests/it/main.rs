@@ -10,7 +10,10 @@ use std::path::PathBuf;
 pub fn shared() -> Option<PathBuf> {
     let found = sof_io::shared::shared_dir_from(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
     if found.is_none() {
-        assert!(std::env::var_os("SOF_REQUIRE_SHARED").is_none(), "SOF_REQUIRE_SHARED is set but no shared/ folder was found");
+        assert!(
+            std::env::var_os("SOF_REQUIRE_SHARED").is_none(),
+            "SOF_REQUIRE_SHARED is set but no shared/ folder was found"
+        );
         eprintln!("note: shared/ data folder not found; skipping a test that needs it");
     }
     found
