@@ -1,5 +1,7 @@
 //! End-to-end runs of the `sof` command line, in-process.
 
+#![allow(clippy::print_stderr)] // tests say when they skip for lack of shared data
+
 use std::path::Path;
 
 fn sof(args: &[&str]) -> anyhow::Result<()> {

@@ -44,10 +44,10 @@ where
 {
     let cli = Cli::try_parse_from(args).map_err(|e| if e.use_stderr() { anyhow::anyhow!("{e}") } else { e.exit() })?;
     util::init_logging(cli.verbose, cli.quiet);
-    if let Some(n) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
-            tracing::warn!("could not set {n} threads: {e}");
-        }
+    if let Some(n) = cli.threads
+        && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global()
+    {
+        tracing::warn!("could not set {n} threads: {e}");
     }
     match cli.command {
         Command::Demo(a) => commands::demo::run(a, cli.quiet),

@@ -62,15 +62,15 @@ impl Vocabulary {
                     "check for truncation",
                 )
             })?;
-            if let Some(i) = idx_col {
-                if fields.get(i).and_then(|s| s.parse::<usize>().ok()) != Some(ids.len()) {
-                    return Err(Error::invalid(
-                        path,
-                        format!("line {}", n + 2),
-                        "index is not the row number",
-                        "the vocabulary must be listed in index order, from 0",
-                    ));
-                }
+            if let Some(i) = idx_col
+                && fields.get(i).and_then(|s| s.parse::<usize>().ok()) != Some(ids.len())
+            {
+                return Err(Error::invalid(
+                    path,
+                    format!("line {}", n + 2),
+                    "index is not the row number",
+                    "the vocabulary must be listed in index order, from 0",
+                ));
             }
             ids.push((*id).to_owned());
         }

@@ -111,15 +111,15 @@ pub fn read_loom(path: impl AsRef<Path>, opts: &LoomOptions) -> Result<AnnData> 
     }
 
     let mut obsm = BTreeMap::new();
-    if let Some((xa, ya)) = &opts.coordinate_attrs {
-        if let (Some(xs), Some(ys)) = (obs.get(xa).and_then(|c| c.as_f64()), obs.get(ya).and_then(|c| c.as_f64())) {
-            let mut xy = Array2::<f64>::zeros((n_cells, 2));
-            for i in 0..n_cells {
-                xy[[i, 0]] = xs[i];
-                xy[[i, 1]] = ys[i];
-            }
-            obsm.insert("spatial".to_owned(), xy);
+    if let Some((xa, ya)) = &opts.coordinate_attrs
+        && let (Some(xs), Some(ys)) = (obs.get(xa).and_then(|c| c.as_f64()), obs.get(ya).and_then(|c| c.as_f64()))
+    {
+        let mut xy = Array2::<f64>::zeros((n_cells, 2));
+        for i in 0..n_cells {
+            xy[[i, 0]] = xs[i];
+            xy[[i, 1]] = ys[i];
         }
+        obsm.insert("spatial".to_owned(), xy);
     }
     let adata = AnnData { x, obs, var: Frame::new(genes), obsm };
     adata.validate(path)?;

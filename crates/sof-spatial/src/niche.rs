@@ -22,7 +22,7 @@ fn dist2(a: &[f32], b: &[f32]) -> f32 {
 
 /// Clusters the rows of `data` (n x dim, row-major) into `k` groups; deterministic for a seed.
 pub fn niches(data: &[f32], dim: usize, k: usize, seed: u64) -> Result<KMeans, SpatialError> {
-    if dim == 0 || data.len() % dim != 0 {
+    if dim == 0 || !data.len().is_multiple_of(dim) {
         return Err(SpatialError::Other(format!(
             "composition data of {} values is not a multiple of {dim} columns",
             data.len()

@@ -73,10 +73,10 @@ impl GeneMap {
     pub fn vocab_row(&self, cols: &[u32], vals: &[f32], out: &mut Vec<(u32, f64)>) {
         out.clear();
         for (&c, &v) in cols.iter().zip(vals) {
-            if v != 0.0 {
-                if let Some(g) = self.to_vocab[c as usize] {
-                    out.push((g, f64::from(v)));
-                }
+            if v != 0.0
+                && let Some(g) = self.to_vocab[c as usize]
+            {
+                out.push((g, f64::from(v)));
             }
         }
         if self.collisions {

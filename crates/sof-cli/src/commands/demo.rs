@@ -148,7 +148,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     // One vocabulary for every sample: the dissociated sample measures every gene.
     let vocab_path = args.output.join("vocab.tsv");
     let all_genes = sof_io::h5ad::H5adReader::open(
-        &files.iter().find(|f| f.technology == "dissociated").map_or(&files[0].path, |f| &f.path),
+        files.iter().find(|f| f.technology == "dissociated").map_or(&files[0].path, |f| &f.path),
     )?
     .var()?
     .index;

@@ -1,6 +1,8 @@
 //! sof-io integration tests: readers against Python anndata's numbers, writers round-trip,
 //! every bad-input case, and gene alignment on the shared datasets.
 
+#![allow(clippy::print_stderr)] // tests say when they skip for lack of shared data
+
 mod bad_input;
 mod genes;
 mod manifests;

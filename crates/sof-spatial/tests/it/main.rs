@@ -1,6 +1,8 @@
 //! Graphs and targets equal brute force on the shared datasets; radius selection hits its
 //! target; niches recover the synthetic tissue's ground truth.
 
+#![allow(clippy::print_stderr)] // tests say when they skip for lack of shared data
+
 use sof_io::AnnData;
 use sof_spatial::{
     Composition, KnnGraph, RadiusGraph, SectionedPoints, SpatialError, niches, radius_for_mean_neighbors, targets,

@@ -1,5 +1,7 @@
 //! Ground-truth consistency of the synthetic tissue.
 
+#![allow(clippy::print_stderr)] // tests say when they skip for lack of shared data
+
 use std::collections::BTreeMap;
 
 use sof_synth::{Generator, Sample, SynthConfig};

@@ -1,6 +1,8 @@
 //! Tokenizer tests: the reference fixture token for token, an independent dense implementation
 //! on every shared dataset and on random sparse matrices, technology means, and the corpus builder.
 
+#![allow(clippy::print_stderr)] // tests say when they skip for lack of shared data
+
 mod corpus;
 mod dense;
 mod fixture;
