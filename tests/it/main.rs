@@ -207,60 +207,17 @@ fn tokenize_writes_a_resumable_corpus() {
     assert_eq!(std::fs::read(out.join("shard-00001.parquet")).unwrap(), before);
     assert!(out.join("shard-00002.parquet").exists(), "the missing shard is rewritten");
 
-    let e = format!(
-        "{:#}",
-        sof(&[
-            "tokenize",
-            "--input",
-            input.to_str().unwrap(),
-            "--technology",
-            "visium",
-            "--species",
-            "mouse",
-            "--modality",
-            "spatial",
-            "--output",
-            dir
-        ])
-        .unwrap_err()
-    );
+    // Bad flags: each error names the problem (and the fix).
+    let tokenize_err = |technology: &str, modality: &str, extra: &[&str]| {
+        let mut a = vec!["tokenize", "--input", input.to_str().unwrap(), "--technology", technology];
+        a.extend_from_slice(&["--species", "mouse", "--modality", modality, "--output", dir]);
+        a.extend_from_slice(extra);
+        format!("{:#}", sof(&a).unwrap_err())
+    };
+    let e = tokenize_err("visium", "spatial", &[]);
     assert!(e.contains("unknown technology 'visium'"), "{e}");
-    let e = format!(
-        "{:#}",
-        sof(&[
-            "tokenize",
-            "--input",
-            input.to_str().unwrap(),
-            "--technology",
-            "merfish",
-            "--species",
-            "mouse",
-            "--modality",
-            "bulk",
-            "--output",
-            dir
-        ])
-        .unwrap_err()
-    );
+    let e = tokenize_err("merfish", "bulk", &[]);
     assert!(e.contains("unknown modality 'bulk'"), "{e}");
-    let e = format!(
-        "{:#}",
-        sof(&[
-            "tokenize",
-            "--input",
-            input.to_str().unwrap(),
-            "--technology",
-            "merfish",
-            "--species",
-            "mouse",
-            "--modality",
-            "spatial",
-            "--tech-means",
-            dir,
-            "--output",
-            out.to_str().unwrap()
-        ])
-        .unwrap_err()
-    );
+    let e = tokenize_err("merfish", "spatial", &["--tech-means", dir]);
     assert!(e.contains("no mean vector 'merfish.tsv'") && e.contains("sof tech-means"), "{e}");
 }

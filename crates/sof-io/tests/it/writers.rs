@@ -10,6 +10,7 @@ use crate::shared;
 
 /// Runs xtask/peers/check_anndata.py with `$SOF_PYTHON` (a Python with anndata; .ci/run makes
 /// one). Without it only the Rust-side checks run, and the test says so.
+#[allow(clippy::print_stderr)]
 fn python_check(spec: serde_json::Value, dir: &Path) {
     let Some(python) = std::env::var_os("SOF_PYTHON") else {
         eprintln!("note: SOF_PYTHON not set; skipping the Python anndata check");

@@ -1,23 +1,14 @@
 //! Graphs and targets equal brute force on the shared datasets; radius selection hits its
 //! target; niches recover the synthetic tissue's ground truth.
 
-#![allow(clippy::print_stderr)] // tests say when they skip for lack of shared data
-
 use sof_io::AnnData;
 use sof_spatial::{
     Composition, KnnGraph, RadiusGraph, SectionedPoints, SpatialError, niches, radius_for_mean_neighbors, targets,
 };
 
+/// The shared data folder, or `None` (with a note) where it is absent; CI requires it.
 fn shared() -> Option<std::path::PathBuf> {
-    let found = sof_io::shared::shared_dir_from(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
-    if found.is_none() {
-        assert!(
-            std::env::var_os("SOF_REQUIRE_SHARED").is_none(),
-            "SOF_REQUIRE_SHARED is set but no shared/ folder was found"
-        );
-        eprintln!("note: shared/ data folder not found; skipping a test that needs it");
-    }
-    found
+    sof_io::shared::for_tests(std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// Points of a file, sectioned by `section_key` when given; labels from `label_key` as codes.
