@@ -221,3 +221,29 @@ fn tokenize_writes_a_resumable_corpus() {
     let e = tokenize_err("merfish", "spatial", &["--tech-means", dir]);
     assert!(e.contains("no mean vector 'merfish.tsv'") && e.contains("sof tech-means"), "{e}");
 }
+
+/// Symbols that cannot be matched without gene tables: a clear error that says what to pass.
+#[test]
+fn tokenize_without_mappable_genes_says_what_to_pass() {
+    let Some(shared) = sof_io::shared::for_tests(Path::new(env!("CARGO_MANIFEST_DIR"))) else { return };
+    let d = tempfile::tempdir().unwrap();
+    let input = shared.join("data/starmap_mpfc.h5ad");
+    let vocab = shared.join("nicheformer/vocab.tsv");
+    let args = [
+        "tokenize",
+        "--input",
+        input.to_str().unwrap(),
+        "--technology",
+        "merfish",
+        "--species",
+        "mouse",
+        "--modality",
+        "spatial",
+        "--vocab",
+        vocab.to_str().unwrap(),
+        "--output",
+        d.path().to_str().unwrap(),
+    ];
+    let e = format!("{:#}", sof(&args).unwrap_err());
+    assert!(e.contains("starmap_mpfc.h5ad") && e.contains("none of its 166 genes") && e.contains("--genes-dir"), "{e}");
+}

@@ -124,3 +124,82 @@ fn osmfish_tables_equal_h5ad() {
     assert!(ts.iter().zip(hs.iter()).all(|(a, b)| (a - b).abs() < 1e-6));
     assert_eq!(t.obs.get("ClusterID").unwrap().labels(), sub.obs.get("ClusterID").unwrap().labels());
 }
+
+/// X stored dense, CSR or CSC, with integer or float dtypes, reads to the same matrix, whole or
+/// by row range (files written with the raw HDF5 API, as other writers lay them out).
+#[test]
+fn every_x_encoding_and_dtype_reads_the_same() {
+    use hdf5::types::VarLenUnicode;
+    // 4 cells x 3 genes: [[1,0,2],[0,0,0],[0,5,0],[7,0,9]].
+    let dense = [1.0f32, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.0, 7.0, 0.0, 9.0];
+    let dir = tempfile::tempdir().unwrap();
+    let frame = |f: &hdf5::File, name: &str, ids: &[&str]| {
+        let g = f.create_group(name).unwrap();
+        let v: Vec<VarLenUnicode> = ids.iter().map(|s| s.parse().unwrap()).collect();
+        g.new_dataset_builder().with_data(&v).create("_index").unwrap();
+        g.new_attr::<VarLenUnicode>()
+            .shape(())
+            .create("_index")
+            .unwrap()
+            .write_scalar(&"_index".parse::<VarLenUnicode>().unwrap())
+            .unwrap();
+    };
+    let sparse = |f: &hdf5::File, kind: &str, data: &[f64], indices: &[i64], indptr: &[i32]| {
+        let x = f.create_group("X").unwrap();
+        x.new_attr::<VarLenUnicode>()
+            .shape(())
+            .create("encoding-type")
+            .unwrap()
+            .write_scalar(&kind.parse::<VarLenUnicode>().unwrap())
+            .unwrap();
+        x.new_attr::<i64>().shape(2).create("shape").unwrap().write_raw(&[4i64, 3]).unwrap();
+        x.new_dataset_builder().with_data(data).create("data").unwrap();
+        x.new_dataset_builder().with_data(indices).create("indices").unwrap();
+        x.new_dataset_builder().with_data(indptr).create("indptr").unwrap();
+    };
+    let cases: Vec<(&str, Box<dyn Fn(&hdf5::File)>)> = vec![
+        (
+            "dense_int32",
+            Box::new(|f: &hdf5::File| {
+                let a = ndarray::Array2::from_shape_vec((4, 3), dense.iter().map(|&v| v as i32).collect()).unwrap();
+                f.new_dataset_builder().with_data(&a).create("X").unwrap();
+            }),
+        ),
+        (
+            "dense_f64",
+            Box::new(|f: &hdf5::File| {
+                let a = ndarray::Array2::from_shape_vec((4, 3), dense.iter().map(|&v| f64::from(v)).collect()).unwrap();
+                f.new_dataset_builder().with_data(&a).create("X").unwrap();
+            }),
+        ),
+        (
+            "csr_f64_i64",
+            Box::new(move |f: &hdf5::File| {
+                sparse(f, "csr_matrix", &[1.0, 2.0, 5.0, 7.0, 9.0], &[0, 2, 1, 0, 2], &[0, 2, 2, 3, 5])
+            }),
+        ),
+        (
+            "csc_f64_i64",
+            Box::new(move |f: &hdf5::File| {
+                sparse(f, "csc_matrix", &[1.0, 7.0, 5.0, 2.0, 9.0], &[0, 3, 2, 0, 3], &[0, 2, 3, 5])
+            }),
+        ),
+    ];
+    for (name, write) in cases {
+        let path = dir.path().join(format!("{name}.h5ad"));
+        {
+            let f = hdf5::File::create(&path).unwrap();
+            write(&f);
+            frame(&f, "obs", &["a", "b", "c", "d"]);
+            frame(&f, "var", &["G1", "G2", "G3"]);
+        }
+        let r = H5adReader::open(&path).unwrap();
+        let whole = r.read().unwrap();
+        assert_eq!(whole.x.to_dense(), dense, "{name}");
+        let mut parts = r.read_rows(0..1).unwrap();
+        parts.append_rows(&r.read_rows(1..3).unwrap());
+        parts.append_rows(&r.read_rows(3..4).unwrap());
+        assert_eq!(parts.to_dense(), dense, "{name}: by row range");
+        assert_eq!(r.read_rows(2..4).unwrap().to_dense(), dense[6..], "{name}: a middle range");
+    }
+}
