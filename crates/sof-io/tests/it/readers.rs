@@ -157,7 +157,8 @@ fn every_x_encoding_and_dtype_reads_the_same() {
         x.new_dataset_builder().with_data(indices).create("indices").unwrap();
         x.new_dataset_builder().with_data(indptr).create("indptr").unwrap();
     };
-    let cases: Vec<(&str, Box<dyn Fn(&hdf5::File)>)> = vec![
+    type Writer = Box<dyn Fn(&hdf5::File)>;
+    let cases: Vec<(&str, Writer)> = vec![
         (
             "dense_int32",
             Box::new(|f: &hdf5::File| {
