@@ -157,7 +157,7 @@ fn every_x_encoding_and_dtype_reads_the_same() {
         x.new_dataset_builder().with_data(indices).create("indices").unwrap();
         x.new_dataset_builder().with_data(indptr).create("indptr").unwrap();
     };
-    type Writer = Box<dyn Fn(&hdf5::File)>;
+    type Writer<'a> = Box<dyn Fn(&hdf5::File) + 'a>;
     let cases: Vec<(&str, Writer)> = vec![
         (
             "dense_int32",
