@@ -1,0 +1,88 @@
+//! The encoder: Nicheformer's forward pass (PyTorch `nn.TransformerEncoderLayer` semantics).
+
+use burn::nn::transformer::{TransformerEncoder, TransformerEncoderInput};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::prelude::*;
+
+use crate::{EncoderConfig, N_CONTEXT, PAD};
+
+/// How a cell embedding averages the last layer's outputs over gene positions (3..).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooling {
+    /// Ours (default): PAD positions are left out.
+    #[default]
+    PadExcluded,
+    /// The reference's: PAD positions are averaged in too (a flaw for short spatial panels).
+    Reference,
+}
+
+/// Token embedding (padding row 1), learned positional embedding, encoder layers, MLM head.
+/// Field names mirror the reference's state_dict, so importing weights is a table of renames.
+#[derive(Module, Debug)]
+pub struct Encoder {
+    pub embeddings: Embedding,
+    pub positional_embedding: Embedding,
+    pub encoder: TransformerEncoder,
+    pub classifier_head: Linear,
+}
+
+impl EncoderConfig {
+    /// A randomly initialised encoder on `device`.
+    pub fn init(&self, device: &Device) -> Encoder {
+        Encoder {
+            embeddings: EmbeddingConfig::new(self.embedding_rows, self.d_model).init(device),
+            positional_embedding: EmbeddingConfig::new(self.context_length, self.d_model).init(device),
+            encoder: self.transformer().init(device),
+            classifier_head: LinearConfig::new(self.d_model, self.n_tokens).init(device),
+        }
+    }
+}
+
+impl Encoder {
+    /// Last-layer outputs.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, length]` (`length` <= the context length), PAD = 1
+    /// - output: `[batch, length, d_model]`
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [_, length] = tokens.dims();
+        let pad = tokens.clone().equal_elem(PAD); // [batch, length]
+        let x = self.embeddings.forward(tokens); // [batch, length, d_model]
+        let pos = self.positional_embedding.weight.val().slice(s![0..length, ..]).unsqueeze::<3>(); // [1, length, d_model]
+        self.encoder.forward(TransformerEncoderInput::new(x + pos).mask_pad(pad))
+    }
+
+    /// MLM logits at every position.
+    ///
+    /// # Shapes
+    /// - hidden: `[batch, length, d_model]`
+    /// - output: `[batch, length, n_tokens]`
+    pub fn mlm_logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.classifier_head.forward(hidden)
+    }
+
+    /// Cell embeddings: the mean of `hidden` over gene positions (3..).
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, length]`, hidden: `[batch, length, d_model]`
+    /// - output: `[batch, d_model]`
+    pub fn pool(&self, tokens: Tensor<2, Int>, hidden: Tensor<3>, pooling: Pooling) -> Tensor<2> {
+        let [batch, length, d] = hidden.dims();
+        let genes = hidden.slice(s![.., N_CONTEXT..length, ..]); // [batch, genes, d]
+        match pooling {
+            Pooling::Reference => genes.mean_dim(1).reshape([batch, d]),
+            Pooling::PadExcluded => {
+                let keep = tokens.slice(s![.., N_CONTEXT..length]).not_equal_elem(PAD).float(); // [batch, genes]
+                let count = keep.clone().sum_dim(1).clamp_min(1.0); // [batch, 1]
+                let summed = (genes * keep.unsqueeze_dim::<3>(2)).sum_dim(1).reshape([batch, d]); // [batch, d]
+                summed / count
+            }
+        }
+    }
+
+    /// Forward pass and pooling in one call.
+    pub fn embed(&self, tokens: Tensor<2, Int>, pooling: Pooling) -> Tensor<2> {
+        let hidden = self.forward(tokens.clone());
+        self.pool(tokens, hidden, pooling)
+    }
+}

@@ -1,0 +1,201 @@
+//! Reference-layout weights (`.safetensors` with the reference's state_dict names).
+//!
+//! Renames: `embeddings.weight`, `positional_embedding.weight`, `classifier_head.{weight,bias}`,
+//! and per layer `encoder.layers.{i}.`: `self_attn.in_proj_{weight,bias}` (q, k, v stacked) ->
+//! the attention's query / key / value, `self_attn.out_proj` -> output, `linear1` / `linear2` ->
+//! the feed-forward's inner / outer, `norm1` / `norm2` -> `norm_1` / `norm_2`. PyTorch stores linear
+//! weights as `[out, in]`, burn as `[in, out]`: they are transposed on import. Tensors the forward
+//! pass never uses (`encoder_layer.*`, `pooler_head.*`, `cls_head.*`) are accepted and ignored.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, Linear};
+use burn::prelude::*;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::{Encoder, EncoderConfig, ModelError};
+
+/// Prefixes of reference tensors the forward pass does not use.
+const IGNORED: [&str; 3] = ["encoder_layer.", "pooler_head.", "cls_head."];
+
+/// The reference's `config.json` keys (as a model hub stores them).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ReferenceConfig {
+    pub dim_model: usize,
+    pub nheads: usize,
+    pub dim_feedforward: usize,
+    pub nlayers: usize,
+    #[serde(default)]
+    pub dropout: f64,
+    pub context_length: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    pub n_tokens: usize,
+}
+
+fn default_eps() -> f64 {
+    1e-12
+}
+
+impl ReferenceConfig {
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(path, e.to_string(), "pass the config.json stored beside the weights, or --model-config")
+        })?;
+        serde_json::from_str(&text).map_err(|e| {
+            invalid(
+                path,
+                e.to_string(),
+                "the reference config needs dim_model, nheads, dim_feedforward, nlayers, context_length, n_tokens",
+            )
+        })
+    }
+
+    /// Our config; the embedding table's rows come from the weights themselves.
+    pub fn to_encoder_config(&self, embedding_rows: usize) -> EncoderConfig {
+        EncoderConfig::new(
+            embedding_rows,
+            self.n_tokens,
+            self.context_length,
+            self.dim_model,
+            self.nheads,
+            self.dim_feedforward,
+            self.nlayers,
+        )
+        .with_layer_norm_eps(self.layer_norm_eps)
+        .with_dropout(self.dropout)
+    }
+}
+
+fn invalid(path: &Path, problem: impl Into<String>, fix: impl Into<String>) -> ModelError {
+    ModelError::Invalid { path: path.display().to_string(), problem: problem.into(), fix: fix.into() }
+}
+
+/// Named f32 tensors read from a file.
+struct Weights {
+    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl Weights {
+    fn read_safetensors(path: &Path) -> Result<Self, ModelError> {
+        let bytes = std::fs::read(path).map_err(|e| invalid(path, e.to_string(), "check the path"))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            invalid(path, format!("not a safetensors file ({e})"), "the file is truncated or in another format")
+        })?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(invalid(
+                    path,
+                    format!("tensor {name} is {:?}", view.dtype()),
+                    "export the weights as float32",
+                ));
+            }
+            let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            tensors.insert(name, (view.shape().to_vec(), data));
+        }
+        Ok(Self { tensors })
+    }
+}
+
+/// Collects what does not fit, then reports it all at once.
+struct Loader<'a> {
+    weights: &'a Weights,
+    used: Vec<String>,
+    problems: Vec<String>,
+    device: Device,
+}
+
+impl Loader<'_> {
+    fn take<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Option<Tensor<D>> {
+        let Some((s, data)) = self.weights.tensors.get(name) else {
+            self.problems.push(format!("missing: {name} {shape:?}"));
+            return None;
+        };
+        self.used.push(name.to_owned());
+        if s.as_slice() != shape.as_slice() {
+            self.problems.push(format!("mis-shaped: {name} is {s:?}, the model needs {shape:?}"));
+            return None;
+        }
+        Some(Tensor::from_data(TensorData::new(data.clone(), shape), &self.device))
+    }
+
+    /// PyTorch `[out, in]` weight rows `rows` -> burn `[in, out]`.
+    fn linear(&mut self, target: &mut Linear, weight: &str, bias: &str, d_in: usize, d_out: usize) {
+        if let Some(w) = self.take(weight, [d_out, d_in]) {
+            target.weight = Param::from_tensor(w.transpose());
+        }
+        if let Some(b) = self.take(bias, [d_out]) {
+            target.bias = Some(Param::from_tensor(b));
+        }
+    }
+
+    fn norm(&mut self, target: &mut LayerNorm, prefix: &str, d: usize) {
+        if let Some(g) = self.take(&format!("{prefix}.weight"), [d]) {
+            target.gamma = Param::from_tensor(g);
+        }
+        if let Some(b) = self.take(&format!("{prefix}.bias"), [d]) {
+            target.beta = Some(Param::from_tensor(b));
+        }
+    }
+}
+
+/// Loads reference-layout weights from `.safetensors`; the heads count comes from `config`
+/// (shapes do not reveal it). Missing, unexpected and mis-shaped tensors are all listed.
+pub fn load_safetensors(
+    path: &Path,
+    config: &ReferenceConfig,
+    device: &Device,
+) -> Result<(Encoder, EncoderConfig), ModelError> {
+    let weights = Weights::read_safetensors(path)?;
+    let rows = weights.tensors.get("embeddings.weight").map(|t| t.0[0]).ok_or_else(|| ModelError::Mismatch {
+        path: path.display().to_string(),
+        report: "missing: embeddings.weight (is this a Nicheformer checkpoint?)".into(),
+    })?;
+    let cfg = config.to_encoder_config(rows);
+    let mut enc = cfg.init(device);
+    let (d, ff) = (cfg.d_model, cfg.d_ff);
+    let mut l = Loader { weights: &weights, used: Vec::new(), problems: Vec::new(), device: device.clone() };
+    if let Some(t) = l.take("embeddings.weight", [cfg.embedding_rows, d]) {
+        enc.embeddings.weight = Param::from_tensor(t);
+    }
+    if let Some(t) = l.take("positional_embedding.weight", [cfg.context_length, d]) {
+        enc.positional_embedding.weight = Param::from_tensor(t);
+    }
+    l.linear(&mut enc.classifier_head, "classifier_head.weight", "classifier_head.bias", d, cfg.n_tokens);
+    for (i, layer) in enc.encoder.layers.iter_mut().enumerate() {
+        let p = format!("encoder.layers.{i}");
+        let w = l.take(&format!("{p}.self_attn.in_proj_weight"), [3 * d, d]);
+        let b = l.take(&format!("{p}.self_attn.in_proj_bias"), [3 * d]);
+        if let (Some(w), Some(b)) = (w, b) {
+            for (k, target) in [&mut layer.mha.query, &mut layer.mha.key, &mut layer.mha.value].into_iter().enumerate()
+            {
+                target.weight = Param::from_tensor(w.clone().slice(s![k * d..(k + 1) * d, ..]).transpose());
+                target.bias = Some(Param::from_tensor(b.clone().slice(s![k * d..(k + 1) * d])));
+            }
+        }
+        l.linear(
+            &mut layer.mha.output,
+            &format!("{p}.self_attn.out_proj.weight"),
+            &format!("{p}.self_attn.out_proj.bias"),
+            d,
+            d,
+        );
+        l.linear(&mut layer.pwff.linear_inner, &format!("{p}.linear1.weight"), &format!("{p}.linear1.bias"), d, ff);
+        l.linear(&mut layer.pwff.linear_outer, &format!("{p}.linear2.weight"), &format!("{p}.linear2.bias"), ff, d);
+        l.norm(&mut layer.norm_1, &format!("{p}.norm1"), d);
+        l.norm(&mut layer.norm_2, &format!("{p}.norm2"), d);
+    }
+    let mut problems = l.problems;
+    for name in weights.tensors.keys() {
+        if !l.used.contains(name) && !IGNORED.iter().any(|p| name.starts_with(p)) {
+            problems.push(format!("unexpected: {name} {:?}", weights.tensors[name].0));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ModelError::Mismatch { path: path.display().to_string(), report: problems.join("\n") });
+    }
+    Ok((enc, cfg))
+}

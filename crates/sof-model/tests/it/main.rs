@@ -1,0 +1,127 @@
+//! Parity with the reference: the tiny checkpoint in the reference layout reproduces the
+//! reference's hidden states, MLM logits and both poolings within 1e-4 (f32, CPU).
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use sof_model::import::{ReferenceConfig, load_safetensors};
+use sof_model::{EncoderConfig, ModelError, Pooling};
+
+fn fixture_dir() -> Option<PathBuf> {
+    sof_io_free_shared().map(|s| s.join("fixtures/nicheformer_tiny"))
+}
+
+/// The shared folder beside the checkout (this crate does not depend on sof-io).
+#[allow(clippy::print_stderr)]
+fn sof_io_free_shared() -> Option<PathBuf> {
+    let start = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let found = std::env::var_os("SOF_SHARED_DIR")
+        .map(PathBuf::from)
+        .or_else(|| start.ancestors().map(|a| a.join("shared")).find(|s| s.join("data").is_dir()));
+    if found.is_none() {
+        assert!(
+            std::env::var_os("SOF_REQUIRE_SHARED").is_none(),
+            "SOF_REQUIRE_SHARED is set but no shared/ folder was found"
+        );
+        eprintln!("note: shared/ data folder not found; skipping a test that needs it");
+    }
+    found
+}
+
+/// A minimal `.npy` reader (little-endian f4 / i8, C order), enough for the fixtures.
+fn npy(path: &Path) -> (Vec<usize>, Vec<u8>, String) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..6], b"\x93NUMPY", "{}", path.display());
+    let (hlen, start) = if b[6] == 1 {
+        (u16::from_le_bytes([b[8], b[9]]) as usize, 10)
+    } else {
+        (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
+    };
+    let header = String::from_utf8_lossy(&b[start..start + hlen]).into_owned();
+    assert!(header.contains("'fortran_order': False"));
+    let descr = header.split("'descr': '").nth(1).unwrap().split('\'').next().unwrap().to_owned();
+    let shape_s = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape = shape_s.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    (shape, b[start + hlen..].to_vec(), descr)
+}
+
+fn npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let (shape, data, descr) = npy(path);
+    assert_eq!(descr, "<f4");
+    (shape, data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+fn npy_i64(path: &Path) -> (Vec<usize>, Vec<i64>) {
+    let (shape, data, descr) = npy(path);
+    assert_eq!(descr, "<i8");
+    (shape, data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
+}
+
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1e-4, "{what}: max abs difference {worst}");
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn safetensors_reproduce_the_reference_outputs() {
+    let Some(dir) = fixture_dir() else { return };
+    let device = Device::flex();
+    let cfg = ReferenceConfig::load(&dir.join("config.json")).unwrap();
+    let (enc, ours) = load_safetensors(&dir.join("model.safetensors"), &cfg, &device).unwrap();
+    assert_eq!((ours.embedding_rows, ours.n_tokens, ours.n_layers, ours.n_heads), (85, 80, 2, 4));
+    let (shape, ids) = npy_i64(&dir.join("input_tokens.npy"));
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [shape[0], shape[1]]), &device);
+    let hidden = enc.forward(tokens.clone());
+    assert_close(&to_vec(hidden.clone()), &npy_f32(&dir.join("expected_hidden.npy")).1, "hidden");
+    assert_close(
+        &to_vec(enc.mlm_logits(hidden.clone())),
+        &npy_f32(&dir.join("expected_mlm_logits.npy")).1,
+        "MLM logits",
+    );
+    let reference = enc.pool(tokens.clone(), hidden.clone(), Pooling::Reference);
+    assert_close(
+        &to_vec(reference),
+        &npy_f32(&dir.join("expected_embedding_reference_mean.npy")).1,
+        "reference pooling",
+    );
+    let excluded = enc.embed(tokens, Pooling::PadExcluded);
+    assert_close(
+        &to_vec(excluded),
+        &npy_f32(&dir.join("expected_embedding_pad_excluded_mean.npy")).1,
+        "PAD-excluded pooling",
+    );
+}
+
+#[test]
+fn mismatched_weights_are_listed() {
+    let Some(dir) = fixture_dir() else { return };
+    let device = Device::flex();
+    let mut cfg = ReferenceConfig::load(&dir.join("config.json")).unwrap();
+    cfg.nlayers = 3;
+    cfg.dim_feedforward = 48;
+    let e = load_safetensors(&dir.join("model.safetensors"), &cfg, &device).unwrap_err().to_string();
+    assert!(e.contains("missing: encoder.layers.2.self_attn.in_proj_weight"), "{e}");
+    assert!(e.contains("mis-shaped: encoder.layers.0.linear1.weight is [64, 32], the model needs [48, 32]"), "{e}");
+    let tmp = std::env::temp_dir().join(format!("sof-model-bad-{}.safetensors", std::process::id()));
+    std::fs::write(&tmp, b"not safetensors").unwrap();
+    let e = load_safetensors(&tmp, &cfg, &device).unwrap_err();
+    assert!(matches!(e, ModelError::Invalid { .. }) && e.to_string().contains("not a safetensors file"), "{e}");
+    let _ = std::fs::remove_file(tmp);
+}
+
+/// The `nicheformer` preset has the reference's parameter count (about 47M with unused heads
+/// left out: the paper's 49.3M counts them).
+#[test]
+fn nicheformer_preset_size() {
+    let cfg = EncoderConfig::nicheformer();
+    let n = cfg.n_parameters();
+    assert!((45_000_000..48_000_000).contains(&n), "{n} parameters");
+    let device = Device::flex();
+    let tiny = EncoderConfig::tiny(80).init(&device);
+    assert_eq!(tiny.num_params(), EncoderConfig::tiny(80).n_parameters(), "counted parameters equal the module's");
+}
