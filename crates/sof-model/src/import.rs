@@ -1,4 +1,5 @@
-//! Reference-layout weights (`.safetensors` with the reference's state_dict names).
+//! Reference-layout weights: `.safetensors` (the state_dict, with a `config.json` beside it) and
+//! PyTorch Lightning `.ckpt` (a `state_dict` and its `hyper_parameters`).
 //!
 //! Renames: `embeddings.weight`, `positional_embedding.weight`, `classifier_head.{weight,bias}`,
 //! and per layer `encoder.layers.{i}.`: `self_attn.in_proj_{weight,bias}` (q, k, v stacked) ->
@@ -79,6 +80,36 @@ struct Weights {
 }
 
 impl Weights {
+    /// The `state_dict` of a PyTorch (Lightning) checkpoint.
+    fn read_ckpt(path: &Path) -> Result<Self, ModelError> {
+        let reader = pytorch_reader::PytorchReader::with_top_level_key(path, "state_dict").map_err(|e| {
+            invalid(
+                path,
+                format!("not a readable PyTorch checkpoint ({e})"),
+                "pass a Lightning .ckpt with a state_dict, or a .safetensors file",
+            )
+        })?;
+        let mut tensors = BTreeMap::new();
+        for (name, t) in reader.into_tensors() {
+            if t.dtype() != pytorch_reader::DType::F32 {
+                return Err(invalid(
+                    path,
+                    format!("tensor {name} is {:?}", t.dtype()),
+                    "export the weights as float32",
+                ));
+            }
+            let shape = t.shape().to_vec();
+            let bytes = t
+                .read()
+                .map_err(|e| invalid(path, e.to_string(), "the checkpoint is truncated or corrupt: fetch it again"))?;
+            tensors.insert(
+                name,
+                (shape, bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+            );
+        }
+        Ok(Self { tensors })
+    }
+
     fn read_safetensors(path: &Path) -> Result<Self, ModelError> {
         let bytes = std::fs::read(path).map_err(|e| invalid(path, e.to_string(), "check the path"))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| {
@@ -149,7 +180,57 @@ pub fn load_safetensors(
     config: &ReferenceConfig,
     device: &Device,
 ) -> Result<(Encoder, EncoderConfig), ModelError> {
-    let weights = Weights::read_safetensors(path)?;
+    build(path, &Weights::read_safetensors(path)?, config, device)
+}
+
+/// Loads a PyTorch Lightning `.ckpt`: weights from its `state_dict`, sizes from its
+/// `hyper_parameters` unless `config` overrides them.
+pub fn load_ckpt(
+    path: &Path,
+    config: Option<&ReferenceConfig>,
+    device: &Device,
+) -> Result<(Encoder, EncoderConfig), ModelError> {
+    let weights = Weights::read_ckpt(path)?;
+    let config = match config {
+        Some(c) => c.clone(),
+        None => pytorch_reader::PytorchReader::load_config(path, Some("hyper_parameters")).map_err(|e| {
+            invalid(
+                path,
+                format!("its hyper_parameters do not describe the model ({e})"),
+                "pass the model's config.json with --model-config",
+            )
+        })?,
+    };
+    build(path, &weights, &config, device)
+}
+
+/// Loads reference weights by extension: `.ckpt`, or `.safetensors` with `config.json` beside
+/// it (or `model_config`, which wins for both).
+pub fn load_reference(
+    path: &Path,
+    model_config: Option<&Path>,
+    device: &Device,
+) -> Result<(Encoder, EncoderConfig), ModelError> {
+    let explicit = model_config.map(ReferenceConfig::load).transpose()?;
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("ckpt") | Some("pt") | Some("pth") => load_ckpt(path, explicit.as_ref(), device),
+        Some("safetensors") => {
+            let config = match explicit {
+                Some(c) => c,
+                None => ReferenceConfig::load(&path.with_file_name("config.json"))?,
+            };
+            load_safetensors(path, &config, device)
+        }
+        _ => Err(invalid(path, "unknown weight format", "pass a .safetensors or a .ckpt file")),
+    }
+}
+
+fn build(
+    path: &Path,
+    weights: &Weights,
+    config: &ReferenceConfig,
+    device: &Device,
+) -> Result<(Encoder, EncoderConfig), ModelError> {
     let rows = weights.tensors.get("embeddings.weight").map(|t| t.0[0]).ok_or_else(|| ModelError::Mismatch {
         path: path.display().to_string(),
         report: "missing: embeddings.weight (is this a Nicheformer checkpoint?)".into(),
@@ -157,7 +238,7 @@ pub fn load_safetensors(
     let cfg = config.to_encoder_config(rows);
     let mut enc = cfg.init(device);
     let (d, ff) = (cfg.d_model, cfg.d_ff);
-    let mut l = Loader { weights: &weights, used: Vec::new(), problems: Vec::new(), device: device.clone() };
+    let mut l = Loader { weights, used: Vec::new(), problems: Vec::new(), device: device.clone() };
     if let Some(t) = l.take("embeddings.weight", [cfg.embedding_rows, d]) {
         enc.embeddings.weight = Param::from_tensor(t);
     }

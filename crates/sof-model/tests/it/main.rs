@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use sof_model::import::{ReferenceConfig, load_safetensors};
+use sof_model::import::{ReferenceConfig, load_reference, load_safetensors};
 use sof_model::{EncoderConfig, ModelError, Pooling};
 
 fn fixture_dir() -> Option<PathBuf> {
@@ -95,6 +95,33 @@ fn safetensors_reproduce_the_reference_outputs() {
         &npy_f32(&dir.join("expected_embedding_pad_excluded_mean.npy")).1,
         "PAD-excluded pooling",
     );
+}
+
+/// The Lightning `.ckpt` holds the same weights: same outputs, sizes from its hyper_parameters.
+#[test]
+fn ckpt_and_safetensors_agree() {
+    let Some(dir) = fixture_dir() else { return };
+    let device = Device::flex();
+    let (a, ca) = load_reference(&dir.join("model.ckpt"), None, &device).unwrap();
+    let (b, cb) = load_reference(&dir.join("model.safetensors"), None, &device).unwrap();
+    assert_eq!(ca, cb);
+    let (shape, ids) = npy_i64(&dir.join("input_tokens.npy"));
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [shape[0], shape[1]]), &device);
+    let ha = a.forward(tokens.clone());
+    assert_close(&to_vec(ha.clone()), &npy_f32(&dir.join("expected_hidden.npy")).1, "hidden (.ckpt)");
+    assert_close(&to_vec(a.mlm_logits(ha)), &npy_f32(&dir.join("expected_mlm_logits.npy")).1, "MLM logits (.ckpt)");
+    assert_close(
+        &to_vec(a.embed(tokens.clone(), Pooling::Reference)),
+        &to_vec(b.embed(tokens.clone(), Pooling::Reference)),
+        "pooled",
+    );
+    assert_close(
+        &to_vec(a.embed(tokens, Pooling::PadExcluded)),
+        &npy_f32(&dir.join("expected_embedding_pad_excluded_mean.npy")).1,
+        "PAD-excluded (.ckpt)",
+    );
+    let e = load_reference(&dir.join("README.md"), None, &device).unwrap_err().to_string();
+    assert!(e.contains("unknown weight format"), "{e}");
 }
 
 #[test]
