@@ -2,6 +2,7 @@
 //! end-to-end tests can run it in-process).
 
 pub mod commands;
+mod device;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,7 @@ enum Command {
     Synth(commands::synth::Args),
     Inspect(commands::inspect::Args),
     Tokenize(commands::tokenize::Args),
+    Embed(commands::embed::Args),
     TechMeans(commands::tokenize::MeansArgs),
     Spatial(commands::spatial::Args),
     Datasets(commands::datasets::Args),
@@ -54,6 +56,7 @@ where
         Command::Synth(a) => commands::synth::run(a, cli.quiet),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Tokenize(a) => commands::tokenize::run(a, cli.quiet),
+        Command::Embed(a) => commands::embed::run(a, cli.quiet),
         Command::TechMeans(a) => commands::tokenize::run_means(a),
         Command::Spatial(a) => commands::spatial::run(a),
         Command::Datasets(a) => commands::datasets::run(a),

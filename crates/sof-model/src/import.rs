@@ -280,3 +280,73 @@ fn build(
     }
     Ok((enc, cfg))
 }
+
+/// Writes an encoder in the reference layout: `model.safetensors` (the reference's state_dict
+/// names and PyTorch shapes) and `config.json` (the reference's keys) into `dir`, atomically
+/// per file. The inverse of [`load_reference`], so our models can be used where the reference's are.
+pub fn export_reference(enc: &Encoder, cfg: &EncoderConfig, dir: &Path) -> Result<(), ModelError> {
+    let io = |e: std::io::Error| invalid(dir, e.to_string(), "check that the folder exists and is writable");
+    let vec = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+    let vec1 = |t: Tensor<1>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+    let mut named: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let linear = |named: &mut Vec<(String, Vec<usize>, Vec<f32>)>, l: &Linear, name: &str| {
+        let w = l.weight.val().transpose(); // [out, in]
+        let [o, i] = w.dims();
+        named.push((format!("{name}.weight"), vec![o, i], vec(w)));
+        if let Some(b) = &l.bias {
+            named.push((format!("{name}.bias"), vec![o], vec1(b.val())));
+        }
+    };
+    let d = cfg.d_model;
+    named.push(("embeddings.weight".into(), vec![cfg.embedding_rows, d], vec(enc.embeddings.weight.val())));
+    named.push((
+        "positional_embedding.weight".into(),
+        vec![cfg.context_length, d],
+        vec(enc.positional_embedding.weight.val()),
+    ));
+    linear(&mut named, &enc.classifier_head, "classifier_head");
+    for (i, layer) in enc.encoder.layers.iter().enumerate() {
+        let p = format!("encoder.layers.{i}");
+        let (mut w, mut b) = (Vec::new(), Vec::new());
+        for l in [&layer.mha.query, &layer.mha.key, &layer.mha.value] {
+            w.extend(vec(l.weight.val().transpose()));
+            b.extend(l.bias.as_ref().map(|x| vec1(x.val())).unwrap_or_else(|| vec![0.0; d]));
+        }
+        named.push((format!("{p}.self_attn.in_proj_weight"), vec![3 * d, d], w));
+        named.push((format!("{p}.self_attn.in_proj_bias"), vec![3 * d], b));
+        linear(&mut named, &layer.mha.output, &format!("{p}.self_attn.out_proj"));
+        linear(&mut named, &layer.pwff.linear_inner, &format!("{p}.linear1"));
+        linear(&mut named, &layer.pwff.linear_outer, &format!("{p}.linear2"));
+        for (norm, n) in [(&layer.norm_1, "norm1"), (&layer.norm_2, "norm2")] {
+            named.push((format!("{p}.{n}.weight"), vec![d], vec1(norm.gamma.val())));
+            named.push((
+                format!("{p}.{n}.bias"),
+                vec![d],
+                norm.beta.as_ref().map(|x| vec1(x.val())).unwrap_or_else(|| vec![0.0; d]),
+            ));
+        }
+    }
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        named.into_iter().map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).expect("sizes match"))
+        })
+        .collect();
+    let data = safetensors::serialize(views, None).map_err(|e| invalid(dir, e.to_string(), "report this as a bug"))?;
+    let config = serde_json::json!({
+        "dim_model": cfg.d_model, "nheads": cfg.n_heads, "dim_feedforward": cfg.d_ff, "nlayers": cfg.n_layers,
+        "dropout": cfg.dropout, "n_genes": cfg.n_tokens - 30, "aux_tokens": 30, "context_length": cfg.context_length,
+        "layer_norm_eps": cfg.layer_norm_eps, "n_tokens": cfg.n_tokens,
+    });
+    for (name, content) in
+        [("model.safetensors", data), ("config.json", serde_json::to_vec_pretty(&config).expect("json"))]
+    {
+        let dest = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        std::fs::write(&tmp, content).map_err(io)?;
+        std::fs::rename(&tmp, &dest).map_err(io)?;
+    }
+    Ok(())
+}

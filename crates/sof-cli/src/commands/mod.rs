@@ -1,5 +1,6 @@
 pub mod datasets;
 pub mod demo;
+pub mod embed;
 pub mod inspect;
 pub mod spatial;
 pub mod synth;

@@ -152,3 +152,30 @@ fn nicheformer_preset_size() {
     let tiny = EncoderConfig::tiny(80).init(&device);
     assert_eq!(tiny.num_params(), EncoderConfig::tiny(80).n_parameters(), "counted parameters equal the module's");
 }
+
+/// Export to the reference layout and load again: the same outputs, so our models can be used
+/// where the reference's are.
+#[test]
+fn export_round_trips() {
+    let Some(dir) = fixture_dir() else { return };
+    let device = Device::flex();
+    let (a, cfg) = load_reference(&dir.join("model.ckpt"), None, &device).unwrap();
+    let out = std::env::temp_dir().join(format!("sof-model-export-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    sof_model::import::export_reference(&a, &cfg, &out).unwrap();
+    let (b, cfg_b) = load_reference(&out.join("model.safetensors"), None, &device).unwrap();
+    assert_eq!(cfg, cfg_b);
+    let (shape, ids) = npy_i64(&dir.join("input_tokens.npy"));
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [shape[0], shape[1]]), &device);
+    assert_close(
+        &to_vec(b.forward(tokens.clone())),
+        &npy_f32(&dir.join("expected_hidden.npy")).1,
+        "hidden after export",
+    );
+    // A random model exports and reloads identically too.
+    let fresh = EncoderConfig::tiny(80).with_norm_first(false).init(&device);
+    sof_model::import::export_reference(&fresh, &EncoderConfig::tiny(80), &out).unwrap();
+    let (c, _) = load_reference(&out.join("model.safetensors"), None, &device).unwrap();
+    assert_close(&to_vec(c.forward(tokens.clone())), &to_vec(fresh.forward(tokens)), "random model after export");
+    let _ = std::fs::remove_dir_all(out);
+}
