@@ -247,3 +247,61 @@ fn tokenize_without_mappable_genes_says_what_to_pass() {
     let e = format!("{:#}", sof(&args).unwrap_err());
     assert!(e.contains("starmap_mpfc.h5ad") && e.contains("none of its 166 genes") && e.contains("--genes-dir"), "{e}");
 }
+
+/// `sof embed` runs on every shared .h5ad with a small model in the reference layout over the
+/// reference vocabulary, writing obsm['X_sof'] (cells x d_model, finite) that Python anndata reads.
+#[test]
+fn embed_runs_on_every_shared_dataset() {
+    use burn::prelude::*;
+    let Some(shared) = sof_io::shared::for_tests(Path::new(env!("CARGO_MANIFEST_DIR"))) else { return };
+    let d = tempfile::tempdir().unwrap();
+    let cfg = sof_model::EncoderConfig::new(20_345, 20_340, 64, 16, 2, 32, 1);
+    let model = cfg.init(&Device::flex());
+    sof_model::import::export_reference(&model, &cfg, d.path()).unwrap();
+    let ckpt = d.path().join("model.safetensors");
+    let manifests =
+        sof_io::manifest::load_manifests(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets")).unwrap();
+    let table = sof_tokenize::ContextTable::default();
+    let (vocab, genes) = (shared.join("nicheformer/vocab.tsv"), shared.join("genes"));
+    for m in manifests.iter().filter(|m| m.file.ends_with(".h5ad")) {
+        let input = shared.join("data").join(&m.file);
+        let out = d.path().join(format!("{}_emb.h5ad", m.name));
+        let tech = if table.get(&m.technology).is_ok() { m.technology.as_str() } else { "merfish" };
+        let args = [
+            "-q",
+            "embed",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--technology",
+            tech,
+            "--species",
+            &m.species,
+            "--modality",
+            &m.modality,
+            "--vocab",
+            vocab.to_str().unwrap(),
+            "--genes-dir",
+            genes.to_str().unwrap(),
+            "--batch-size",
+            "256",
+        ];
+        sof(&args).unwrap_or_else(|e| panic!("{}: {e:#}", m.name));
+        let r = sof_io::h5ad::H5adReader::open(&out).unwrap();
+        let emb = r.obsm("X_sof").unwrap();
+        assert_eq!(emb.dim(), (r.n_obs(), 16), "{}", m.name);
+        assert!(emb.iter().all(|v| v.is_finite()), "{}: finite embeddings", m.name);
+        if let Some(py) = std::env::var_os("SOF_PYTHON") {
+            let code = format!(
+                "import anndata; a = anndata.read_h5ad({:?}); assert a.obsm['X_sof'].shape == ({}, 16); assert a.obsm['X_sof'].dtype == 'float32'",
+                out,
+                r.n_obs()
+            );
+            let o = std::process::Command::new(py).args(["-c", &code]).output().unwrap();
+            assert!(o.status.success(), "{}: {}", m.name, String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}
