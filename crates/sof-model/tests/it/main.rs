@@ -179,3 +179,33 @@ fn export_round_trips() {
     assert_close(&to_vec(c.forward(tokens.clone())), &to_vec(fresh.forward(tokens)), "random model after export");
     let _ = std::fs::remove_dir_all(out);
 }
+
+/// Our names and shapes are the reference's: exporting the fixture model gives exactly the
+/// fixture file's tensors (less the ones the forward pass never uses), and the `nicheformer`
+/// preset's table has the reference's sizes.
+#[test]
+fn parameter_table_matches_the_reference_names() {
+    let Some(dir) = fixture_dir() else { return };
+    let device = Device::flex();
+    let table = |path: &Path| -> Vec<(String, Vec<usize>)> {
+        let bytes = std::fs::read(path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut v: Vec<(String, Vec<usize>)> = st
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| !["encoder_layer.", "pooler_head.", "cls_head."].iter().any(|p| n.starts_with(p)))
+            .map(|(n, t)| (n, t.shape().to_vec()))
+            .collect();
+        v.sort();
+        v
+    };
+    let (enc, cfg) = load_reference(&dir.join("model.safetensors"), None, &device).unwrap();
+    let out = std::env::temp_dir().join(format!("sof-model-table-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    sof_model::import::export_reference(&enc, &cfg, &out).unwrap();
+    assert_eq!(table(&out.join("model.safetensors")), table(&dir.join("model.safetensors")));
+    let _ = std::fs::remove_dir_all(out);
+    let n = EncoderConfig::nicheformer();
+    assert_eq!((n.embedding_rows, n.n_tokens, n.context_length, n.d_model, n.n_heads, n.d_ff, n.n_layers), (20_345, 20_340, 1_500, 512, 16, 1_024, 12));
+    assert_eq!(n.layer_norm_eps, 1e-12);
+}
