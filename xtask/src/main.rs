@@ -28,7 +28,8 @@ enum Job {
         args: Vec<String>,
     },
     /// The README's test command: setup, a Python venv with anndata for interop checks, then
-    /// `cargo test --workspace`. In CI (CI=true) missing shared data or Python fail the run.
+    /// `cargo test --workspace`. In CI (CI=true) missing shared data or Python fail the run, and
+    /// the wgpu and cuda features are type-checked (also with SOF_CHECK_GPU_FEATURES=1).
     Test,
     /// Benchmarks against named peers; results go to stdout (see docs/BENCHMARKS.md).
     Bench {
@@ -171,7 +172,14 @@ fn main() -> Result<()> {
             if in_ci() {
                 c.env("SOF_REQUIRE_SHARED", "1");
             }
-            run(&mut c)
+            run(&mut c)?;
+            if in_ci() || std::env::var_os("SOF_CHECK_GPU_FEATURES").is_some() {
+                // The GPU backends must at least compile (no GPU here): wgpu fully, cuda with
+                // DOCS_RS=1, which skips cubecl's LLVM download and linking.
+                run(cargo().args(["check", "-q", "-p", "sof-cli", "--features", "wgpu"]))?;
+                run(cargo().env("DOCS_RS", "1").args(["check", "-q", "-p", "sof-cli", "--features", "cuda"]))?;
+            }
+            Ok(())
         }
         Job::Bench { what: Bench::Synth { cells } } => {
             setup()?;
