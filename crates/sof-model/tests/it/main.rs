@@ -206,6 +206,9 @@ fn parameter_table_matches_the_reference_names() {
     assert_eq!(table(&out.join("model.safetensors")), table(&dir.join("model.safetensors")));
     let _ = std::fs::remove_dir_all(out);
     let n = EncoderConfig::nicheformer();
-    assert_eq!((n.embedding_rows, n.n_tokens, n.context_length, n.d_model, n.n_heads, n.d_ff, n.n_layers), (20_345, 20_340, 1_500, 512, 16, 1_024, 12));
+    assert_eq!(
+        (n.embedding_rows, n.n_tokens, n.context_length, n.d_model, n.n_heads, n.d_ff, n.n_layers),
+        (20_345, 20_340, 1_500, 512, 16, 1_024, 12)
+    );
     assert_eq!(n.layer_norm_eps, 1e-12);
 }
