@@ -305,3 +305,73 @@ fn embed_runs_on_every_shared_dataset() {
         }
     }
 }
+
+/// A sof checkpoint folder brings its own tokenizer settings and vocabulary: `sof embed` needs
+/// no tokenizer flags, and refuses a vocabulary the model was not trained with.
+#[test]
+fn embed_from_a_checkpoint_folder() {
+    use burn::prelude::*;
+    let d = tempfile::tempdir().unwrap();
+    let genes: Vec<String> = (0..50).map(|g| format!("G{g}")).collect();
+    let (n, p) = (40, genes.len());
+    let dense: Vec<f32> = (0..n * p).map(|k| ((k * 7919) % 13) as f32 * f32::from(u8::from(k % 3 == 0))).collect();
+    let adata = sof_io::AnnData {
+        x: sof_io::CsrMatrix::from_dense(n, p, &dense),
+        obs: sof_io::Frame::new((0..n).map(|i| format!("c{i}")).collect()),
+        var: sof_io::Frame::new(genes.clone()),
+        obsm: Default::default(),
+    };
+    let input = d.path().join("toy.h5ad");
+    sof_io::h5ad::write_h5ad(&input, &adata, &Default::default()).unwrap();
+    let ckpt = d.path().join("ckpt");
+    let cfg = sof_model::EncoderConfig::tiny(80);
+    let vocab = sof_io::genes::Vocabulary::new(genes.clone()).unwrap();
+    let run = sof_model::checkpoint::RunInfo {
+        tokenizer: serde_json::json!({"technology": "merfish", "species": "mouse", "modality": "spatial", "mode": "fixed"}),
+        vocabulary_hash: sof_tokenize::vocabulary_hash(&vocab),
+        step: None,
+    };
+    sof_model::checkpoint::save(&ckpt, &cfg.init(&Device::flex()), &cfg, &run).unwrap();
+    let tsv = |ids: &[String]| {
+        let mut s = String::from("index\ttoken_id\tensembl_id\n");
+        for (i, g) in ids.iter().enumerate() {
+            s.push_str(&format!("{i}\t{}\t{g}\n", i + 30));
+        }
+        s
+    };
+    std::fs::write(ckpt.join("vocab.tsv"), tsv(&genes)).unwrap();
+    let out = d.path().join("out.h5ad");
+    sof(&[
+        "-q",
+        "embed",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ])
+    .unwrap();
+    let emb = sof_io::h5ad::H5adReader::open(&out).unwrap().obsm("X_sof").unwrap();
+    assert_eq!(emb.dim(), (40, 32));
+    let mut other = genes.clone();
+    other.reverse();
+    let wrong = d.path().join("wrong_vocab.tsv");
+    std::fs::write(&wrong, tsv(&other)).unwrap();
+    let e = format!(
+        "{:#}",
+        sof(&[
+            "embed",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--vocab",
+            wrong.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap()
+        ])
+        .unwrap_err()
+    );
+    assert!(e.contains("not the one the checkpoint") && e.contains("wrong_vocab.tsv"), "{e}");
+}

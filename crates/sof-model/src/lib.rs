@@ -12,6 +12,7 @@
 //!
 //! Library code takes a `Device` and never names a backend; the binary chooses it.
 
+pub mod checkpoint;
 mod config;
 mod encoder;
 pub mod import;

@@ -16,8 +16,9 @@ use crate::device::{DeviceArg, device};
 use crate::util;
 
 /// Embed every cell of an .h5ad with a model and write obsm['X_sof'] (float32, cells x d_model)
-/// into a copy of it. Cells are tokenized on the fly with the tokenizer flags (an imported
-/// reference checkpoint carries no tokenizer settings: pass those it was trained with).
+/// into a copy of it. Cells are tokenized on the fly: a sof checkpoint folder supplies its
+/// tokenizer settings and vocabulary (flags override them); an imported reference checkpoint
+/// carries none, so pass those it was trained with.
 ///
 /// Example: sof embed --checkpoint nicheformer.ckpt --input starmap_mpfc.h5ad
 ///          --technology merfish --species mouse --modality spatial --vocab nicheformer/vocab.tsv
@@ -25,7 +26,8 @@ use crate::util;
 ///          --output starmap_embedded.h5ad
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Reference weights: a Lightning .ckpt, or a .safetensors with config.json beside it.
+    /// A sof checkpoint folder (its run.json supplies the tokenizer settings), or reference
+    /// weights: a Lightning .ckpt, or a .safetensors with config.json beside it.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// The reference's config.json, when it is not beside the weights.
@@ -42,23 +44,40 @@ pub struct Args {
     /// `pad-excluded` (default) or the reference's `reference` (averages PAD positions too).
     #[arg(long, value_enum, default_value = "pad-excluded")]
     pub pooling: PoolingArg,
+    /// Technology (default: the checkpoint's run.json).
     #[arg(long)]
-    pub technology: String,
+    pub technology: Option<String>,
+    /// Species (default: the checkpoint's run.json).
     #[arg(long, value_enum)]
-    pub species: SpeciesArg,
+    pub species: Option<SpeciesArg>,
+    /// spatial or dissociated (default: the checkpoint's run.json).
     #[arg(long)]
-    pub modality: String,
-    /// The model's vocabulary (its gene count must match the checkpoint).
+    pub modality: Option<String>,
+    /// The model's vocabulary (default: the checkpoint folder's vocab.tsv).
     #[arg(long)]
-    pub vocab: PathBuf,
+    pub vocab: Option<PathBuf>,
     #[arg(long)]
     pub genes_dir: Option<PathBuf>,
     #[arg(long)]
     pub tech_means: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "fixed")]
-    pub mode: ModeArg,
+    /// Tokenizer mode (default: the checkpoint's, else fixed).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
     #[arg(long)]
     pub context_config: Option<PathBuf>,
+}
+
+/// Tokenizer settings a sof checkpoint records in run.json (`tokenizer`), read by `sof embed`.
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct CheckpointTokenizer {
+    pub technology: Option<String>,
+    pub species: Option<String>,
+    pub modality: Option<String>,
+    pub mode: Option<String>,
+}
+
+fn need<T>(flag: Option<T>, name: &str) -> anyhow::Result<T> {
+    flag.with_context(|| format!("pass --{name}: the checkpoint does not record it"))
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -71,14 +90,43 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let start = Instant::now();
     let dev = device(args.device)?;
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    let (model, cfg) = sof_model::import::load_reference(&args.checkpoint, args.model_config.as_deref(), &dev)?;
+    let (model, cfg, recorded, vocab_path) = if args.checkpoint.is_dir() {
+        let (m, c, run) = sof_model::checkpoint::load(&args.checkpoint, &dev)?;
+        let tok: CheckpointTokenizer = serde_json::from_value(run.tokenizer.clone()).unwrap_or_default();
+        let vocab = args.vocab.clone().unwrap_or_else(|| args.checkpoint.join("vocab.tsv"));
+        (m, c, Some((tok, run.vocabulary_hash)), vocab)
+    } else {
+        let (m, c) = sof_model::import::load_reference(&args.checkpoint, args.model_config.as_deref(), &dev)?;
+        (m, c, None, need(args.vocab.clone(), "vocab")?)
+    };
+    let rec = recorded.as_ref().map(|r| &r.0);
+    let technology = need(args.technology.clone().or_else(|| rec.and_then(|t| t.technology.clone())), "technology")?;
+    let species = match (args.species, rec.and_then(|t| t.species.as_deref())) {
+        (Some(s), _) => species(s),
+        (None, Some(s)) => sof_tokenize::context::parse_species(s)?,
+        (None, None) => need(None, "species")?,
+    };
+    let modality = need(args.modality.clone().or_else(|| rec.and_then(|t| t.modality.clone())), "modality")?;
+    let mode = match (args.mode, rec.and_then(|t| t.mode.as_deref())) {
+        (Some(ModeArg::Nicheformer), _) | (None, Some("nicheformer")) => Mode::Nicheformer,
+        _ => Mode::Fixed,
+    };
     let reader = H5adReader::open(&args.input)?;
-    let species = species(args.species);
-    let (vocab, report) = align(&reader, Some(&args.vocab), args.genes_dir.as_deref(), species)?;
+    let (vocab, report) = align(&reader, Some(&vocab_path), args.genes_dir.as_deref(), species)?;
+    if let Some((_, hash)) = &recorded {
+        let ours = sof_tokenize::vocabulary_hash(&vocab);
+        if &ours != hash {
+            bail!(
+                "{}: this vocabulary is not the one the checkpoint {} was trained with (hash {ours} vs {hash})",
+                vocab_path.display(),
+                args.checkpoint.display()
+            );
+        }
+    }
     if vocab.len() + 30 != cfg.n_tokens {
         bail!(
             "{}: the vocabulary has {} genes but the model {} has {} gene tokens; pass the vocabulary the model was trained with",
-            args.vocab.display(),
+            vocab_path.display(),
             vocab.len(),
             args.checkpoint.display(),
             cfg.n_tokens - 30
@@ -89,7 +137,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         Some(p) => ContextTable::with_config(&std::fs::read_to_string(p)?, &p.display().to_string())?,
         None => ContextTable::default(),
     };
-    let tech = table.get(&args.technology)?.clone();
+    let tech = table.get(&technology)?.clone();
     let means = match &args.tech_means {
         Some(dir) => TechMeans::load_tsv(&dir.join(format!("{}.tsv", tech.means)), &vocab)?,
         None => {
@@ -100,12 +148,8 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             acc.finish()
         }
     };
-    let mode = match args.mode {
-        ModeArg::Fixed => Mode::Fixed,
-        ModeArg::Nicheformer => Mode::Nicheformer,
-    };
     let tcfg = TokenizerConfig { mode, context_length: cfg.context_length, ..TokenizerConfig::default() };
-    let tokenizer = Tokenizer::new(tcfg, &means, species, tech.token, Modality::parse(&args.modality)?);
+    let tokenizer = Tokenizer::new(tcfg, &means, species, tech.token, Modality::parse(&modality)?);
     let pooling = match args.pooling {
         PoolingArg::PadExcluded => Pooling::PadExcluded,
         PoolingArg::Reference => Pooling::Reference,
@@ -149,7 +193,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let mut info = std::collections::BTreeMap::new();
     info.insert("checkpoint".to_owned(), UnsValue::Str(args.checkpoint.display().to_string()));
     info.insert("pooling".to_owned(), UnsValue::Str(format!("{pooling:?}")));
-    info.insert("technology".to_owned(), UnsValue::Str(args.technology.clone()));
+    info.insert("technology".to_owned(), UnsValue::Str(technology.clone()));
     info.insert("mode".to_owned(), UnsValue::Str(format!("{mode:?}")));
     ed.put_uns("sof_embedding", &UnsValue::Dict(info))?;
     ed.commit()?;

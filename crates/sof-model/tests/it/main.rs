@@ -212,3 +212,31 @@ fn parameter_table_matches_the_reference_names() {
     );
     assert_eq!(n.layer_norm_eps, 1e-12);
 }
+
+/// Our checkpoint folder: saved and loaded back with the same outputs and run info, a pre-LN
+/// model keeps its layer order, and an interrupted save (no run.json) is refused.
+#[test]
+fn checkpoints_round_trip() {
+    use sof_model::checkpoint::{RunInfo, load, save};
+    let device = Device::flex();
+    let dir = std::env::temp_dir().join(format!("sof-model-ckpt-{}", std::process::id()));
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(vec![6i64, 7, 4, 40, 52, 33, 1, 1], [1, 8]), &device);
+    for norm_first in [false, true] {
+        let cfg = EncoderConfig::tiny(80).with_norm_first(norm_first);
+        let enc = cfg.init(&device);
+        let run = RunInfo {
+            tokenizer: serde_json::json!({"mode": "fixed", "context_length": 64}),
+            vocabulary_hash: "abc".into(),
+            step: Some(7),
+        };
+        save(&dir, &enc, &cfg, &run).unwrap();
+        let (back, cfg_back, run_back) = load(&dir, &device).unwrap();
+        assert_eq!(cfg_back, cfg);
+        assert_eq!(run_back, run);
+        assert_close(&to_vec(back.forward(tokens.clone())), &to_vec(enc.forward(tokens.clone())), "reloaded outputs");
+    }
+    std::fs::remove_file(dir.join("run.json")).unwrap();
+    let e = load(&dir, &device).unwrap_err().to_string();
+    assert!(e.contains("no run.json") && e.contains("earlier checkpoint"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
