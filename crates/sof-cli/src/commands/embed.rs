@@ -8,10 +8,10 @@ use burn::prelude::*;
 use ndarray::Array2;
 use sof_io::h5ad::{H5adEditor, H5adReader, UnsValue};
 use sof_model::Pooling;
-use sof_tokenize::{ContextTable, GeneMap, MeansAccumulator, Modality, Mode, TechMeans, Tokenizer, TokenizerConfig};
+use sof_tokenize::{ContextTable, GeneMap, Modality, Mode, Tokenizer, TokenizerConfig};
 
 use super::inspect::SpeciesArg;
-use super::tokenize::{ModeArg, align, species};
+use super::tokenize::{ModeArg, align, load_means, species};
 use crate::device::{DeviceArg, device};
 use crate::util;
 
@@ -138,16 +138,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         None => ContextTable::default(),
     };
     let tech = table.get(&technology)?.clone();
-    let means = match &args.tech_means {
-        Some(dir) => TechMeans::load_tsv(&dir.join(format!("{}.tsv", tech.means)), &vocab)?,
-        None => {
-            let mut acc = MeansAccumulator::new(vocab.len());
-            for s in (0..reader.n_obs()).step_by(65_536) {
-                acc.add(&reader.read_rows(s..(s + 65_536).min(reader.n_obs()))?, &map);
-            }
-            acc.finish()
-        }
-    };
+    let means = load_means(args.tech_means.as_deref(), &tech.means, &reader, &vocab, &map)?;
     let tcfg = TokenizerConfig { mode, context_length: cfg.context_length, ..TokenizerConfig::default() };
     let tokenizer = Tokenizer::new(tcfg, &means, species, tech.token, Modality::parse(&modality)?);
     let pooling = match args.pooling {

@@ -131,7 +131,7 @@ fn context_table(path: Option<&Path>) -> anyhow::Result<ContextTable> {
 }
 
 /// Means from `<dir>/<name>.tsv`, or computed from the input when no folder is given.
-fn load_means(
+pub fn load_means(
     dir: Option<&Path>,
     name: &str,
     reader: &H5adReader,

@@ -8,24 +8,7 @@ use sof_model::import::{ReferenceConfig, load_reference, load_safetensors};
 use sof_model::{EncoderConfig, ModelError, Pooling};
 
 fn fixture_dir() -> Option<PathBuf> {
-    sof_io_free_shared().map(|s| s.join("fixtures/nicheformer_tiny"))
-}
-
-/// The shared folder beside the checkout (this crate does not depend on sof-io).
-#[allow(clippy::print_stderr)]
-fn sof_io_free_shared() -> Option<PathBuf> {
-    let start = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let found = std::env::var_os("SOF_SHARED_DIR")
-        .map(PathBuf::from)
-        .or_else(|| start.ancestors().map(|a| a.join("shared")).find(|s| s.join("data").is_dir()));
-    if found.is_none() {
-        assert!(
-            std::env::var_os("SOF_REQUIRE_SHARED").is_none(),
-            "SOF_REQUIRE_SHARED is set but no shared/ folder was found"
-        );
-        eprintln!("note: shared/ data folder not found; skipping a test that needs it");
-    }
-    found
+    sof_io::shared::for_tests(Path::new(env!("CARGO_MANIFEST_DIR"))).map(|s| s.join("fixtures/nicheformer_tiny"))
 }
 
 /// A minimal `.npy` reader (little-endian f4 / i8, C order), enough for the fixtures.
