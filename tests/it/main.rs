@@ -123,6 +123,27 @@ fn spatial_targets_and_their_errors() {
     assert!(e.contains("no column 'slice'") && e.contains("section"), "{e}");
     let e = err(args(&["--radius", "-5"]));
     assert!(e.contains("--radius must be a number > 0"), "{e}");
+    // NaN coordinates: the error names the file and the cell.
+    let mut a = sof_io::h5ad::read_h5ad(&input).unwrap();
+    a.obsm.get_mut("spatial").unwrap()[[5, 1]] = f64::NAN;
+    let nan_file = d.path().join("nan.h5ad");
+    sof_io::h5ad::write_h5ad(&nan_file, &a, &Default::default()).unwrap();
+    let e = format!(
+        "{:#}",
+        sof(&[
+            "spatial",
+            "--input",
+            nan_file.to_str().unwrap(),
+            "--cell-type-key",
+            "cell_type",
+            "--radius",
+            "20",
+            "--output",
+            out.to_str().unwrap()
+        ])
+        .unwrap_err()
+    );
+    assert!(e.contains("nan.h5ad") && e.contains(&format!("cell '{}'", a.obs_names()[5])) && e.contains("NaN"), "{e}");
     let diss = d.path().join("dissociated.h5ad");
     let e = format!(
         "{:#}",
