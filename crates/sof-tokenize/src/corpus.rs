@@ -571,8 +571,23 @@ pub fn read_shard_tokens(path: &Path) -> Result<Vec<(i64, Vec<u32>)>> {
     for batch in reader {
         let batch =
             batch.map_err(|e| TokenizeError::Parquet { path: path.display().to_string(), reason: e.to_string() })?;
-        let idx = batch.column_by_name("cell_index").expect("corpus column").as_primitive::<Int64Type>();
-        let toks = batch.column_by_name("tokens").expect("corpus column").as_list::<i32>();
+        let column = |name: &str| {
+            batch.column_by_name(name).cloned().ok_or_else(|| {
+                TokenizeError::invalid(
+                    path.display(),
+                    format!("has no '{name}' column"),
+                    "this is not a sof corpus shard",
+                )
+            })
+        };
+        let (idx, toks) = (column("cell_index")?, column("tokens")?);
+        let (Some(idx), Some(toks)) = (idx.as_primitive_opt::<Int64Type>(), toks.as_list_opt::<i32>()) else {
+            return Err(TokenizeError::invalid(
+                path.display(),
+                "cell_index / tokens have unexpected types",
+                "this is not a sof corpus shard",
+            ));
+        };
         for r in 0..batch.num_rows() {
             let t = toks.value(r);
             out.push((idx.value(r), t.as_primitive::<Int32Type>().values().iter().map(|&v| v as u32).collect()));

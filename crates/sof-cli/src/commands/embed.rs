@@ -129,7 +129,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             vocab_path.display(),
             vocab.len(),
             args.checkpoint.display(),
-            cfg.n_tokens - 30
+            cfg.n_tokens.saturating_sub(30)
         );
     }
     let map = GeneMap::from_report(&report);
