@@ -1,0 +1,42 @@
+//! The masked-token objective: cross-entropy on the chosen positions only, with the vocabulary
+//! head applied only there (the head is the largest matrix of a small model: 20,340 x d).
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::prelude::*;
+use sof_model::Encoder;
+
+use crate::masking::IGNORE;
+
+/// Loss and masked-token accuracy inputs for one batch.
+#[derive(Debug)]
+pub struct MlmOutput {
+    /// Mean cross-entropy over chosen positions.
+    pub loss: Tensor<1>,
+    /// Predicted token at each chosen position, and the truth.
+    pub predicted: Tensor<1, Int>,
+    pub targets: Tensor<1, Int>,
+}
+
+/// `tokens` (already corrupted) and `labels` are `batch x length`, row-major, from
+/// [`crate::masking::mask_batch`]. Returns `None` when no position was chosen.
+///
+/// # Shapes
+/// - hidden: `[batch, length, d_model]` -> selected `[chosen, d_model]` -> logits `[chosen, n_tokens]`
+pub fn mlm_loss(model: &Encoder, tokens: &[i64], labels: &[i64], length: usize, device: &Device) -> Option<MlmOutput> {
+    let batch = tokens.len() / length;
+    let chosen: Vec<i64> = labels.iter().enumerate().filter(|(_, l)| **l != IGNORE).map(|(k, _)| k as i64).collect();
+    if chosen.is_empty() {
+        return None;
+    }
+    let targets: Vec<i64> = labels.iter().copied().filter(|&l| l != IGNORE).collect();
+    let n = chosen.len();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(tokens.to_vec(), [batch, length]), device);
+    let hidden = model.forward(tokens); // [batch, length, d]
+    let [_, _, d] = hidden.dims();
+    let flat = hidden.reshape([batch * length, d]); // [batch * length, d]
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(chosen, [n]), device);
+    let logits = model.classifier_head.forward(flat.select(0, idx)); // [chosen, n_tokens]
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), device);
+    let loss = CrossEntropyLossConfig::new().init(device).forward(logits.clone(), targets.clone());
+    Some(MlmOutput { loss, predicted: logits.argmax(1).reshape([n]), targets })
+}
