@@ -36,7 +36,7 @@ pub fn write_h5ad(path: impl AsRef<Path>, adata: &AnnData, uns: &BTreeMap<String
     adata.validate(path)?;
     let tmp = AtomicPath::new(path)?;
     {
-        let f = File::create(tmp.path()).map_err(|e| Error::hdf5(path, "/", e))?;
+        let f = strong(true, tmp.path()).map_err(|e| Error::hdf5(path, "/", e))?;
         let h = |field: &'static str| h5(path, field);
         write_skeleton(&f).map_err(h("/"))?;
         let x = f.create_group("X").map_err(h("X"))?;
@@ -53,6 +53,13 @@ pub fn write_h5ad(path: impl AsRef<Path>, adata: &AnnData, uns: &BTreeMap<String
         }
     }
     tmp.commit()
+}
+
+/// Creates (or opens read-write) a file whose close is strong: dropping the `File` closes every
+/// object still open in it, so the file is complete and unlocked before it is renamed into place.
+fn strong(create: bool, path: &Path) -> hdf5::Result<File> {
+    let b = File::with_options().with_fapl(|p| p.fclose_degree(hdf5::file::FileCloseDegree::Strong)).clone();
+    if create { b.create(path) } else { b.open_rw(path) }
 }
 
 /// Maps an HDF5 error to one naming `path` and `field`.
@@ -204,7 +211,7 @@ impl H5adEditor {
         let n_obs = H5adReader::open(input)?.n_obs();
         let tmp = AtomicPath::new(output)?;
         std::fs::copy(input, tmp.path()).map_err(|e| Error::io(input, e))?;
-        let file = File::open_rw(tmp.path()).map_err(|e| Error::hdf5(output, "/", e))?;
+        let file = strong(false, tmp.path()).map_err(|e| Error::hdf5(output, "/", e))?;
         Ok(Self { path: output.to_path_buf(), file, n_obs, tmp })
     }
 
@@ -303,7 +310,7 @@ impl H5adStreamWriter {
         crate::anndata::check_unique_genes(&path, "var index", &var.index)?;
         let tmp = AtomicPath::new(&path)?;
         let h = |e| Error::hdf5(&path, "X", e);
-        let file = File::create(tmp.path()).map_err(h)?;
+        let file = strong(true, tmp.path()).map_err(h)?;
         write_skeleton(&file).map_err(h)?;
         let x = file.create_group("X").map_err(h)?;
         set_encoding(&x, "csr_matrix", "0.1.0").map_err(h)?;
