@@ -14,7 +14,7 @@
 //! Human symbols take steps 4 and 7. A gene that no step maps is reported as unmapped, and a
 //! step that finds several candidates reports them: nothing is dropped silently.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -103,6 +103,16 @@ impl Vocabulary {
 
     pub fn ids(&self) -> &[String] {
         &self.ids
+    }
+
+    /// The reference TSV layout (`index  token_id  ensembl_id`, token id = index + 30), which
+    /// [`Vocabulary::load_tsv`] reads back.
+    pub fn to_tsv(&self) -> String {
+        let mut s = String::from("index\ttoken_id\tensembl_id\n");
+        for (i, id) in self.ids.iter().enumerate() {
+            s.push_str(&format!("{i}\t{}\t{id}\n", i + 30));
+        }
+        s
     }
 }
 
@@ -377,10 +387,4 @@ fn for_each_row(path: &Path, wanted: &[&str], mut f: impl FnMut(&[&str])) -> Res
         f(&buf);
     }
     Ok(())
-}
-
-/// Distinct ids in a set of names that look like Ensembl gene ids.
-pub fn looks_like_ensembl(names: &[String]) -> bool {
-    let ens: HashSet<_> = names.iter().filter(|n| n.starts_with("ENS")).collect();
-    ens.len() * 2 > names.len()
 }

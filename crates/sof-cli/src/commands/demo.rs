@@ -152,11 +152,8 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     )?
     .var()?
     .index;
-    let mut s = String::from("index\ttoken_id\tensembl_id\n");
-    for (i, g) in all_genes.iter().enumerate() {
-        s.push_str(&format!("{i}\t{}\t{g}\n", i + 30));
-    }
-    util::write_atomic(&vocab_path, &s)?;
+    let vocab = sof_io::genes::Vocabulary::new(all_genes).map_err(|e| anyhow::anyhow!("synthetic genes: {e}"))?;
+    util::write_atomic(&vocab_path, &vocab.to_tsv())?;
     let mut corpora = Vec::new();
     for (input, tech, modality) in inputs {
         let out = args.output.join("corpus").join(&tech);

@@ -172,11 +172,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
     util::write_atomic(&args.output.join("gene_mapping.tsv"), &report.to_tsv(&vocab))?;
     if args.vocab.is_none() {
-        let mut s = String::from("index\ttoken_id\tensembl_id\n");
-        for (i, id) in vocab.ids().iter().enumerate() {
-            s.push_str(&format!("{i}\t{}\t{id}\n", i + 30));
-        }
-        util::write_atomic(&args.output.join("vocab.tsv"), &s)?;
+        util::write_atomic(&args.output.join("vocab.tsv"), &vocab.to_tsv())?;
     }
     let means = load_means(args.tech_means.as_deref(), &tech.means, &reader, &vocab, &map)?;
     let mode = match args.mode {

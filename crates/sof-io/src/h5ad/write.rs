@@ -391,14 +391,6 @@ impl H5adStreamWriter {
     }
 }
 
-/// Reads the uns string `key` of a file (e.g. provenance); `None` if absent.
-pub fn read_uns_string(path: impl AsRef<Path>, key: &str) -> Result<Option<String>> {
-    let path = path.as_ref();
-    let f = open_hdf5(path)?;
-    let Ok(ds) = f.dataset(&format!("uns/{key}")) else { return Ok(None) };
-    Ok(read_strings(&ds).map_err(|e| Error::hdf5(path, format!("uns/{key}"), e))?.into_iter().next())
-}
-
 /// Reads the uns string array `key` of a file (e.g. composition column names); `None` if absent.
 pub fn read_uns_strings(path: impl AsRef<Path>, key: &str) -> Result<Option<Vec<String>>> {
     let path = path.as_ref();

@@ -80,6 +80,9 @@ fn ensembl_ids_and_human_symbols() {
 fn bad_vocabulary_files() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("v.tsv");
+    let v = Vocabulary::new(vec!["A".into(), "B".into()]).unwrap();
+    std::fs::write(&p, v.to_tsv()).unwrap();
+    assert_eq!(Vocabulary::load_tsv(&p).unwrap(), v, "to_tsv round-trips");
     std::fs::write(&p, "index\ttoken_id\tgene\n0\t30\tA\n").unwrap();
     let e = Vocabulary::load_tsv(&p).unwrap_err().to_string();
     assert!(e.contains("ensembl_id") && e.contains(&p.display().to_string()), "{e}");
