@@ -5,6 +5,9 @@
 //! truncated to the context length. Corpora are mixed by weight (each draw picks a corpus with
 //! probability proportional to its weight), rows pass through a shuffle buffer, and the whole
 //! order is a function of the seed. A corpus is read one shard at a time, cycling for epochs.
+//!
+//! Rows are split into training and validation by a hash of `(dataset, cell index)` — not by the
+//! run's seed — so every run over the same corpora holds out the same cells.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -12,7 +15,7 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use sof_tokenize::context::PAD;
-use sof_tokenize::corpus::{CorpusManifest, read_shard_tokens};
+use sof_tokenize::corpus::{CorpusManifest, ShardRow, read_shard_rows};
 
 use crate::masking::rng;
 
@@ -29,24 +32,69 @@ fn invalid(path: &Path, problem: impl Into<String>, fix: impl Into<String>) -> D
     DataError::Invalid { path: path.display().to_string(), problem: problem.into(), fix: fix.into() }
 }
 
+/// Which rows a stream yields.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Split {
+    /// Every row.
+    All,
+    /// Rows outside the held-out fraction.
+    Train(f64),
+    /// The held-out fraction of rows.
+    Validation(f64),
+}
+
+impl Split {
+    fn keeps(self, dataset_hash: u64, cell_index: i64) -> bool {
+        let held_out = |f: f64| {
+            let h = splitmix64(dataset_hash ^ (cell_index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            (h >> 11) as f64 / (1u64 << 53) as f64 <= f
+        };
+        match self {
+            Split::All => true,
+            Split::Train(f) => !held_out(f),
+            Split::Validation(f) => held_out(f),
+        }
+    }
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3))
+}
+
+/// One training sequence: `[species, assay, modality, genes...]`, truncated to the context
+/// length, with the corpus it came from and that row's spatial targets, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sequence {
+    pub source: usize,
+    pub tokens: Vec<i64>,
+    pub composition: Option<Vec<f32>>,
+    pub density: Option<f32>,
+}
+
 struct Source {
     dir: PathBuf,
     manifest: CorpusManifest,
     weight: f64,
     shard: usize,
-    rows: VecDeque<Vec<i64>>,
+    rows: VecDeque<ShardRow>,
 }
 
 impl Source {
     /// Refills from the next shard (cycling); false if the corpus has no rows at all.
-    fn refill(&mut self) -> Result<bool, DataError> {
+    fn refill(&mut self, split: Split) -> Result<bool, DataError> {
+        let dataset = name_hash(&self.manifest.dataset);
         for _ in 0..self.manifest.shards.len() {
             let info = &self.manifest.shards[self.shard % self.manifest.shards.len()];
             self.shard += 1;
-            let ctx = self.manifest.context_tokens.map(i64::from);
-            for (_, tokens) in read_shard_tokens(&self.dir.join(&info.file))? {
-                self.rows.push_back(ctx.iter().copied().chain(tokens.into_iter().map(i64::from)).collect());
-            }
+            let rows = read_shard_rows(&self.dir.join(&info.file))?;
+            self.rows.extend(rows.into_iter().filter(|r| split.keeps(dataset, r.cell_index)));
             if !self.rows.is_empty() {
                 return Ok(true);
             }
@@ -58,8 +106,9 @@ impl Source {
 /// An endless, seeded stream of sequences from weighted corpora.
 pub struct SequenceStream {
     sources: Vec<Source>,
+    split: Split,
     context_length: usize,
-    buffer: Vec<Vec<i64>>,
+    buffer: Vec<Sequence>,
     buffer_size: usize,
     rng: Xoshiro256PlusPlus,
 }
@@ -81,6 +130,7 @@ impl SequenceStream {
         context_length: usize,
         buffer_size: usize,
         seed: u64,
+        split: Split,
     ) -> Result<Self, DataError> {
         let mut sources = Vec::new();
         let mut first_mode = None;
@@ -109,7 +159,7 @@ impl SequenceStream {
         if sources.is_empty() {
             return Err(invalid(Path::new("."), "no corpus given", "pass at least one corpus folder"));
         }
-        Ok(Self { sources, context_length, buffer: Vec::new(), buffer_size: buffer_size.max(1), rng: rng(seed) })
+        Ok(Self { sources, split, context_length, buffer: Vec::new(), buffer_size: buffer_size.max(1), rng: rng(seed) })
     }
 
     fn draw_source(&mut self) -> usize {
@@ -124,39 +174,57 @@ impl SequenceStream {
         self.sources.len() - 1
     }
 
+    /// The corpora's manifests, in the order given.
+    pub fn manifests(&self) -> impl Iterator<Item = &CorpusManifest> {
+        self.sources.iter().map(|s| &s.manifest)
+    }
+
     /// The next sequence (context + genes, truncated), with the corpus it came from.
-    pub fn next_sequence(&mut self) -> Result<(usize, Vec<i64>), DataError> {
+    pub fn next_sequence(&mut self) -> Result<Sequence, DataError> {
         while self.buffer.len() < self.buffer_size {
             let i = self.draw_source();
+            let split = self.split;
             let src = &mut self.sources[i];
-            if src.rows.is_empty() && !src.refill()? {
-                return Err(invalid(&src.dir, "has no rows", "tokenize cells with expressed genes into it"));
+            if src.rows.is_empty() && !src.refill(split)? {
+                let problem = match split {
+                    Split::Validation(_) => "has no held-out rows",
+                    _ => "has no rows",
+                };
+                return Err(invalid(&src.dir, problem, "tokenize more cells with expressed genes into it"));
             }
-            let mut seq = src.rows.pop_front().expect("refilled");
-            seq.truncate(self.context_length);
-            seq.push(i as i64); // the source index rides along until the sequence leaves the buffer
-            self.buffer.push(seq);
+            let row = src.rows.pop_front().expect("refilled");
+            let mut tokens: Vec<i64> = src.manifest.context_tokens.iter().map(|&t| i64::from(t)).collect();
+            tokens.extend(row.tokens.iter().map(|&t| i64::from(t)));
+            tokens.truncate(self.context_length);
+            self.buffer.push(Sequence { source: i, tokens, composition: row.composition, density: row.density });
         }
         let k = self.rng.random_range(0..self.buffer.len());
-        let mut seq = self.buffer.swap_remove(k);
-        let source = seq.pop().expect("source index") as usize;
-        Ok((source, seq))
+        Ok(self.buffer.swap_remove(k))
+    }
+
+    /// Draws and drops `n` sequences: the stream is then where a run that consumed them is
+    /// (how `--resume` restores the data order exactly).
+    pub fn skip(&mut self, n: u64) -> Result<(), DataError> {
+        for _ in 0..n {
+            self.next_sequence()?;
+        }
+        Ok(())
     }
 
     /// A padded batch (`batch x length`, PAD = 1), `length` = the longest sequence in it.
-    pub fn next_batch(&mut self, batch: usize) -> Result<(Vec<i64>, usize, Vec<usize>), DataError> {
-        let mut seqs = Vec::with_capacity(batch);
-        let mut sources = Vec::with_capacity(batch);
-        for _ in 0..batch {
-            let (s, q) = self.next_sequence()?;
-            sources.push(s);
-            seqs.push(q);
-        }
-        let length = seqs.iter().map(Vec::len).max().unwrap_or(0);
-        let mut flat = vec![i64::from(PAD); batch * length];
-        for (i, q) in seqs.iter().enumerate() {
-            flat[i * length..i * length + q.len()].copy_from_slice(q);
-        }
-        Ok((flat, length, sources))
+    pub fn next_batch(&mut self, batch: usize) -> Result<(Vec<i64>, usize, Vec<Sequence>), DataError> {
+        let seqs = (0..batch).map(|_| self.next_sequence()).collect::<Result<Vec<_>, _>>()?;
+        let (flat, length) = pad(&seqs);
+        Ok((flat, length, seqs))
     }
+}
+
+/// Pads sequences to the longest (`batch x length`, row-major, PAD = 1).
+pub fn pad(seqs: &[Sequence]) -> (Vec<i64>, usize) {
+    let length = seqs.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
+    let mut flat = vec![i64::from(PAD); seqs.len() * length];
+    for (i, q) in seqs.iter().enumerate() {
+        flat[i * length..i * length + q.tokens.len()].copy_from_slice(&q.tokens);
+    }
+    (flat, length)
 }

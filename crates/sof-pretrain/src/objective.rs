@@ -19,20 +19,24 @@ pub struct MlmOutput {
 
 /// `tokens` (already corrupted) and `labels` are `batch x length`, row-major, from
 /// [`crate::masking::mask_batch`]. Returns `None` when no position was chosen.
+pub fn mlm_loss(model: &Encoder, tokens: &[i64], labels: &[i64], length: usize, device: &Device) -> Option<MlmOutput> {
+    let batch = tokens.len() / length;
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(tokens.to_vec(), [batch, length]), device);
+    masked_loss(model, model.forward(tokens), labels, device)
+}
+
+/// The loss from the last layer's outputs (so callers can pool the same pass for other heads).
 ///
 /// # Shapes
 /// - hidden: `[batch, length, d_model]` -> selected `[chosen, d_model]` -> logits `[chosen, n_tokens]`
-pub fn mlm_loss(model: &Encoder, tokens: &[i64], labels: &[i64], length: usize, device: &Device) -> Option<MlmOutput> {
-    let batch = tokens.len() / length;
+pub fn masked_loss(model: &Encoder, hidden: Tensor<3>, labels: &[i64], device: &Device) -> Option<MlmOutput> {
     let chosen: Vec<i64> = labels.iter().enumerate().filter(|(_, l)| **l != IGNORE).map(|(k, _)| k as i64).collect();
     if chosen.is_empty() {
         return None;
     }
     let targets: Vec<i64> = labels.iter().copied().filter(|&l| l != IGNORE).collect();
     let n = chosen.len();
-    let tokens = Tensor::<2, Int>::from_data(TensorData::new(tokens.to_vec(), [batch, length]), device);
-    let hidden = model.forward(tokens); // [batch, length, d]
-    let [_, _, d] = hidden.dims();
+    let [batch, length, d] = hidden.dims();
     let flat = hidden.reshape([batch * length, d]); // [batch * length, d]
     let idx = Tensor::<1, Int>::from_data(TensorData::new(chosen, [n]), device);
     let logits = model.classifier_head.forward(flat.select(0, idx)); // [chosen, n_tokens]

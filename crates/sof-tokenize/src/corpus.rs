@@ -556,10 +556,29 @@ fn record_batch(
         .expect("columns match the schema")
 }
 
+/// One corpus row as training reads it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardRow {
+    /// Row of the cell in the input file.
+    pub cell_index: i64,
+    /// Gene tokens (no context, no padding).
+    pub tokens: Vec<u32>,
+    /// Neighbourhood composition (proportions), when the corpus carries spatial targets.
+    pub composition: Option<Vec<f32>>,
+    /// Local density, when the corpus carries spatial targets.
+    pub density: Option<f32>,
+}
+
 /// Reads a shard's rows back: `(cell_index, tokens)` pairs, for tests and tools.
 pub fn read_shard_tokens(path: &Path) -> Result<Vec<(i64, Vec<u32>)>> {
+    Ok(read_shard_rows(path)?.into_iter().map(|r| (r.cell_index, r.tokens)).collect())
+}
+
+/// Reads a shard's rows back with their spatial targets (null or absent columns give `None`).
+pub fn read_shard_rows(path: &Path) -> Result<Vec<ShardRow>> {
+    use arrow_array::Array;
     use arrow_array::cast::AsArray;
-    use arrow_array::types::{Int32Type, Int64Type};
+    use arrow_array::types::{Float32Type, Int32Type, Int64Type};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let pq = |e: parquet::errors::ParquetError| TokenizeError::Parquet {
         path: path.display().to_string(),
@@ -571,6 +590,13 @@ pub fn read_shard_tokens(path: &Path) -> Result<Vec<(i64, Vec<u32>)>> {
     for batch in reader {
         let batch =
             batch.map_err(|e| TokenizeError::Parquet { path: path.display().to_string(), reason: e.to_string() })?;
+        let bad = |what: &str| {
+            TokenizeError::invalid(
+                path.display(),
+                format!("{what} has an unexpected type"),
+                "this is not a sof corpus shard",
+            )
+        };
         let column = |name: &str| {
             batch.column_by_name(name).cloned().ok_or_else(|| {
                 TokenizeError::invalid(
@@ -581,16 +607,31 @@ pub fn read_shard_tokens(path: &Path) -> Result<Vec<(i64, Vec<u32>)>> {
             })
         };
         let (idx, toks) = (column("cell_index")?, column("tokens")?);
-        let (Some(idx), Some(toks)) = (idx.as_primitive_opt::<Int64Type>(), toks.as_list_opt::<i32>()) else {
-            return Err(TokenizeError::invalid(
-                path.display(),
-                "cell_index / tokens have unexpected types",
-                "this is not a sof corpus shard",
-            ));
+        let idx = idx.as_primitive_opt::<Int64Type>().ok_or_else(|| bad("cell_index"))?;
+        let toks = toks.as_list_opt::<i32>().ok_or_else(|| bad("tokens"))?;
+        let comp = match batch.column_by_name("sof_composition") {
+            Some(c) => Some(c.as_list_opt::<i32>().ok_or_else(|| bad("sof_composition"))?.clone()),
+            None => None,
+        };
+        let density = match batch.column_by_name("sof_density") {
+            Some(c) => Some(c.as_primitive_opt::<Float32Type>().ok_or_else(|| bad("sof_density"))?.clone()),
+            None => None,
         };
         for r in 0..batch.num_rows() {
             let t = toks.value(r);
-            out.push((idx.value(r), t.as_primitive::<Int32Type>().values().iter().map(|&v| v as u32).collect()));
+            let composition = match &comp {
+                Some(c) if c.is_valid(r) => {
+                    let v = c.value(r);
+                    Some(v.as_primitive_opt::<Float32Type>().ok_or_else(|| bad("sof_composition"))?.values().to_vec())
+                }
+                _ => None,
+            };
+            out.push(ShardRow {
+                cell_index: idx.value(r),
+                tokens: t.as_primitive::<Int32Type>().values().iter().map(|&v| v as u32).collect(),
+                composition,
+                density: density.as_ref().filter(|d| d.is_valid(r)).map(|d| d.value(r)),
+            });
         }
     }
     Ok(out)

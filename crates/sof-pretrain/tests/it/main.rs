@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 
 use sof_io::genes::{Species, Vocabulary};
-use sof_pretrain::data::SequenceStream;
+use sof_pretrain::data::{SequenceStream, Split};
 use sof_synth::{Generator, SynthConfig};
 use sof_tokenize::corpus::{CorpusInputs, CorpusSpec, build_corpus};
 use sof_tokenize::{ContextTable, GeneMap, MeansAccumulator, Modality, Tokenizer, TokenizerConfig, vocabulary_hash};
 
 /// Tokenizes the synthetic merfish and xenium files into two corpora; returns them and the
 /// vocabulary hash.
-fn corpora(dir: &std::path::Path) -> (Vec<PathBuf>, String) {
+pub(crate) fn corpora(dir: &std::path::Path) -> (Vec<PathBuf>, String) {
     let mut cfg = SynthConfig::default();
     cfg.cells_per_section = 1_500;
     cfg.dissociated_cells = 0;
@@ -63,11 +63,12 @@ fn weighted_seeded_stream() {
     let d = tempfile::tempdir().unwrap();
     let (c, hash) = corpora(d.path());
     let sources = vec![(c[0].clone(), 3.0), (c[1].clone(), 1.0)];
-    let mut s = SequenceStream::open(&sources, &hash, 64, 256, 1).unwrap();
+    let mut s = SequenceStream::open(&sources, &hash, 64, 256, 1, Split::All).unwrap();
     let mut from_first = 0;
     let n = 4_000;
     for _ in 0..n {
-        let (src, seq) = s.next_sequence().unwrap();
+        let q = s.next_sequence().unwrap();
+        let (src, seq) = (q.source, q.tokens);
         assert!(seq.len() <= 64 && seq.len() > 3);
         assert_eq!(&seq[..3], if src == 0 { &[6, 7, 4] } else { &[6, 9, 4] }, "context tokens of its corpus");
         from_first += usize::from(src == 0);
@@ -76,8 +77,8 @@ fn weighted_seeded_stream() {
     assert!((share - 0.75).abs() < 0.03, "mixing share {share}");
 
     let take = |seed| {
-        let mut s = SequenceStream::open(&sources, &hash, 64, 256, seed).unwrap();
-        (0..200).map(|_| s.next_sequence().unwrap().1).collect::<Vec<_>>()
+        let mut s = SequenceStream::open(&sources, &hash, 64, 256, seed, Split::All).unwrap();
+        (0..200).map(|_| s.next_sequence().unwrap().tokens).collect::<Vec<_>>()
     };
     assert_eq!(take(5), take(5), "the same seed gives the same order");
     assert_ne!(take(5), take(6));
@@ -90,9 +91,9 @@ fn weighted_seeded_stream() {
         "PAD only at the end"
     );
 
-    let e = SequenceStream::open(&sources, "another-vocabulary", 64, 256, 1).unwrap_err().to_string();
+    let e = SequenceStream::open(&sources, "another-vocabulary", 64, 256, 1, Split::All).unwrap_err().to_string();
     assert!(e.contains("another vocabulary") && e.contains("corpus_merfish"), "{e}");
-    let e = SequenceStream::open(&[(c[0].clone(), 0.0)], &hash, 64, 256, 1).unwrap_err().to_string();
+    let e = SequenceStream::open(&[(c[0].clone(), 0.0)], &hash, 64, 256, 1, Split::All).unwrap_err().to_string();
     assert!(e.contains("weight"), "{e}");
 }
 
@@ -107,7 +108,7 @@ fn masked_token_training_lowers_the_loss() {
 
     let d = tempfile::tempdir().unwrap();
     let (c, hash) = corpora(d.path());
-    let mut stream = SequenceStream::open(&[(c[0].clone(), 1.0)], &hash, 48, 512, 3).unwrap();
+    let mut stream = SequenceStream::open(&[(c[0].clone(), 1.0)], &hash, 48, 512, 3, Split::All).unwrap();
     let device = Device::flex().autodiff();
     let mut cfg = sof_model::EncoderConfig::tiny(2_030);
     cfg.context_length = 48;
@@ -128,3 +129,5 @@ fn masked_token_training_lowers_the_loss() {
     assert!(first > 7.0, "starts near ln(2030) = 7.6: {first}");
     assert!(last < first - 1.0, "loss falls: {first} -> {last}");
 }
+
+mod train;
