@@ -396,3 +396,74 @@ fn embed_from_a_checkpoint_folder() {
     );
     assert!(e.contains("not the one the checkpoint") && e.contains("wrong_vocab.tsv"), "{e}");
 }
+
+/// The demo's corpora pretrain a tiny model with the niche-aware objective; the run folder has
+/// its config, metrics, curve and model, and `sof embed` uses that model directly. A second
+/// start without --resume is refused; --resume on a finished run changes nothing.
+#[test]
+fn pretrain_on_demo_corpora_then_embed() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |s: &str| d.path().join(s).to_str().unwrap().to_owned();
+    sof(&["-q", "demo", "--cells", "1500", "--seed", "2", "--output", &p("demo")]).unwrap();
+    let run = p("run");
+    let args = [
+        "-q",
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--corpus",
+        &p("demo/corpus/merfish"),
+        "--corpus",
+        &p("demo/corpus/dissociated"),
+        "--weights",
+        "2,1",
+        "--context-length",
+        "64",
+        "--steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--niche",
+        "--output",
+        &run,
+    ];
+    sof(&args).unwrap();
+    for f in
+        ["config.toml", "command.txt", "metrics.csv", "loss.png", "summary.json", "model/run.json", "model/vocab.tsv"]
+    {
+        assert!(d.path().join("run").join(f).exists(), "{f}");
+    }
+    let rows = sof_pretrain::trainer::read_metrics(Path::new(&run)).unwrap();
+    assert_eq!(rows.last().unwrap().step, 6);
+    assert!(rows.iter().any(|r| r.composition_loss.is_some() && r.density_loss.is_some()), "niche losses logged");
+    let cfg = std::fs::read_to_string(d.path().join("run/config.toml")).unwrap();
+    assert!(cfg.contains("composition_weight = 1.0") && cfg.contains("weight = 2.0"), "{cfg}");
+
+    let e = format!("{:#}", sof(&args).unwrap_err());
+    assert!(e.contains("--resume"), "{e}");
+    sof(&["-q", "pretrain", "--output", &run, "--resume"]).unwrap();
+    assert_eq!(sof_pretrain::trainer::read_metrics(Path::new(&run)).unwrap(), rows);
+
+    let out = p("embedded.h5ad");
+    sof(&[
+        "-q",
+        "embed",
+        "--checkpoint",
+        &p("run/model"),
+        "--input",
+        &p("demo/data/spatial_merfish.h5ad"),
+        "--technology",
+        "merfish",
+        "--modality",
+        "spatial",
+        "--output",
+        &out,
+    ])
+    .unwrap();
+    let emb = sof_io::h5ad::H5adReader::open(&out).unwrap().obsm("X_sof").unwrap();
+    assert_eq!(emb.dim().1, 32);
+    assert!(emb.iter().all(|v| v.is_finite()));
+
+    let e = format!("{:#}", sof(&["pretrain", "--corpus", &p("nowhere"), "--output", &p("run2")]).unwrap_err());
+    assert!(e.contains("nowhere"), "{e}");
+}

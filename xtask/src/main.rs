@@ -36,6 +36,25 @@ enum Job {
         #[command(subcommand)]
         what: Bench,
     },
+    /// Pretrain on real data: tokenize every .h5ad dataset in datasets/ with the reference
+    /// vocabulary (resumable: finished corpora are kept), then `sof pretrain` on all of them.
+    /// Prints the validation loss beside the unigram baseline. Needs ../shared (or --shared-dir).
+    PretrainShared {
+        #[arg(long, default_value_t = 3000)]
+        steps: u64,
+        #[arg(long, default_value = "small")]
+        preset: String,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Where corpora and the run go.
+        #[arg(long, default_value = "target/sof-shared")]
+        output: PathBuf,
+        #[arg(long)]
+        shared_dir: Option<PathBuf>,
+        /// Extra `sof pretrain` arguments (e.g. --niche, --resume).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Regenerate crates/sof-io/tests/it/anndata_expected.json from Python anndata.
     ExpectedH5ad {
         /// Data folder (default ../shared/data).
@@ -61,6 +80,24 @@ enum Bench {
         /// Cells both tokenizers process for the speed comparison.
         #[arg(long, default_value_t = 50_000)]
         peer_cells: usize,
+    },
+    /// Pretraining throughput: `sof pretrain` against a PyTorch peer with the same architecture,
+    /// masked-token step and batch size, on the same corpora (the demo's synthetic tissue), CPU,
+    /// same thread count. Training tokens/s = non-PAD tokens per second, median over logging
+    /// windows after warm-up.
+    Pretrain {
+        #[arg(long, default_value = "small")]
+        preset: String,
+        #[arg(long, default_value_t = 120)]
+        steps: u64,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Cells of the synthetic tissue the corpora come from.
+        #[arg(long, default_value_t = 20_000)]
+        cells: usize,
+        /// Threads for both (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Radius graph + neighbourhood composition: `sof spatial` against squidpy
     /// (`spatial_neighbors(coord_type='generic', radius=r)` then adjacency x one-hot) on the same
@@ -214,8 +251,14 @@ fn main() -> Result<()> {
             let _ = std::fs::remove_dir_all(&out);
             Ok(())
         }
+        Job::Bench { what: Bench::Pretrain { preset, steps, batch_size, cells, threads } } => {
+            bench_pretrain(&preset, steps, batch_size, cells, threads)
+        }
         Job::Bench { what: Bench::Spatial { cells, radius, sections } } => bench_spatial(cells, radius, sections),
         Job::Bench { what: Bench::Tokenize { cells, peer_cells } } => bench_tokenize(cells, peer_cells),
+        Job::PretrainShared { steps, preset, batch_size, output, shared_dir, args } => {
+            pretrain_shared(steps, &preset, batch_size, &root().join(output), shared_dir, &args)
+        }
         Job::ExpectedH5ad { data_dir } => {
             let py = python_venv()?.context("needs a Python venv with anndata")?;
             let dir = data_dir.unwrap_or_else(|| root().join("../shared/data"));
@@ -475,4 +518,173 @@ fn tempfile_dir(name: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("sof-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// A `key = "value"` field of a flat dataset manifest.
+fn manifest_field(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned())
+    })
+}
+
+/// Technologies the reference has no token for, added with free ids (19..=29; iss has 19).
+const EXTRA_TECHNOLOGIES: &str = "[technology.starmap]\ntoken = 20\nmeans = \"starmap\"\n\n\
+[technology.osmfish]\ntoken = 21\nmeans = \"osmfish\"\n\n[technology.smfish]\ntoken = 22\nmeans = \"smfish\"\n";
+
+fn pretrain_shared(
+    steps: u64,
+    preset: &str,
+    batch_size: usize,
+    out: &Path,
+    shared_dir: Option<PathBuf>,
+    extra: &[String],
+) -> Result<()> {
+    setup()?;
+    let shared = shared_dir.unwrap_or_else(|| root().join("../shared"));
+    let vocab = shared.join("nicheformer/vocab.tsv");
+    if !vocab.exists() {
+        bail!("{}: not found; pass --shared-dir <folder with data/, genes/, nicheformer/>", vocab.display());
+    }
+    let sof = sof_release()?;
+    std::fs::create_dir_all(out.join("corpora"))?;
+    let ctx = out.join("technologies.toml");
+    std::fs::write(&ctx, EXTRA_TECHNOLOGIES)?;
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(root().join("datasets"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    manifests.sort();
+    let mut corpora = Vec::new();
+    for m in manifests {
+        let text = std::fs::read_to_string(&m)?;
+        let (Some(name), Some(file), Some(tech), Some(species), Some(modality)) = (
+            manifest_field(&text, "name"),
+            manifest_field(&text, "file"),
+            manifest_field(&text, "technology"),
+            manifest_field(&text, "species"),
+            manifest_field(&text, "modality"),
+        ) else {
+            bail!("{}: missing name/file/technology/species/modality", m.display())
+        };
+        if !file.ends_with(".h5ad") {
+            continue; // the same cells in another format
+        }
+        let corpus = out.join("corpora").join(&name);
+        if !corpus.join("manifest.json").exists() {
+            let mut c = Command::new(&sof);
+            c.args(["tokenize", "-q", "--input"])
+                .arg(shared.join("data").join(&file))
+                .args(["--technology", &tech, "--species", &species, "--modality", &modality, "--dataset", &name])
+                .arg("--vocab")
+                .arg(&vocab)
+                .arg("--genes-dir")
+                .arg(shared.join("genes"))
+                .arg("--context-config")
+                .arg(&ctx)
+                .arg("--output")
+                .arg(&corpus);
+            let means = shared.join("nicheformer/tech_means").join(format!("{tech}.tsv"));
+            if means.exists() {
+                c.arg("--tech-means").arg(shared.join("nicheformer/tech_means"));
+            }
+            if let Some(section) = manifest_field(&text, "section_column") {
+                c.args(["--section-key", &section]);
+            }
+            run(&mut c)?;
+        }
+        corpora.push(corpus);
+    }
+    let run_dir = out.join(format!("run-{preset}"));
+    let mut c = Command::new(&sof);
+    c.arg("pretrain");
+    if extra.iter().any(|a| a == "--resume") {
+        c.arg("--output").arg(&run_dir).args(extra);
+    } else {
+        c.args(["--preset", preset, "--steps", &steps.to_string(), "--batch-size", &batch_size.to_string()])
+            .arg("--vocab")
+            .arg(&vocab)
+            .arg("--output")
+            .arg(&run_dir)
+            .args(extra);
+        for corpus in &corpora {
+            c.arg("--corpus").arg(corpus);
+        }
+    }
+    run(&mut c)
+}
+
+/// `cargo xtask bench pretrain`.
+fn bench_pretrain(preset: &str, steps: u64, batch_size: usize, cells: usize, threads: Option<usize>) -> Result<()> {
+    setup()?;
+    let sof = sof_release()?;
+    let python = bench_venv()?;
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let dir = tempfile_dir("pretrain-bench")?;
+    run(Command::new(&sof).args(["-q", "demo", "--cells", &cells.to_string(), "--output"]).arg(dir.join("demo")))?;
+    let corpora: Vec<PathBuf> =
+        ["merfish", "xenium", "dissociated"].iter().map(|t| dir.join("demo/corpus").join(t)).collect();
+    let cfg = dir.join("bench.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "preset = \"{preset}\"\nsteps = {steps}\nbatch_size = {batch_size}\nvalidation_every = 0\n\
+             validation_batches = 1\ncheckpoint_every = 1000000\nlog_every = 10\n"
+        ),
+    )?;
+    let run_dir = dir.join("run");
+    let mut c = Command::new(&sof);
+    c.env("SOF_THREADS", threads.to_string())
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .args(["-q", "pretrain", "--config"])
+        .arg(&cfg)
+        .arg("--output")
+        .arg(&run_dir);
+    for corpus in &corpora {
+        c.arg("--corpus").arg(corpus);
+    }
+    run(&mut c)?;
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.csv"))?;
+    let mut ours: Vec<f64> = metrics
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.len() == 10 && f[8].is_empty()).then(|| f[6].parse().ok()).flatten()
+        })
+        .collect();
+    let skip = (ours.len() / 10).max(1).min(ours.len().saturating_sub(1));
+    ours.drain(..skip);
+    ours.sort_by(f64::total_cmp);
+    let Some(&ours_tps) = ours.get(ours.len() / 2) else { bail!("no training windows logged") };
+    let model = std::fs::read_to_string(run_dir.join("model/sof_model.json"))?;
+    let field = |k: &str| -> Result<String> {
+        let at = model.find(&format!("\"{k}\"")).with_context(|| format!("sof_model.json has no {k}"))?;
+        Ok(model[at..].split(':').nth(1).unwrap_or("").split([',', '}']).next().unwrap_or("").trim().to_owned())
+    };
+    let mut p = Command::new(&python);
+    p.arg(root().join("xtask/peers/pretrain_torch.py"))
+        .args(["--n-tokens", &field("n_tokens")?, "--context", &field("context_length")?])
+        .args(["--d-model", &field("d_model")?, "--heads", &field("n_heads")?, "--ff", &field("d_ff")?])
+        .args(["--layers", &field("n_layers")?, "--batch", &batch_size.to_string(), "--steps", &steps.to_string()])
+        .args(["--threads", &threads.to_string()]);
+    for corpus in &corpora {
+        p.arg("--corpus").arg(corpus);
+    }
+    eprintln!("$ {p:?}");
+    let o = p.output()?;
+    if !o.status.success() {
+        bail!("the PyTorch peer failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let peer = String::from_utf8_lossy(&o.stdout);
+    let peer_tps = number_after(&peer, "\"tokens_per_second\":").context("peer output")?;
+    println!("peer: {}", peer.trim());
+    println!(
+        "bench pretrain ({preset}, batch {batch_size}, {steps} steps, {threads} threads, CPU): sof {ours_tps:.0} tokens/s, \
+         PyTorch {peer_tps:.0} tokens/s, ratio {:.2}x",
+        ours_tps / peer_tps
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }

@@ -109,6 +109,9 @@ pub struct PretrainConfig {
     pub init_from: Option<PathBuf>,
     /// Override the preset's context length (positions).
     pub context_length: Option<usize>,
+    /// The vocabulary TSV the corpora were tokenized with, copied beside every saved model so
+    /// `sof embed` can tokenize new data (default: the first corpus's `vocab.tsv`, if any).
+    pub vocab: Option<PathBuf>,
     pub corpora: Vec<CorpusEntry>,
     pub steps: u64,
     pub batch_size: usize,
@@ -139,6 +142,7 @@ impl Default for PretrainConfig {
             preset: "small".into(),
             init_from: None,
             context_length: None,
+            vocab: None,
             corpora: Vec::new(),
             steps: 1_000,
             batch_size: 32,
@@ -207,7 +211,7 @@ impl PretrainConfig {
                 "all must be at least 1",
             );
         }
-        if self.batch_size % (self.accumulation * self.replicas) != 0 {
+        if !self.batch_size.is_multiple_of(self.accumulation * self.replicas) {
             return err(
                 format!(
                     "batch_size {} is not a multiple of accumulation x replicas = {}",
@@ -218,7 +222,7 @@ impl PretrainConfig {
             );
         }
         let o = &self.optimizer;
-        if !(o.learning_rate > 0.0 && o.learning_rate.is_finite()) || !(0.0..=1.0).contains(&o.min_lr_ratio) {
+        if !(o.learning_rate > 0.0 && o.learning_rate.is_finite() && (0.0..=1.0).contains(&o.min_lr_ratio)) {
             return err(
                 format!("optimizer.learning_rate {} / min_lr_ratio {}", o.learning_rate, o.min_lr_ratio),
                 "use a positive learning rate and a floor ratio in 0..=1",

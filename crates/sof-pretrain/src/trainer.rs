@@ -193,9 +193,10 @@ pub struct Trainer {
     model_cfg: EncoderConfig,
     run_info: RunInfo,
     facts: Vec<CorpusFacts>,
+    vocab: Option<PathBuf>,
 }
 
-const VALIDATION_SEED: u64 = 0x5EED_0F_0A11_DA7E;
+const VALIDATION_SEED: u64 = 0x005E_ED0F_0A11_DA7E;
 
 fn step_rng_seed(seed: u64, step: u64) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03)
@@ -262,12 +263,39 @@ impl Trainer {
                 })
             })
             .collect::<Result<Vec<_>, TrainError>>()?;
-        let run_info = RunInfo {
-            tokenizer: serde_json::to_value(&first.tokenizer).expect("tokenizer config serializes"),
-            vocabulary_hash,
-            step: None,
+        // What `sof embed` needs to tokenize new data like the training data: the tokenizer
+        // settings, plus technology / species / modality where every corpus agrees.
+        let mut tokenizer = serde_json::to_value(&first.tokenizer).expect("tokenizer config serializes");
+        let same = |f: &dyn Fn(&CorpusManifest) -> serde_json::Value| {
+            let v = f(first);
+            manifests.iter().all(|m| f(m) == v).then_some(v)
         };
-        Ok(Self { cfg, dir: dir.to_path_buf(), devices, model_cfg, run_info, facts })
+        for (key, value) in [
+            ("technology", same(&|m| serde_json::json!(m.technology))),
+            ("species", same(&|m| serde_json::json!(m.species))),
+            ("modality", same(&|m| serde_json::json!(m.modality))),
+        ] {
+            if let (Some(v), Some(obj)) = (value, tokenizer.as_object_mut()) {
+                obj.insert(key.into(), v);
+            }
+        }
+        let vocab = cfg.vocab.clone().or_else(|| {
+            let p = cfg.corpora[0].path.join("vocab.tsv");
+            p.exists().then_some(p)
+        });
+        if let Some(v) = &vocab {
+            let loaded = sof_io::genes::Vocabulary::load_tsv(v)
+                .map_err(|e| invalid(v, e.to_string(), "pass the vocabulary TSV the corpora were tokenized with"))?;
+            if sof_tokenize::vocabulary_hash(&loaded) != vocabulary_hash {
+                return Err(invalid(
+                    v,
+                    "is not the vocabulary the corpora (and model) use",
+                    "pass the vocabulary TSV the corpora were tokenized with",
+                ));
+            }
+        }
+        let run_info = RunInfo { tokenizer, vocabulary_hash, step: None };
+        Ok(Self { cfg, dir: dir.to_path_buf(), devices, model_cfg, run_info, facts, vocab })
     }
 
     /// The model's configuration.
@@ -367,8 +395,13 @@ impl Trainer {
             write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         }
         append_command(dir, command)?;
-        if step >= cfg.steps {
+        if step >= cfg.steps
+            && let Ok(done) = read_json::<Summary>(&dir.join("summary.json"))
+            && done.steps_done == step
+            && !done.interrupted
+        {
             tracing::info!(step, "the run is already complete");
+            return Ok(done);
         }
 
         let validation = self.validation_set()?;
@@ -476,8 +509,7 @@ impl Trainer {
         }
         let model_dir = dir.join("model");
         if !interrupted {
-            let run = RunInfo { step: Some(step), ..self.run_info.clone() };
-            sof_model::checkpoint::save(&model_dir, &model.encoder, &self.model_cfg, &run)?;
+            self.save_model(&model_dir, &model.encoder, step)?;
         }
         metrics.plot(dir, &baselines);
         let summary = Summary {
@@ -515,30 +547,35 @@ impl Trainer {
         let mut multi = MultiGradientsParams::default();
         let mut sums = Sums::default();
         for a in 0..cfg.accumulation {
-            let shares: Vec<(Device, Chunk)> = (0..cfg.replicas)
+            let shares: Vec<(Device, Vec<Chunk>)> = (0..cfg.replicas)
                 .map(|r| {
                     let first = (a * cfg.replicas + r) * rows;
-                    (self.devices[r].clone(), Chunk::new(batch, first, rows))
+                    (self.devices[r].clone(), Chunk::buckets(batch, first, rows))
                 })
                 .collect();
+            let share_gradients = |replica: PretrainModel, chunks: &[Chunk], dev: &Device| {
+                chunks
+                    .iter()
+                    .map(|chunk| {
+                        let (g, s) = self.chunk_gradients(replica.clone(), chunk, &totals, dev);
+                        (g, s, dev.clone())
+                    })
+                    .collect::<Vec<_>>()
+            };
             let results: Vec<(GradientsParams, Sums, Device)> = if shares.len() == 1 {
-                let (dev, chunk) = &shares[0];
-                let (g, s) = self.chunk_gradients(model.clone(), chunk, &totals, dev);
-                vec![(g, s, dev.clone())]
+                let (dev, chunks) = &shares[0];
+                share_gradients(model.clone(), chunks, dev)
             } else {
                 std::thread::scope(|scope| {
                     let handles: Vec<_> = shares
                         .iter()
-                        .map(|(dev, chunk)| {
+                        .map(|(dev, chunks)| {
                             let replica = model.clone().fork(dev);
-                            let totals = &totals;
-                            scope.spawn(move || {
-                                let (g, s) = self.chunk_gradients(replica, chunk, totals, dev);
-                                (g, s, dev.clone())
-                            })
+                            let work = &share_gradients;
+                            scope.spawn(move || work(replica, chunks, dev))
                         })
                         .collect();
-                    handles.into_iter().map(|h| h.join().expect("replica thread")).collect()
+                    handles.into_iter().flat_map(|h| h.join().expect("replica thread")).collect()
                 })
             };
             for (g, s, dev) in results {
@@ -678,10 +715,10 @@ impl Trainer {
         let encoder = model.encoder.valid();
         let device = &self.devices[0];
         let (mut sum, mut correct, mut n) = (0.0, 0u64, 0u64);
-        for b in set {
-            let rows = b.seqs.len();
-            let tokens = Tensor::<2, Int>::from_data(TensorData::new(b.tokens.clone(), [rows, b.length]), device);
-            if let Some(out) = masked_loss(&encoder, encoder.forward(tokens), &b.labels, device) {
+        for c in set.iter().flat_map(|b| Chunk::buckets(b, 0, b.seqs.len())) {
+            let rows = c.seqs.len();
+            let tokens = Tensor::<2, Int>::from_data(TensorData::new(c.tokens, [rows, c.length]), device);
+            if let Some(out) = masked_loss(&encoder, encoder.forward(tokens), &c.labels, device) {
                 let k = out.targets.dims()[0] as u64;
                 sum += out.loss.into_scalar::<f32>() as f64 * k as f64;
                 correct += out.predicted.equal(out.targets).int().sum().into_scalar::<i64>() as u64;
@@ -722,6 +759,17 @@ impl Trainer {
         })
     }
 
+    /// A sof checkpoint folder (loadable by `sof embed`), with the vocabulary beside it.
+    fn save_model(&self, dir: &Path, encoder: &Encoder, step: u64) -> Result<(), TrainError> {
+        if let Some(v) = &self.vocab {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            let text = std::fs::read(v).map_err(io(v))?;
+            write_atomic(&dir.join("vocab.tsv"), &text)?;
+        }
+        let run = RunInfo { step: Some(step), ..self.run_info.clone() };
+        Ok(sof_model::checkpoint::save(dir, encoder, &self.model_cfg, &run)?)
+    }
+
     fn save_checkpoint(
         &self,
         model: &PretrainModel,
@@ -734,8 +782,7 @@ impl Trainer {
         let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        let run = RunInfo { step: Some(step), ..self.run_info.clone() };
-        sof_model::checkpoint::save(&tmp.join("model"), &model.encoder, &self.model_cfg, &run)?;
+        self.save_model(&tmp.join("model"), &model.encoder, step)?;
         let mut store = BurnpackStore::from_file(tmp.join("train_model.bpk")).overwrite(true);
         model.save_into(&mut store).map_err(|e| invalid(&tmp, e.to_string(), "check the disk"))?;
         optim.save(tmp.join("optimizer.bpk")).map_err(|e| invalid(&tmp, e.to_string(), "check the disk"))?;
@@ -787,7 +834,7 @@ impl Totals {
     }
 }
 
-/// Rows `first..first + rows` of a step, trimmed to their own longest sequence.
+/// Rows of a step, trimmed to their own longest sequence.
 struct Chunk {
     seqs: Vec<Sequence>,
     tokens: Vec<i64>,
@@ -796,17 +843,28 @@ struct Chunk {
 }
 
 impl Chunk {
-    fn new(batch: &StepBatch, first: usize, rows: usize) -> Self {
-        let seqs = batch.seqs[first..first + rows].to_vec();
+    fn new(batch: &StepBatch, rows: &[usize]) -> Self {
+        let seqs: Vec<Sequence> = rows.iter().map(|&r| batch.seqs[r].clone()).collect();
         let (_, length) = pad(&seqs);
-        let mut tokens = Vec::with_capacity(rows * length);
-        let mut labels = Vec::with_capacity(rows * length);
-        for r in first..first + rows {
+        let mut tokens = Vec::with_capacity(rows.len() * length);
+        let mut labels = Vec::with_capacity(rows.len() * length);
+        for &r in rows {
             let at = r * batch.length;
             tokens.extend_from_slice(&batch.tokens[at..at + length]);
             labels.extend_from_slice(&batch.labels[at..at + length]);
         }
         Self { seqs, tokens, labels, length }
+    }
+
+    /// Rows `first..first + rows`, grouped by length class (powers of two) so that short spatial
+    /// panels are not padded to the longest dissociated cell of the batch: each group is its own
+    /// forward pass, and the summed gradients are unchanged (each part's loss is normalized by
+    /// the step's totals).
+    fn buckets(batch: &StepBatch, first: usize, rows: usize) -> Vec<Chunk> {
+        let class = |r: usize| batch.seqs[r].tokens.len().max(1).next_power_of_two();
+        let mut order: Vec<usize> = (first..first + rows).collect();
+        order.sort_by_key(|&r| (class(r), r));
+        order.chunk_by(|&a, &b| class(a) == class(b)).map(|group| Chunk::new(batch, group)).collect()
     }
 }
 

@@ -1,0 +1,221 @@
+//! `sof pretrain`: masked-token pretraining over token corpora, into a run folder.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use sof_pretrain::config::CorpusEntry;
+use sof_pretrain::{Event, PretrainConfig, Trainer};
+
+use crate::device::{DeviceArg, device};
+use crate::util;
+
+/// Pretrain a model by masked-token prediction on one or more token corpora (from
+/// `sof tokenize`), mixed by weight. The run folder receives config.toml (the full settings),
+/// command.txt, metrics.csv, loss.png, summary.json, checkpoints/step-N/ (the newest few) and,
+/// at the end, model/ (a checkpoint for `sof embed`). Ctrl-C writes a checkpoint and stops;
+/// `--resume` continues exactly where the run stopped.
+///
+/// Example: sof pretrain --preset small --corpus corpora/starmap --corpus corpora/merfish
+///          --steps 3000 --output runs/small
+///          sof pretrain --output runs/small --resume
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run settings (TOML, see docs/PRETRAINING.md); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Model size: tiny, small, base or nicheformer.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// A corpus folder (repeat for several).
+    #[arg(long = "corpus")]
+    pub corpora: Vec<PathBuf>,
+    /// Mixing weights, one per --corpus, comma-separated (default: equal).
+    #[arg(long, value_delimiter = ',')]
+    pub weights: Vec<f64>,
+    /// The run folder.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Sequences per optimizer step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per step (gradient accumulation).
+    #[arg(long)]
+    pub accumulation: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Positions per cell (default: the preset's).
+    #[arg(long)]
+    pub context_length: Option<usize>,
+    /// Start from this checkpoint (ours, or imported reference weights saved with `sof embed`'s loaders).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// The vocabulary TSV the corpora were tokenized with (default: the first corpus's vocab.tsv).
+    #[arg(long)]
+    pub vocab: Option<PathBuf>,
+    /// Add the niche-aware objective (neighbourhood composition and density heads, weight 1 each).
+    #[arg(long)]
+    pub niche: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Data-parallel replicas on the device (several GPUs: one replica each, see docs).
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// Continue the run in --output from its newest checkpoint (its config.toml is used).
+    #[arg(long)]
+    pub resume: bool,
+}
+
+fn settings(args: &Args) -> anyhow::Result<PretrainConfig> {
+    let mut cfg = if args.resume {
+        let path = args.output.join("config.toml");
+        if args.config.is_some() || !args.corpora.is_empty() || args.preset.is_some() {
+            tracing::warn!("--resume uses {}; --config, --corpus and --preset are ignored", path.display());
+        }
+        PretrainConfig::load(&path).with_context(|| format!("resuming the run in {}", args.output.display()))?
+    } else {
+        match &args.config {
+            Some(p) => PretrainConfig::load(p)?,
+            None => PretrainConfig::default(),
+        }
+    };
+    if !args.resume {
+        if !args.corpora.is_empty() {
+            if !args.weights.is_empty() && args.weights.len() != args.corpora.len() {
+                bail!("--weights has {} values for {} --corpus folders", args.weights.len(), args.corpora.len());
+            }
+            cfg.corpora = args
+                .corpora
+                .iter()
+                .enumerate()
+                .map(|(i, p)| CorpusEntry { path: p.clone(), weight: args.weights.get(i).copied().unwrap_or(1.0) })
+                .collect();
+        }
+        if let Some(p) = &args.preset {
+            cfg.preset = p.clone();
+        }
+        if args.init_from.is_some() {
+            cfg.init_from = args.init_from.clone();
+        }
+        if args.vocab.is_some() {
+            cfg.vocab = args.vocab.clone();
+        }
+        if args.context_length.is_some() {
+            cfg.context_length = args.context_length;
+        }
+        if let Some(v) = args.batch_size {
+            cfg.batch_size = v;
+        }
+        if let Some(v) = args.accumulation {
+            cfg.accumulation = v;
+        }
+        if let Some(v) = args.lr {
+            cfg.optimizer.learning_rate = v;
+        }
+        if let Some(v) = args.seed {
+            cfg.seed = v;
+        }
+        if let Some(v) = args.replicas {
+            cfg.replicas = v;
+        }
+        if args.niche {
+            cfg.niche.composition_weight = 1.0;
+            cfg.niche.density_weight = 1.0;
+        }
+    }
+    if let Some(v) = args.steps {
+        if args.resume && v != cfg.steps {
+            tracing::warn!("--steps {v} changes the learning-rate schedule of a run planned for {} steps", cfg.steps);
+        }
+        cfg.steps = v;
+    }
+    Ok(cfg)
+}
+
+pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
+    let cfg = settings(&args)?;
+    if !args.resume && args.output.join("checkpoints").exists() {
+        bail!(
+            "{}: this run folder already has checkpoints; pass --resume to continue it, or choose a new --output",
+            args.output.display()
+        );
+    }
+    let dev = device(args.device)?.autodiff();
+    let devices = vec![dev; cfg.replicas];
+    let trainer = Trainer::new(cfg.clone(), &args.output, devices)?;
+    let mcfg = trainer.model_config();
+    tracing::info!(
+        preset = %cfg.preset,
+        parameters = mcfg.n_parameters(),
+        d_model = mcfg.d_model,
+        layers = mcfg.n_layers,
+        "model"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // One handler per process; a second call (tests run commands in-process) keeps the first.
+    if ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).is_err() {
+        tracing::debug!("Ctrl-C handler already installed");
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let pb = util::progress(cfg.steps, "pretrain", quiet);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} steps, eta {eta} | loss {prefix}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message("pretrain");
+    let mut baseline = None;
+    let summary = trainer.run(args.resume, &command, &stop, &mut |e| match e {
+        Event::Started { first_step, baselines } => {
+            pb.set_position(first_step);
+            baseline = Some(baselines.clone());
+        }
+        Event::Step { step, loss, accuracy, tokens_per_second, .. } => {
+            pb.set_position(step);
+            pb.set_prefix(format!("{loss:.3}, acc {:.1}%, {tokens_per_second:.0} tok/s", accuracy * 100.0));
+        }
+        Event::Checkpoint { step, path } => tracing::info!(step, path = %path.display(), "checkpoint"),
+    })?;
+    pb.finish_and_clear();
+    if summary.interrupted {
+        util::say(format!(
+            "stopped at step {} of {}; checkpoint written. Continue with: sof pretrain --output {} --resume",
+            summary.steps_done,
+            cfg.steps,
+            args.output.display()
+        ));
+        return Ok(());
+    }
+    let b = &summary.baselines;
+    util::say(format!(
+        "pretrained {} steps ({} parameters) at {:.0} tokens/s; model in {}",
+        summary.steps_done,
+        summary.parameters,
+        summary.mean_tokens_per_second,
+        summary.model_dir.display()
+    ));
+    match (summary.final_validation_loss, summary.final_validation_accuracy) {
+        (Some(l), Some(a)) => util::say(format!(
+            "validation: masked-token loss {l:.3} nats (unigram baseline {:.3}), accuracy {:.1}% (most frequent token {:.1}%), {} masked tokens",
+            b.unigram_loss,
+            a * 100.0,
+            b.most_frequent_accuracy * 100.0,
+            b.validation_masked_tokens
+        )),
+        _ => util::say("validation: none (no held-out cells; raise validation_fraction)"),
+    }
+    util::say(format!(
+        "metrics: {}, curve: {}",
+        args.output.join("metrics.csv").display(),
+        args.output.join("loss.png").display()
+    ));
+    Ok(())
+}
