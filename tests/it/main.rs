@@ -424,6 +424,8 @@ fn pretrain_on_demo_corpora_then_embed() {
         "--batch-size",
         "8",
         "--niche",
+        "--vocab",
+        &p("demo/vocab.tsv"),
         "--output",
         &run,
     ];
@@ -463,6 +465,45 @@ fn pretrain_on_demo_corpora_then_embed() {
     let emb = sof_io::h5ad::H5adReader::open(&out).unwrap().obsm("X_sof").unwrap();
     assert_eq!(emb.dim().1, 32);
     assert!(emb.iter().all(|v| v.is_finite()));
+
+    // Probes on the embedding beside the expression baselines, leave-one-section-out.
+    sof(&[
+        "-q",
+        "probe",
+        "--input",
+        &out,
+        "--label",
+        "layer",
+        "--split-key",
+        "section",
+        "--seeds",
+        "1",
+        "--output",
+        &p("probe.json"),
+    ])
+    .unwrap();
+    let probe: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("probe.json")).unwrap()).unwrap();
+    let results = probe["results"].as_array().unwrap();
+    let names: Vec<&str> = results.iter().map(|r| r["features"].as_str().unwrap()).collect();
+    assert_eq!(names, ["embedding (X_sof)", "PCA-50", "PCA-best", "raw log-normalized"]);
+    assert_eq!(probe["classes"].as_array().unwrap().len(), 6);
+    let pca_f1 = results[1]["mean"]["macro_f1"].as_f64().unwrap();
+    assert!(pca_f1 > 0.4, "layers are recoverable from expression on held-out sections: {pca_f1}");
+    for r in results {
+        let f1 = r["mean"]["macro_f1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&f1), "{r}");
+        let conf: u64 = r["confusion"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap())
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(conf, probe["cells"].as_u64().unwrap(), "every cell tested once");
+    }
+    let e =
+        format!("{:#}", sof(&["probe", "--input", &out, "--label", "layer", "--output", &p("x.json")]).unwrap_err());
+    assert!(e.contains("--split-key"), "{e}");
 
     let e = format!("{:#}", sof(&["pretrain", "--corpus", &p("nowhere"), "--output", &p("run2")]).unwrap_err());
     assert!(e.contains("nowhere"), "{e}");

@@ -3,6 +3,7 @@ pub mod demo;
 pub mod embed;
 pub mod inspect;
 pub mod pretrain;
+pub mod probe;
 pub mod spatial;
 pub mod synth;
 pub mod tokenize;

@@ -1,0 +1,306 @@
+//! `sof probe`: linear probes on frozen embeddings beside the expression baselines, on honest
+//! splits.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use ndarray::{Array2, Axis};
+use serde::Serialize;
+use sof_io::h5ad::H5adReader;
+use sof_tasks::linear::{LogisticConfig, LogisticRegression, Ridge};
+use sof_tasks::metrics;
+use sof_tasks::pca::{Pca, dense, log_normalize};
+use sof_tasks::split::{Fold, by_group, spatial_blocks};
+
+use crate::util;
+
+/// Predict a label (classification) or a numeric column (regression) from each cell's
+/// embedding with a linear probe, beside the baselines in the same harness on the same folds:
+/// PCA of log1p 10k-normalized expression (fitted on the training cells; 50 components and the
+/// best of 10/20/50/100) and the raw log-normalized expression. Folds hold out whole sections
+/// (--split-key) or spatial blocks (--spatial-blocks), never random cells.
+///
+/// Example: sof probe --input starmap_embedded.h5ad --label layer --split-key section
+///          --output probe_layer.json
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// An .h5ad with an embedding in obsm (from `sof embed`) and raw counts in X.
+    #[arg(short, long)]
+    pub input: PathBuf,
+    /// obs column to classify.
+    #[arg(long, conflicts_with = "target")]
+    pub label: Option<String>,
+    /// Numeric obs column to regress (R², MAE, Spearman).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// obsm key of the embedding.
+    #[arg(long, default_value = "X_sof")]
+    pub embedding: String,
+    /// obs column of sections / slices / fields of view: one fold per held-out value.
+    #[arg(long)]
+    pub split_key: Option<String>,
+    /// Spatial-block folds instead: the tissue cut into N x N blocks dealt into --folds folds.
+    #[arg(long)]
+    pub spatial_blocks: Option<usize>,
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Seeds (spatial-block assignment and PCA); mean and spread are reported.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Label values to leave out (e.g. Excluded), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub drop: Vec<String>,
+    /// Weight classes inversely to their frequency.
+    #[arg(long)]
+    pub class_balanced: bool,
+    /// Metrics JSON.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct FeatureResult {
+    features: String,
+    /// metric -> per-(seed, fold) values
+    values: BTreeMap<String, Vec<f64>>,
+    mean: BTreeMap<String, f64>,
+    sd: BTreeMap<String, f64>,
+    /// Summed over folds of the first seed (classification).
+    confusion: Option<Vec<Vec<u64>>>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    input: String,
+    task: String,
+    classes: Vec<String>,
+    cells: usize,
+    folds: Vec<String>,
+    results: Vec<FeatureResult>,
+}
+
+enum Task {
+    Classify { y: Vec<usize>, classes: Vec<String> },
+    Regress { y: Vec<f64> },
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let reader = H5adReader::open(&args.input)?;
+    let obs = reader.obs()?;
+    let n_all = reader.n_obs();
+    let col_name = args.label.clone().or_else(|| args.target.clone()).context("pass --label or --target")?;
+    let col = obs.get(&col_name).with_context(|| {
+        format!(
+            "{}: obs has no column '{col_name}' (it has: {})",
+            args.input.display(),
+            obs.column_names().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    // Cells kept: a label present and not dropped (or a finite target).
+    let (keep, task): (Vec<usize>, Task) = if args.label.is_some() {
+        let labels = col.labels();
+        let keep: Vec<usize> =
+            (0..n_all).filter(|&i| labels[i].as_ref().is_some_and(|l| !args.drop.contains(l))).collect();
+        let mut classes: Vec<String> = keep.iter().filter_map(|&i| labels[i].clone()).collect();
+        classes.sort();
+        classes.dedup();
+        let y = keep.iter().map(|&i| classes.binary_search(labels[i].as_ref().unwrap()).unwrap()).collect();
+        (keep, Task::Classify { y, classes })
+    } else {
+        let v = col.as_f64().with_context(|| {
+            format!("{}: obs '{col_name}' is {}, not numeric; use --label for labels", args.input.display(), col.kind())
+        })?;
+        let keep: Vec<usize> = (0..n_all).filter(|&i| v[i].is_finite()).collect();
+        let y = keep.iter().map(|&i| v[i]).collect();
+        (keep, Task::Regress { y })
+    };
+    if keep.len() < 10 {
+        bail!("{}: only {} cells have a usable '{col_name}'", args.input.display(), keep.len());
+    }
+
+    let emb = reader
+        .obsm(&args.embedding)
+        .with_context(|| format!("{}: run `sof embed` first (or pass --embedding <obsm key>)", args.input.display()))?;
+    let emb = emb.select(Axis(0), &keep);
+    let x = log_normalize(&reader.read_rows(0..n_all)?.select_rows(&keep));
+
+    let fold_sets: Vec<(u64, Vec<Fold>)> = (0..args.seeds.max(1))
+        .map(|seed| -> anyhow::Result<(u64, Vec<Fold>)> {
+            let folds = if let Some(key) = &args.split_key {
+                let g = obs.get(key).with_context(|| format!("{}: obs has no column '{key}'", args.input.display()))?;
+                let labels = g.labels();
+                by_group(&keep.iter().map(|&i| labels[i].clone().unwrap_or_default()).collect::<Vec<_>>())
+            } else if let Some(grid) = args.spatial_blocks {
+                let xy = reader.obsm("spatial").context("--spatial-blocks needs obsm['spatial']")?;
+                let pts: Vec<(f64, f64)> = keep.iter().map(|&i| (xy[[i, 0]], xy[[i, 1]])).collect();
+                spatial_blocks(&pts, grid, args.folds, seed)
+            } else {
+                bail!("pass --split-key <obs column> or --spatial-blocks <N>: random cell splits leak neighbours")
+            };
+            if folds.len() < 2 {
+                bail!("only one fold: the split column has one value");
+            }
+            Ok((seed, folds))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // Leave-one-group-out folds do not depend on the seed: evaluate them once.
+    let fold_sets = if args.split_key.is_some() { fold_sets.into_iter().take(1).collect() } else { fold_sets };
+
+    let mut feature_sets: Vec<String> = vec![format!("embedding ({})", args.embedding)];
+    feature_sets.extend(["PCA-50".to_owned(), "PCA-best".to_owned()]);
+    let raw_ok = x.n_cols() <= 3_000;
+    if raw_ok {
+        feature_sets.push("raw log-normalized".to_owned());
+    }
+    let n_classes = match &task {
+        Task::Classify { classes, .. } => classes.len(),
+        Task::Regress { .. } => 0,
+    };
+    let mut results: Vec<FeatureResult> = feature_sets
+        .iter()
+        .map(|f| FeatureResult {
+            features: f.clone(),
+            values: BTreeMap::new(),
+            mean: BTreeMap::new(),
+            sd: BTreeMap::new(),
+            confusion: (n_classes > 0).then(|| vec![vec![0; n_classes]; n_classes]),
+        })
+        .collect();
+    let pb = util::progress(fold_sets.iter().map(|f| f.1.len() as u64).sum(), "probe", false);
+    for (seed, folds) in &fold_sets {
+        for fold in folds {
+            if fold.train.is_empty() || fold.test.is_empty() {
+                continue;
+            }
+            // Features per set, fitted on the training cells only.
+            let mut sets: Vec<(Array2<f64>, Array2<f64>)> =
+                vec![(emb.select(Axis(0), &fold.train), emb.select(Axis(0), &fold.test))];
+            let pca50 = Pca::fit(&x, &fold.train, 50.min(x.n_cols()), *seed);
+            sets.push((pca50.transform(&x, &fold.train), pca50.transform(&x, &fold.test)));
+            // PCA-best: the best test score over sizes (an optimistic baseline, on purpose).
+            let mut best: Option<Scored> = None;
+            for k in [10, 20, 50, 100] {
+                let k = k.min(x.n_cols()).min(fold.train.len());
+                let p = Pca::fit(&x, &fold.train, k, *seed);
+                let r = evaluate(
+                    &task,
+                    &p.transform(&x, &fold.train),
+                    &p.transform(&x, &fold.test),
+                    fold,
+                    args.class_balanced,
+                );
+                if best.as_ref().is_none_or(|b| r.0 > b.0) {
+                    best = Some(r);
+                }
+            }
+            if raw_ok {
+                sets.push((dense(&x, &fold.train), dense(&x, &fold.test)));
+            }
+            for (idx, res) in results.iter_mut().enumerate() {
+                let (score_metrics, predicted) = if idx == 2 {
+                    let b = best.clone().expect("at least one size");
+                    (b.1, b.2)
+                } else {
+                    let set = if idx < 2 { idx } else { 2 };
+                    let (tr, te) = &sets[set];
+                    let r = evaluate(&task, tr, te, fold, args.class_balanced);
+                    (r.1, r.2)
+                };
+                for (m, v) in score_metrics {
+                    res.values.entry(m).or_default().push(v);
+                }
+                if let (Some(conf), Some(pred), Task::Classify { y, .. }, 0) =
+                    (res.confusion.as_mut(), predicted, &task, *seed)
+                {
+                    for (&t, &p) in fold.test.iter().zip(&pred) {
+                        conf[y[t]][p] += 1;
+                    }
+                }
+            }
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    for r in &mut results {
+        for (m, v) in &r.values {
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let sd =
+                (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len().max(2).saturating_sub(1) as f64).sqrt();
+            r.mean.insert(m.clone(), mean);
+            r.sd.insert(m.clone(), sd);
+        }
+    }
+    let report = Report {
+        input: args.input.display().to_string(),
+        task: match &task {
+            Task::Classify { .. } => format!("classify {col_name}"),
+            Task::Regress { .. } => format!("regress {col_name}"),
+        },
+        classes: match &task {
+            Task::Classify { classes, .. } => classes.clone(),
+            Task::Regress { .. } => Vec::new(),
+        },
+        cells: keep.len(),
+        folds: fold_sets[0].1.iter().map(|f| f.name.clone()).collect(),
+        results,
+    };
+    util::write_atomic(&args.output, &serde_json::to_string_pretty(&report)?)?;
+    util::say(format!(
+        "{} on {} cells, {} folds x {} seed(s):",
+        report.task,
+        report.cells,
+        report.folds.len(),
+        fold_sets.len()
+    ));
+    for r in &report.results {
+        let line: Vec<String> =
+            r.mean.iter().map(|(m, v)| format!("{m} {v:.3} ± {:.3}", r.sd.get(m).copied().unwrap_or(0.0))).collect();
+        util::say(format!("  {:<24} {}", r.features, line.join(", ")));
+    }
+    util::say(format!("  metrics: {}", args.output.display()));
+    Ok(())
+}
+
+/// A probe's result on one fold: (headline score, metrics, predicted classes).
+type Scored = (f64, Vec<(String, f64)>, Option<Vec<usize>>);
+
+/// Fits the probe on `train`, scores `test`.
+fn evaluate(
+    task: &Task,
+    train: &Array2<f64>,
+    test: &Array2<f64>,
+    fold: &Fold,
+    class_balanced: bool,
+) -> Scored {
+    match task {
+        Task::Classify { y, classes } => {
+            let ytr: Vec<usize> = fold.train.iter().map(|&i| y[i]).collect();
+            let yte: Vec<usize> = fold.test.iter().map(|&i| y[i]).collect();
+            let cfg = LogisticConfig { class_balanced, ..LogisticConfig::default() };
+            let m = LogisticRegression::fit(train.view(), &ytr, classes.len(), &cfg);
+            let proba = m.predict_proba(test.view());
+            let pred = sof_tasks::linear::argmax_rows(&proba);
+            let f1 = metrics::macro_f1(&yte, &pred, classes.len());
+            let out = vec![
+                ("macro_f1".to_owned(), f1),
+                ("accuracy".to_owned(), metrics::accuracy(&yte, &pred)),
+                ("ece".to_owned(), metrics::expected_calibration_error(proba.view(), &yte, 10)),
+            ];
+            (f1, out, Some(pred))
+        }
+        Task::Regress { y } => {
+            let ytr = Array2::from_shape_fn((fold.train.len(), 1), |(i, _)| y[fold.train[i]]);
+            let yte: Vec<f64> = fold.test.iter().map(|&i| y[i]).collect();
+            let m = Ridge::fit(train.view(), ytr.view(), 1e-3);
+            let pred: Vec<f64> = m.predict(test.view()).column(0).to_vec();
+            let r2 = metrics::r2(&yte, &pred);
+            let out = vec![
+                ("r2".to_owned(), r2),
+                ("mae".to_owned(), metrics::mae(&yte, &pred)),
+                ("spearman".to_owned(), metrics::spearman(&yte, &pred)),
+            ];
+            (r2, out, None)
+        }
+    }
+}

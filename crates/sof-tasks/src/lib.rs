@@ -1,0 +1,14 @@
+//! Downstream tasks on cell embeddings (issue 7, in progress): the pieces every benchmark needs,
+//! with no burn and no file formats.
+//!
+//! - [`split`]: leave-one-section-out and spatial-block folds.
+//! - [`linear`]: the linear probe (multinomial logistic regression) and ridge regression on
+//!   standardized features.
+//! - [`pca`]: the expression baselines (log1p of 10k-normalized counts; randomized PCA fitted on
+//!   the training cells).
+//! - [`metrics`]: macro F1, accuracy, confusion, calibration error, MAE, MSE, R², Spearman.
+
+pub mod linear;
+pub mod metrics;
+pub mod pca;
+pub mod split;

@@ -1,0 +1,77 @@
+//! Honest train/test splits: whole groups (sections, slices, fields of view) or spatial blocks
+//! held out, never random cells when sections exist.
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+/// One fold: indices of training and test cells, with a name for reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fold {
+    pub name: String,
+    pub train: Vec<usize>,
+    pub test: Vec<usize>,
+}
+
+/// Leave-one-group-out: one fold per distinct group (in order of first appearance).
+pub fn by_group(groups: &[String]) -> Vec<Fold> {
+    let mut names: Vec<&String> = Vec::new();
+    for g in groups {
+        if !names.contains(&g) {
+            names.push(g);
+        }
+    }
+    names
+        .iter()
+        .map(|name| {
+            let (test, train): (Vec<usize>, Vec<usize>) = (0..groups.len()).partition(|&i| &groups[i] == *name);
+            Fold { name: format!("held out {name}"), train, test }
+        })
+        .collect()
+}
+
+/// Spatial blocks: the bounding box is cut into `grid x grid` blocks, blocks are shuffled
+/// (seeded) and dealt into `folds` folds; each fold tests on its blocks' cells.
+pub fn spatial_blocks(xy: &[(f64, f64)], grid: usize, folds: usize, seed: u64) -> Vec<Fold> {
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in xy {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    let cell = |v: f64, lo: f64, hi: f64| (((v - lo) / (hi - lo).max(1e-12) * grid as f64) as usize).min(grid - 1);
+    let block: Vec<usize> = xy.iter().map(|&(x, y)| cell(x, x0, x1) * grid + cell(y, y0, y1)).collect();
+    let mut blocks: Vec<usize> = (0..grid * grid).filter(|b| block.contains(b)).collect();
+    blocks.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(seed));
+    (0..folds)
+        .map(|f| {
+            let mine: Vec<usize> = blocks.iter().enumerate().filter(|(i, _)| i % folds == f).map(|(_, &b)| b).collect();
+            let (test, train): (Vec<usize>, Vec<usize>) = (0..xy.len()).partition(|&i| mine.contains(&block[i]));
+            Fold { name: format!("spatial blocks {}/{folds}", f + 1), train, test }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_and_blocks_partition_the_cells() {
+        let g: Vec<String> = ["a", "b", "a", "c", "b"].iter().map(|s| s.to_string()).collect();
+        let f = by_group(&g);
+        assert_eq!(f.len(), 3);
+        assert_eq!((f[0].train.clone(), f[0].test.clone()), (vec![1, 3, 4], vec![0, 2]));
+        let xy: Vec<(f64, f64)> = (0..400).map(|i| ((i % 20) as f64, (i / 20) as f64)).collect();
+        let folds = spatial_blocks(&xy, 4, 5, 3);
+        let mut all: Vec<usize> = folds.iter().flat_map(|f| f.test.clone()).collect();
+        all.sort();
+        assert_eq!(all, (0..400).collect::<Vec<_>>(), "every cell tested exactly once");
+        for f in &folds {
+            assert!(f.test.iter().all(|t| !f.train.contains(t)));
+            assert_eq!(f.test.len() + f.train.len(), 400);
+        }
+        assert_eq!(folds, spatial_blocks(&xy, 4, 5, 3), "seeded");
+    }
+}
