@@ -453,7 +453,7 @@ fn pretrain_on_demo_corpora_then_embed() {
         "--checkpoint",
         &p("run/model"),
         "--input",
-        &p("demo/data/spatial_merfish.h5ad"),
+        &p("demo/spatial_merfish_targets.h5ad"),
         "--technology",
         "merfish",
         "--modality",
@@ -501,6 +501,46 @@ fn pretrain_on_demo_corpora_then_embed() {
             .sum();
         assert_eq!(conf, probe["cells"].as_u64().unwrap(), "every cell tested once");
     }
+    // The dissociated sample, embedded with the same model, placed onto the spatial sections.
+    sof(&[
+        "-q",
+        "embed",
+        "--checkpoint",
+        &p("run/model"),
+        "--input",
+        &p("demo/data/dissociated.h5ad"),
+        "--technology",
+        "dissociated",
+        "--modality",
+        "dissociated",
+        "--output",
+        &p("dissociated_embedded.h5ad"),
+    ])
+    .unwrap();
+    sof(&[
+        "-q",
+        "map",
+        "--reference",
+        &out,
+        "--query",
+        &p("dissociated_embedded.h5ad"),
+        "--label",
+        "layer",
+        "--output",
+        &p("mapped.h5ad"),
+    ])
+    .unwrap();
+    let mapped = sof_io::h5ad::H5adReader::open(p("mapped.h5ad")).unwrap();
+    let n = mapped.n_obs();
+    let probs = mapped.obsm("sof_layer_probabilities").unwrap();
+    assert_eq!(probs.dim(), (n, 6));
+    assert!(probs.rows().into_iter().all(|r| (r.sum() - 1.0).abs() < 1e-6));
+    assert_eq!(mapped.obsm("sof_location").unwrap().dim(), (n, 2));
+    let obs = mapped.obs().unwrap();
+    assert!(obs.get("sof_layer").is_some() && obs.get("sof_location_spread").is_some());
+    assert!(obs.get("sof_density_predicted").is_some(), "density transferred from the reference's sof spatial output");
+    assert!(mapped.obsm("sof_composition_predicted").is_ok());
+
     let e =
         format!("{:#}", sof(&["probe", "--input", &out, "--label", "layer", "--output", &p("x.json")]).unwrap_err());
     assert!(e.contains("--split-key"), "{e}");

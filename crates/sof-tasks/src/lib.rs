@@ -6,9 +6,11 @@
 //!   standardized features.
 //! - [`pca`]: the expression baselines (log1p of 10k-normalized counts; randomized PCA fitted on
 //!   the training cells).
+//! - [`mapping`]: placing query (dissociated) cells on a spatial reference by embedding similarity.
 //! - [`metrics`]: macro F1, accuracy, confusion, calibration error, MAE, MSE, R², Spearman.
 
 pub mod linear;
+pub mod mapping;
 pub mod metrics;
 pub mod pca;
 pub mod split;

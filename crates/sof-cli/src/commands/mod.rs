@@ -2,6 +2,7 @@ pub mod datasets;
 pub mod demo;
 pub mod embed;
 pub mod inspect;
+pub mod map;
 pub mod pretrain;
 pub mod probe;
 pub mod spatial;

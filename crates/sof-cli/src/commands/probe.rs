@@ -266,13 +266,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 type Scored = (f64, Vec<(String, f64)>, Option<Vec<usize>>);
 
 /// Fits the probe on `train`, scores `test`.
-fn evaluate(
-    task: &Task,
-    train: &Array2<f64>,
-    test: &Array2<f64>,
-    fold: &Fold,
-    class_balanced: bool,
-) -> Scored {
+fn evaluate(task: &Task, train: &Array2<f64>, test: &Array2<f64>, fold: &Fold, class_balanced: bool) -> Scored {
     match task {
         Task::Classify { y, classes } => {
             let ytr: Vec<usize> = fold.train.iter().map(|&i| y[i]).collect();
