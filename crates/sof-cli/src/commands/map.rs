@@ -52,7 +52,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if !(args.temperature > 0.0) || args.k == 0 {
+    if args.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || args.k == 0 {
         bail!("--temperature must be > 0 and --k at least 1");
     }
     let r = H5adReader::open(&args.reference)?;
