@@ -83,11 +83,17 @@ pub struct Series {
     pub color: (u8, u8, u8),
     pub markers: bool,
     pub dashed: bool,
+    /// Points only, no line.
+    pub scatter: bool,
 }
 
 impl Series {
     pub fn line(name: &str, points: Vec<(f64, f64)>, color: (u8, u8, u8)) -> Self {
-        Self { name: name.into(), points, color, markers: false, dashed: false }
+        Self { name: name.into(), points, color, markers: false, dashed: false, scatter: false }
+    }
+    /// A point cloud (no line), small translucent markers.
+    pub fn points(name: &str, points: Vec<(f64, f64)>, color: (u8, u8, u8)) -> Self {
+        Self { name: name.into(), points, color, markers: false, dashed: false, scatter: true }
     }
     pub fn with_markers(mut self) -> Self {
         self.markers = true;
@@ -151,6 +157,14 @@ impl LineChart {
                 let color = rgb(s.color);
                 let style = color.stroke_width(2);
                 let points = s.points.clone();
+                if s.scatter {
+                    chart
+                        .draw_series(points.iter().map(|&p| Circle::new(p, 2, color.mix(0.5).filled())))
+                        .map_err(|e| e.to_string())?
+                        .label(&s.name)
+                        .legend(move |(x, y)| Circle::new((x + 11, y), 4, color.filled()));
+                    continue;
+                }
                 let anno = if s.dashed {
                     chart.draw_series(DashedLineSeries::new(points, 8, 5, style)).map_err(|e| e.to_string())?
                 } else {
@@ -171,6 +185,106 @@ impl LineChart {
                 .label_font((FAMILY, 14))
                 .position(SeriesLabelPosition::UpperRight)
                 .draw()
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        })
+    }
+}
+
+/// Side-by-side maps of cells coloured by category (e.g. true and predicted layer), sharing
+/// one legend and one coordinate frame.
+#[derive(Debug, Clone)]
+pub struct CategoricalMaps {
+    pub categories: Vec<String>,
+    /// (panel title, coordinates, category code per cell)
+    pub panels: Vec<(String, Vec<(f64, f64)>, Vec<usize>)>,
+}
+
+impl CategoricalMaps {
+    pub fn write_png(&self, path: &Path, panel_width: u32, height: u32) -> Result<(), PlotError> {
+        let n = self.panels.len().max(1) as u32;
+        let legend_w = 170;
+        write_atomic(path, (panel_width * n + legend_w, height), |root| {
+            let (maps, legend) = root.split_horizontally(panel_width * n);
+            let areas = maps.split_evenly((1, n as usize));
+            let ((x0, x1), (y0, y1)) = bounds(self.panels.iter().flat_map(|p| p.1.iter().copied()));
+            for (area, (title, pts, codes)) in areas.iter().zip(&self.panels) {
+                let mut chart = ChartBuilder::on(area)
+                    .caption(title, (FAMILY, 18))
+                    .margin(8)
+                    .x_label_area_size(24)
+                    .y_label_area_size(40)
+                    .build_cartesian_2d(x0..x1, y0..y1)
+                    .map_err(|e| e.to_string())?;
+                chart
+                    .configure_mesh()
+                    .disable_mesh()
+                    .x_labels(5)
+                    .y_labels(5)
+                    .label_style((FAMILY, 11))
+                    .draw()
+                    .map_err(|e| e.to_string())?;
+                chart
+                    .draw_series(pts.iter().zip(codes).map(|(&p, &c)| {
+                        Circle::new(p, 2, rgb(PALETTE[c % PALETTE.len()]).filled())
+                    }))
+                    .map_err(|e| e.to_string())?;
+            }
+            for (i, name) in self.categories.iter().enumerate() {
+                let y = 40 + 22 * i as i32;
+                legend
+                    .draw(&Circle::new((14, y), 6, rgb(PALETTE[i % PALETTE.len()]).filled()))
+                    .map_err(|e| e.to_string())?;
+                legend
+                    .draw(&Text::new(name.clone(), (28, y - 8), (FAMILY, 14).into_font()))
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A confusion matrix: rows = truth, columns = prediction, shaded by the row fraction, with
+/// the counts written in.
+#[derive(Debug, Clone)]
+pub struct ConfusionMatrix {
+    pub title: String,
+    pub classes: Vec<String>,
+    pub counts: Vec<Vec<u64>>,
+}
+
+impl ConfusionMatrix {
+    pub fn write_png(&self, path: &Path, size: u32) -> Result<(), PlotError> {
+        let n = self.classes.len().max(1);
+        write_atomic(path, (size + 160, size + 150), |root| {
+            let (left, top) = (150i32, 50i32);
+            let cell = (size as i32 - 20) / n as i32;
+            root.draw(&Text::new(self.title.clone(), (left, 12), (FAMILY, 18).into_font()))
+                .map_err(|e| e.to_string())?;
+            for (r, row) in self.counts.iter().enumerate() {
+                let total: u64 = row.iter().sum::<u64>().max(1);
+                for (c, &v) in row.iter().enumerate() {
+                    let f = v as f64 / total as f64;
+                    let shade = (255.0 * (1.0 - 0.85 * f)) as u8;
+                    let (x, y) = (left + c as i32 * cell, top + r as i32 * cell);
+                    root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(shade, shade, 255).filled()))
+                        .map_err(|e| e.to_string())?;
+                    root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(200, 200, 200)))
+                        .map_err(|e| e.to_string())?;
+                    let color = if f > 0.6 { WHITE } else { BLACK };
+                    root.draw(&Text::new(v.to_string(), (x + 4, y + cell / 2 - 7), (FAMILY, 12).into_font().color(&color)))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            for (i, name) in self.classes.iter().enumerate() {
+                let short: String = name.chars().take(18).collect();
+                root.draw(&Text::new(short.clone(), (6, top + i as i32 * cell + cell / 2 - 7), (FAMILY, 12).into_font()))
+                    .map_err(|e| e.to_string())?;
+                let style = (FAMILY, 12).into_font().transform(FontTransform::Rotate90);
+                root.draw(&Text::new(short, (left + i as i32 * cell + cell / 2 + 6, top + n as i32 * cell + 6), style))
+                    .map_err(|e| e.to_string())?;
+            }
+            root.draw(&Text::new("rows: truth, columns: prediction", (left, top + n as i32 * cell + 96), (FAMILY, 13).into_font()))
                 .map_err(|e| e.to_string())?;
             Ok(())
         })
@@ -206,6 +320,25 @@ mod tests {
         assert_eq!((w, h), (400, 300));
         assert!(bytes.len() > 3_000, "drawn content compresses to more than a blank page: {}", bytes.len());
         assert!(std::fs::read_dir(&d).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));
-        std::fs::remove_dir_all(&d).unwrap();
+        let maps = CategoricalMaps {
+            categories: vec!["L1".into(), "L2".into()],
+            panels: vec![
+                ("truth".into(), (0..100).map(|i| (i as f64, (i % 10) as f64)).collect(), (0..100).map(|i| i % 2).collect()),
+                ("predicted".into(), (0..100).map(|i| (i as f64, (i % 10) as f64)).collect(), vec![0; 100]),
+            ],
+        };
+        maps.write_png(&d.join("maps.png"), 300, 300).unwrap();
+        let cm = ConfusionMatrix {
+            title: "layer".into(),
+            classes: vec!["a".into(), "b".into()],
+            counts: vec![vec![5, 1], vec![0, 7]],
+        };
+        cm.write_png(&d.join("cm.png"), 300).unwrap();
+        for f in ["maps.png", "cm.png"] {
+            assert!(std::fs::read(d.join(f)).unwrap().len() > 2_000, "{f}");
+        }
+        if std::env::var_os("SOF_PLOT_KEEP").is_none() {
+            std::fs::remove_dir_all(&d).unwrap();
+        }
     }
 }
