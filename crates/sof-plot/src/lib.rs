@@ -225,9 +225,11 @@ impl CategoricalMaps {
                     .draw()
                     .map_err(|e| e.to_string())?;
                 chart
-                    .draw_series(pts.iter().zip(codes).map(|(&p, &c)| {
-                        Circle::new(p, 2, rgb(PALETTE[c % PALETTE.len()]).filled())
-                    }))
+                    .draw_series(
+                        pts.iter()
+                            .zip(codes)
+                            .map(|(&p, &c)| Circle::new(p, 2, rgb(PALETTE[c % PALETTE.len()]).filled())),
+                    )
                     .map_err(|e| e.to_string())?;
             }
             for (i, name) in self.categories.iter().enumerate() {
@@ -272,20 +274,32 @@ impl ConfusionMatrix {
                     root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(200, 200, 200)))
                         .map_err(|e| e.to_string())?;
                     let color = if f > 0.6 { WHITE } else { BLACK };
-                    root.draw(&Text::new(v.to_string(), (x + 4, y + cell / 2 - 7), (FAMILY, 12).into_font().color(&color)))
-                        .map_err(|e| e.to_string())?;
+                    root.draw(&Text::new(
+                        v.to_string(),
+                        (x + 4, y + cell / 2 - 7),
+                        (FAMILY, 12).into_font().color(&color),
+                    ))
+                    .map_err(|e| e.to_string())?;
                 }
             }
             for (i, name) in self.classes.iter().enumerate() {
                 let short: String = name.chars().take(18).collect();
-                root.draw(&Text::new(short.clone(), (6, top + i as i32 * cell + cell / 2 - 7), (FAMILY, 12).into_font()))
-                    .map_err(|e| e.to_string())?;
+                root.draw(&Text::new(
+                    short.clone(),
+                    (6, top + i as i32 * cell + cell / 2 - 7),
+                    (FAMILY, 12).into_font(),
+                ))
+                .map_err(|e| e.to_string())?;
                 let style = (FAMILY, 12).into_font().transform(FontTransform::Rotate90);
                 root.draw(&Text::new(short, (left + i as i32 * cell + cell / 2 + 6, top + n as i32 * cell + 6), style))
                     .map_err(|e| e.to_string())?;
             }
-            root.draw(&Text::new("rows: truth, columns: prediction", (left, top + n as i32 * cell + 96), (FAMILY, 13).into_font()))
-                .map_err(|e| e.to_string())?;
+            root.draw(&Text::new(
+                "rows: truth, columns: prediction",
+                (left, top + n as i32 * cell + 96),
+                (FAMILY, 13).into_font(),
+            ))
+            .map_err(|e| e.to_string())?;
             Ok(())
         })
     }
@@ -323,7 +337,11 @@ mod tests {
         let maps = CategoricalMaps {
             categories: vec!["L1".into(), "L2".into()],
             panels: vec![
-                ("truth".into(), (0..100).map(|i| (i as f64, (i % 10) as f64)).collect(), (0..100).map(|i| i % 2).collect()),
+                (
+                    "truth".into(),
+                    (0..100).map(|i| (i as f64, (i % 10) as f64)).collect(),
+                    (0..100).map(|i| i % 2).collect(),
+                ),
                 ("predicted".into(), (0..100).map(|i| (i as f64, (i % 10) as f64)).collect(), vec![0; 100]),
             ],
         };

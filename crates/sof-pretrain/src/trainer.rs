@@ -307,16 +307,17 @@ impl Trainer {
         let encoder = match &self.cfg.init_from {
             Some(ckpt) => sof_model::checkpoint::load(ckpt, device)?.0,
             None => {
-                device.seed(self.cfg.seed);
-                self.model_cfg.init(device)
+                let mut reinit = SeededInit::new(self.cfg.seed ^ 0x1A17);
+                self.model_cfg.init(device).map(&mut reinit)
             }
         };
         let d = self.model_cfg.d_model;
         let (mut composition, mut density) = (Vec::new(), Vec::new());
         if self.cfg.niche.enabled() {
+            let mut reinit = SeededInit::new(self.cfg.seed ^ 0x41C4E);
             for f in &self.facts {
-                composition.push(LinearConfig::new(d, f.composition_width.unwrap_or(1)).init(device));
-                density.push(LinearConfig::new(d, 1).init(device));
+                composition.push(LinearConfig::new(d, f.composition_width.unwrap_or(1)).init(device).map(&mut reinit));
+                density.push(LinearConfig::new(d, 1).init(device).map(&mut reinit));
             }
         }
         Ok(PretrainModel { encoder, composition, density })
@@ -801,6 +802,51 @@ impl Trainer {
             }
         }
         Ok(dest)
+    }
+}
+
+/// Re-draws every randomly initialised parameter from a generator seeded by the run's seed,
+/// with burn's default initializers (embeddings N(0, 1); linear weights `[in, out]` and their
+/// biases U(-1/sqrt(in), 1/sqrt(in)); constant tensors such as LayerNorm gains and zero biases
+/// stay): the initial weights then depend on the seed alone, not on the backend's
+/// process-wide generator that every model in the process shares.
+struct SeededInit {
+    rng: rand_xoshiro::Xoshiro256PlusPlus,
+    fan_in: usize,
+}
+
+impl SeededInit {
+    fn new(seed: u64) -> Self {
+        Self { rng: rng(seed), fan_in: 1 }
+    }
+}
+
+impl burn::module::ModuleMapper for SeededInit {
+    fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<D>>) -> burn::module::Param<Tensor<D>> {
+        use rand::Rng;
+        use rand_distr::{Distribution, StandardNormal};
+        param.map(|t| {
+            let values: Vec<f32> = t.clone().into_data().try_to_vec::<f32>().unwrap_or_default();
+            let n = values.len().max(1) as f64;
+            let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+            let var = values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+            let dims = t.dims();
+            if D == 2 {
+                self.fan_in = dims[0].max(1);
+            }
+            if var <= 0.0 {
+                return t;
+            }
+            let fresh: Vec<f32> = if D == 2 && var > 0.5 {
+                (0..values.len()).map(|_| Distribution::<f64>::sample(&StandardNormal, &mut self.rng) as f32).collect()
+            } else {
+                let a = 1.0 / (self.fan_in as f64).sqrt();
+                (0..values.len()).map(|_| self.rng.random_range(-a..a) as f32).collect()
+            };
+            let require = t.is_require_grad();
+            let out = Tensor::<D>::from_data(TensorData::new(fresh, dims), &t.device());
+            if require { out.require_grad() } else { out }
+        })
     }
 }
 

@@ -32,8 +32,11 @@ pub struct Args {
     #[arg(long, conflicts_with = "target")]
     pub label: Option<String>,
     /// Numeric obs column to regress (R², MAE, Spearman).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "target_obsm")]
     pub target: Option<String>,
+    /// obsm key to regress, all columns at once (e.g. sof_composition: MAE, R² per column).
+    #[arg(long)]
+    pub target_obsm: Option<String>,
     /// obsm key of the embedding.
     #[arg(long, default_value = "X_sof")]
     pub embedding: String,
@@ -68,6 +71,10 @@ struct FeatureResult {
     sd: BTreeMap<String, f64>,
     /// Summed over folds of the first seed (classification).
     confusion: Option<Vec<Vec<u64>>>,
+    /// Out-of-fold predictions of the first seed, per cell in `cell_index` order: class codes
+    /// (-1 = never tested) or values (rows of NaN = never tested).
+    predicted_classes: Option<Vec<i64>>,
+    predicted_values: Option<Vec<Vec<f64>>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,44 +83,71 @@ struct Report {
     task: String,
     classes: Vec<String>,
     cells: usize,
+    /// Rows of the input the cells are (labelled, not dropped).
+    cell_index: Vec<usize>,
+    /// Truth in `cell_index` order: class codes, or values.
+    truth_classes: Option<Vec<usize>>,
+    truth_values: Option<Vec<Vec<f64>>>,
+    /// Names of the regressed columns.
+    target_columns: Vec<String>,
     folds: Vec<String>,
     results: Vec<FeatureResult>,
 }
 
 enum Task {
     Classify { y: Vec<usize>, classes: Vec<String> },
-    Regress { y: Vec<f64> },
+    Regress { y: Array2<f64>, names: Vec<String> },
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let reader = H5adReader::open(&args.input)?;
     let obs = reader.obs()?;
     let n_all = reader.n_obs();
-    let col_name = args.label.clone().or_else(|| args.target.clone()).context("pass --label or --target")?;
-    let col = obs.get(&col_name).with_context(|| {
-        format!(
-            "{}: obs has no column '{col_name}' (it has: {})",
-            args.input.display(),
-            obs.column_names().collect::<Vec<_>>().join(", ")
-        )
-    })?;
-    // Cells kept: a label present and not dropped (or a finite target).
-    let (keep, task): (Vec<usize>, Task) = if args.label.is_some() {
-        let labels = col.labels();
-        let keep: Vec<usize> =
-            (0..n_all).filter(|&i| labels[i].as_ref().is_some_and(|l| !args.drop.contains(l))).collect();
-        let mut classes: Vec<String> = keep.iter().filter_map(|&i| labels[i].clone()).collect();
-        classes.sort();
-        classes.dedup();
-        let y = keep.iter().map(|&i| classes.binary_search(labels[i].as_ref().unwrap()).unwrap()).collect();
-        (keep, Task::Classify { y, classes })
+    let col_name = args
+        .label
+        .clone()
+        .or_else(|| args.target.clone())
+        .or_else(|| args.target_obsm.clone())
+        .context("pass --label, --target or --target-obsm")?;
+    // Cells kept: a label present and not dropped (or finite targets).
+    let (keep, task): (Vec<usize>, Task) = if let Some(key) = &args.target_obsm {
+        let y = reader.obsm(key)?;
+        let keep: Vec<usize> = (0..n_all).filter(|&i| y.row(i).iter().all(|v| v.is_finite())).collect();
+        let names = sof_io::h5ad::read_uns_strings(&args.input, &format!("{key}_columns"))
+            .ok()
+            .flatten()
+            .filter(|n| n.len() == y.ncols())
+            .unwrap_or_else(|| (0..y.ncols()).map(|c| format!("{key}[{c}]")).collect());
+        (keep.clone(), Task::Regress { y: y.select(Axis(0), &keep), names })
     } else {
-        let v = col.as_f64().with_context(|| {
-            format!("{}: obs '{col_name}' is {}, not numeric; use --label for labels", args.input.display(), col.kind())
+        let col = obs.get(&col_name).with_context(|| {
+            format!(
+                "{}: obs has no column '{col_name}' (it has: {})",
+                args.input.display(),
+                obs.column_names().collect::<Vec<_>>().join(", ")
+            )
         })?;
-        let keep: Vec<usize> = (0..n_all).filter(|&i| v[i].is_finite()).collect();
-        let y = keep.iter().map(|&i| v[i]).collect();
-        (keep, Task::Regress { y })
+        if args.label.is_some() {
+            let labels = col.labels();
+            let keep: Vec<usize> =
+                (0..n_all).filter(|&i| labels[i].as_ref().is_some_and(|l| !args.drop.contains(l))).collect();
+            let mut classes: Vec<String> = keep.iter().filter_map(|&i| labels[i].clone()).collect();
+            classes.sort();
+            classes.dedup();
+            let y = keep.iter().map(|&i| classes.binary_search(labels[i].as_ref().unwrap()).unwrap()).collect();
+            (keep, Task::Classify { y, classes })
+        } else {
+            let v = col.as_f64().with_context(|| {
+                format!(
+                    "{}: obs '{col_name}' is {}, not numeric; use --label for labels",
+                    args.input.display(),
+                    col.kind()
+                )
+            })?;
+            let keep: Vec<usize> = (0..n_all).filter(|&i| v[i].is_finite()).collect();
+            let y = Array2::from_shape_fn((keep.len(), 1), |(i, _)| v[keep[i]]);
+            (keep, Task::Regress { y, names: vec![col_name.clone()] })
+        }
     };
     if keep.len() < 10 {
         bail!("{}: only {} cells have a usable '{col_name}'", args.input.display(), keep.len());
@@ -165,6 +199,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             mean: BTreeMap::new(),
             sd: BTreeMap::new(),
             confusion: (n_classes > 0).then(|| vec![vec![0; n_classes]; n_classes]),
+            predicted_classes: (n_classes > 0).then(|| vec![-1; keep.len()]),
+            predicted_values: match &task {
+                Task::Regress { y, .. } => Some(vec![vec![f64::NAN; y.ncols()]; keep.len()]),
+                Task::Classify { .. } => None,
+            },
         })
         .collect();
     let pb = util::progress(fold_sets.iter().map(|f| f.1.len() as u64).sum(), "probe", false);
@@ -198,23 +237,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 sets.push((dense(&x, &fold.train), dense(&x, &fold.test)));
             }
             for (idx, res) in results.iter_mut().enumerate() {
-                let (score_metrics, predicted) = if idx == 2 {
-                    let b = best.clone().expect("at least one size");
-                    (b.1, b.2)
+                let scored = if idx == 2 {
+                    best.clone().expect("at least one size")
                 } else {
-                    let set = if idx < 2 { idx } else { 2 };
-                    let (tr, te) = &sets[set];
-                    let r = evaluate(&task, tr, te, fold, args.class_balanced);
-                    (r.1, r.2)
+                    let (tr, te) = &sets[if idx < 2 { idx } else { 2 }];
+                    evaluate(&task, tr, te, fold, args.class_balanced)
                 };
+                let (_, score_metrics, predicted, values) = scored;
                 for (m, v) in score_metrics {
                     res.values.entry(m).or_default().push(v);
                 }
-                if let (Some(conf), Some(pred), Task::Classify { y, .. }, 0) =
-                    (res.confusion.as_mut(), predicted, &task, *seed)
+                if *seed != fold_sets[0].0 {
+                    continue;
+                }
+                if let (Some(conf), Some(pred), Task::Classify { y, .. }) = (res.confusion.as_mut(), &predicted, &task)
                 {
-                    for (&t, &p) in fold.test.iter().zip(&pred) {
+                    for (&t, &p) in fold.test.iter().zip(pred) {
                         conf[y[t]][p] += 1;
+                    }
+                }
+                if let (Some(out), Some(pred)) = (res.predicted_classes.as_mut(), &predicted) {
+                    for (&t, &p) in fold.test.iter().zip(pred) {
+                        out[t] = p as i64;
+                    }
+                }
+                if let (Some(out), Some(vals)) = (res.predicted_values.as_mut(), &values) {
+                    for (r, &t) in fold.test.iter().enumerate() {
+                        out[t] = vals.row(r).to_vec();
                     }
                 }
             }
@@ -242,6 +291,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Task::Regress { .. } => Vec::new(),
         },
         cells: keep.len(),
+        cell_index: keep.clone(),
+        truth_classes: match &task {
+            Task::Classify { y, .. } => Some(y.clone()),
+            Task::Regress { .. } => None,
+        },
+        truth_values: match &task {
+            Task::Regress { y, .. } => Some(y.rows().into_iter().map(|r| r.to_vec()).collect()),
+            Task::Classify { .. } => None,
+        },
+        target_columns: match &task {
+            Task::Regress { names, .. } => names.clone(),
+            Task::Classify { .. } => Vec::new(),
+        },
         folds: fold_sets[0].1.iter().map(|f| f.name.clone()).collect(),
         results,
     };
@@ -262,8 +324,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A probe's result on one fold: (headline score, metrics, predicted classes).
-type Scored = (f64, Vec<(String, f64)>, Option<Vec<usize>>);
+/// A probe's result on one fold: (headline score, metrics, predicted classes, predicted values).
+type Scored = (f64, Vec<(String, f64)>, Option<Vec<usize>>, Option<Array2<f64>>);
 
 /// Fits the probe on `train`, scores `test`.
 fn evaluate(task: &Task, train: &Array2<f64>, test: &Array2<f64>, fold: &Fold, class_balanced: bool) -> Scored {
@@ -281,20 +343,20 @@ fn evaluate(task: &Task, train: &Array2<f64>, test: &Array2<f64>, fold: &Fold, c
                 ("accuracy".to_owned(), metrics::accuracy(&yte, &pred)),
                 ("ece".to_owned(), metrics::expected_calibration_error(proba.view(), &yte, 10)),
             ];
-            (f1, out, Some(pred))
+            (f1, out, Some(pred), None)
         }
-        Task::Regress { y } => {
-            let ytr = Array2::from_shape_fn((fold.train.len(), 1), |(i, _)| y[fold.train[i]]);
-            let yte: Vec<f64> = fold.test.iter().map(|&i| y[i]).collect();
+        Task::Regress { y, .. } => {
+            let ytr = y.select(Axis(0), &fold.train);
+            let yte = y.select(Axis(0), &fold.test);
             let m = Ridge::fit(train.view(), ytr.view(), 1e-3);
-            let pred: Vec<f64> = m.predict(test.view()).column(0).to_vec();
-            let r2 = metrics::r2(&yte, &pred);
-            let out = vec![
-                ("r2".to_owned(), r2),
-                ("mae".to_owned(), metrics::mae(&yte, &pred)),
-                ("spearman".to_owned(), metrics::spearman(&yte, &pred)),
-            ];
-            (r2, out, None)
+            let pred = m.predict(test.view());
+            let r2 = metrics::r2_columns(&yte, &pred);
+            let (t, p): (Vec<f64>, Vec<f64>) = (yte.iter().copied().collect(), pred.iter().copied().collect());
+            let mut out = vec![("r2".to_owned(), r2), ("mae".to_owned(), metrics::mae(&t, &p))];
+            if y.ncols() == 1 {
+                out.push(("spearman".to_owned(), metrics::spearman(&t, &p)));
+            }
+            (r2, out, None, Some(pred))
         }
     }
 }

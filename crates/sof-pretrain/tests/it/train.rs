@@ -160,3 +160,28 @@ fn non_finite_loss_stops_and_keeps_the_checkpoint() {
     sof_model::checkpoint::load(&last.join("model"), &Device::flex()).unwrap();
     assert!(step >= 1);
 }
+
+/// Random initial weights depend on the seed alone (not on the backend's shared generator,
+/// which other models in the process draw from too).
+#[test]
+fn initial_weights_follow_the_seed() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _) = corpora(d.path());
+    let init = initial_checkpoint(d.path(), &c[0]);
+    let mut cfg = config(&c, &init);
+    cfg.init_from = None;
+    cfg.context_length = Some(48);
+    cfg.steps = 1;
+    let weights = |cfg: &PretrainConfig, name: &str| {
+        // Draw from the shared generator in between, as a concurrent test would.
+        let _ = sof_model::EncoderConfig::tiny(100).init(&Device::flex());
+        let dir = d.path().join(name);
+        run(cfg, &dir, false, None);
+        std::fs::read(dir.join("model/model.safetensors")).unwrap()
+    };
+    let a = weights(&cfg, "a");
+    let b = weights(&cfg, "b");
+    assert!(a == b, "same seed, same weights");
+    cfg.seed = 1;
+    assert!(weights(&cfg, "c") != a, "another seed, other weights");
+}
