@@ -1,20 +1,24 @@
 //! `sof demo`: the main job on the built-in synthetic tissue.
 //!
-//! Stages today: synthesize the tissue (spatial sections + a dissociated sample, ground truth for
-//! every cell) -> spatial targets per section (composition, density, k-means niches, scored
-//! against the true niches) -> tokenize every sample into Parquet corpora over one shared
-//! vocabulary. The model, pretraining, probes, mapping and report stages join as they land.
+//! Stages: synthesize the tissue (spatial sections + a dissociated sample, ground truth for every
+//! cell) -> spatial targets per section (composition, density, k-means niches, scored against
+//! the true niches) -> tokenize every sample into Parquet corpora over one shared vocabulary ->
+//! pretrain (masked tokens + the niche-aware objective) -> embed every sample -> probes for
+//! layer, niche, density and composition beside the PCA baseline (leave-one-section-out) -> map
+//! the dissociated sample onto the spatial sections -> an HTML report.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use serde::Serialize;
 use sof_io::Column;
 
 use super::inspect::SpeciesArg;
 use super::synth::{self, FileSummary};
-use super::{spatial, tokenize};
+use super::{embed, map, pretrain, probe, report, spatial, tokenize};
+use crate::device::DeviceArg;
 use crate::util;
 
 /// Run the whole pipeline on a built-in synthetic tissue (no data needed).
@@ -31,6 +35,20 @@ pub struct Args {
     /// Random seed: the same seed gives the same data and numbers.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Pretraining steps (batch 16).
+    #[arg(long, default_value_t = 400)]
+    pub steps: u64,
+    /// Model size: tiny, small or base.
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// Positions per cell for the model (the synthetic cells are short).
+    #[arg(long, default_value_t = 256)]
+    pub context_length: usize,
+    /// Leave out the niche-aware objective (plain masked-token pretraining).
+    #[arg(long)]
+    pub no_niche: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,6 +75,12 @@ struct Summary {
     labels: BTreeMap<String, BTreeMap<String, BTreeMap<String, usize>>>,
     spatial: Vec<SpatialSummary>,
     corpora: Vec<CorpusSummary>,
+    pretrain: Option<serde_json::Value>,
+    /// task -> features -> metric -> mean
+    probes: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>,
+    /// The dissociated sample placed on the spatial sections, scored against its true layers.
+    mapping: BTreeMap<String, f64>,
+    report: Option<String>,
 }
 
 /// Adjusted Rand index between two labelings (Hubert & Arabie).
@@ -155,6 +179,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let vocab = sof_io::genes::Vocabulary::new(all_genes).map_err(|e| anyhow::anyhow!("synthetic genes: {e}"))?;
     util::write_atomic(&vocab_path, &vocab.to_tsv())?;
     let mut corpora = Vec::new();
+    let embed_inputs = inputs.clone();
     for (input, tech, modality) in inputs {
         let out = args.output.join("corpus").join(&tech);
         tokenize::run(
@@ -185,7 +210,151 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         });
     }
 
-    let summary = Summary { seed: args.seed, files, labels, spatial: spatial_out, corpora };
+    // Pretrain on every corpus (the run folder is rebuilt: the demo's outputs are its own).
+    let run_dir = args.output.join("model_run");
+    if run_dir.exists() {
+        std::fs::remove_dir_all(&run_dir)?;
+    }
+    let corpus_dirs: Vec<PathBuf> = corpora.iter().map(|c| PathBuf::from(&c.corpus)).collect();
+    pretrain::run(
+        pretrain::Args {
+            config: None,
+            preset: Some(args.preset.clone()),
+            corpora: corpus_dirs,
+            weights: Vec::new(),
+            output: run_dir.clone(),
+            steps: Some(args.steps),
+            batch_size: Some(16),
+            accumulation: None,
+            lr: Some(2e-3),
+            seed: Some(args.seed),
+            context_length: Some(args.context_length),
+            init_from: None,
+            vocab: Some(vocab_path.clone()),
+            niche: !args.no_niche,
+            device: args.device,
+            replicas: None,
+            resume: false,
+        },
+        quiet,
+    )?;
+    let pretrain_summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json"))?)?;
+
+    // Embed every sample with the model.
+    let embedded_dir = args.output.join("embedded");
+    std::fs::create_dir_all(&embedded_dir)?;
+    let mut embedded = Vec::new();
+    for (input, tech, modality) in &embed_inputs {
+        let out = embedded_dir.join(input.file_name().unwrap_or_default());
+        embed::run(
+            embed::Args {
+                checkpoint: run_dir.join("model"),
+                model_config: None,
+                input: input.clone(),
+                output: out.clone(),
+                device: args.device,
+                batch_size: 256,
+                pooling: embed::PoolingArg::PadExcluded,
+                technology: Some(tech.clone()),
+                species: Some(SpeciesArg::Mouse),
+                modality: Some((*modality).to_owned()),
+                vocab: Some(vocab_path.clone()),
+                genes_dir: None,
+                tech_means: None,
+                mode: None,
+                context_config: None,
+            },
+            quiet,
+        )?;
+        embedded.push((out, tech.clone(), *modality));
+    }
+
+    // Probes on the spatial sample with two sections: leave one section out.
+    let reference = embedded.iter().find(|e| e.2 == "spatial").map(|e| e.0.clone()).context("no spatial sample")?;
+    let probes_dir = args.output.join("probes");
+    std::fs::create_dir_all(&probes_dir)?;
+    let mut probes = BTreeMap::new();
+    for (name, label, target, target_obsm) in [
+        ("layer", Some("layer"), None, None),
+        ("niche", Some("niche"), None, None),
+        ("density", None, Some("sof_density"), None),
+        ("composition", None, None, Some("sof_composition")),
+    ] {
+        let out = probes_dir.join(format!("{name}.json"));
+        probe::run(probe::Args {
+            input: reference.clone(),
+            label: label.map(str::to_owned),
+            target: target.map(str::to_owned),
+            target_obsm: target_obsm.map(str::to_owned),
+            embedding: "X_sof".into(),
+            split_key: Some("section".into()),
+            spatial_blocks: None,
+            folds: 5,
+            seeds: 1,
+            drop: Vec::new(),
+            class_balanced: false,
+            output: out.clone(),
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+        let mut per = BTreeMap::new();
+        for r in v["results"].as_array().into_iter().flatten() {
+            let means: BTreeMap<String, f64> = r["mean"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, x)| x.as_f64().map(|x| (k.clone(), x)))
+                .collect();
+            per.insert(r["features"].as_str().unwrap_or("?").to_owned(), means);
+        }
+        probes.insert(name.to_owned(), per);
+    }
+
+    // Place the dissociated sample on the spatial sections.
+    let mut mapping = BTreeMap::new();
+    let mapped = args.output.join("dissociated_mapped.h5ad");
+    if let Some(query) = embedded.iter().find(|e| e.2 == "dissociated").map(|e| e.0.clone()) {
+        map::run(map::Args {
+            reference: reference.clone(),
+            query,
+            label: "layer".into(),
+            embedding: "X_sof".into(),
+            spatial_key: "spatial".into(),
+            k: 30,
+            temperature: 0.05,
+            output: mapped.clone(),
+        })?;
+        let m = sof_io::h5ad::H5adReader::open(&mapped)?;
+        let obs = m.obs()?;
+        if let (Some(t), Some(p)) = (obs.get("layer"), obs.get("sof_layer")) {
+            let (t, p) = (t.labels(), p.labels());
+            let pairs: Vec<(String, String)> = t.into_iter().zip(p).filter_map(|(a, b)| Some((a?, b?))).collect();
+            let hits = pairs.iter().filter(|(a, b)| a == b).count();
+            mapping.insert("layer_accuracy".to_owned(), hits as f64 / pairs.len().max(1) as f64);
+            mapping.insert("cells".to_owned(), pairs.len() as f64);
+        }
+    }
+
+    // The report.
+    let report_path = report::write(&report::Inputs {
+        dir: args.output.join("report"),
+        run_dir: run_dir.clone(),
+        reference: reference.clone(),
+        probes_dir: probes_dir.clone(),
+        mapped: mapped.exists().then(|| mapped.clone()),
+    })?;
+
+    let summary = Summary {
+        seed: args.seed,
+        files,
+        labels,
+        spatial: spatial_out,
+        corpora,
+        pretrain: Some(pretrain_summary),
+        probes,
+        mapping,
+        report: Some(report_path.display().to_string()),
+    };
     let path = args.output.join("summary.json");
     util::write_atomic(&path, &serde_json::to_string_pretty(&summary)?)?;
 
@@ -214,7 +383,33 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         ));
     }
     util::say(format!("  summary: {}  ({:.1} s)", path.display(), start.elapsed().as_secs_f64()));
-    util::say("  next stages (pretrain, embed, probe, map, report) arrive with their issues");
+    if let Some(p) = &summary.pretrain {
+        util::say(format!(
+            "  pretraining: validation loss {:.3} vs unigram {:.3}; accuracy {:.1}% vs most frequent token {:.1}%",
+            p["final_validation_loss"].as_f64().unwrap_or(f64::NAN),
+            p["baselines"]["unigram_loss"].as_f64().unwrap_or(f64::NAN),
+            100.0 * p["final_validation_accuracy"].as_f64().unwrap_or(f64::NAN),
+            100.0 * p["baselines"]["most_frequent_accuracy"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    for (task, per) in &summary.probes {
+        let metric = if per.values().any(|m| m.contains_key("macro_f1")) { "macro_f1" } else { "r2" };
+        let get = |f: &str| per.iter().find(|(k, _)| k.starts_with(f)).and_then(|(_, m)| m.get(metric)).copied();
+        util::say(format!(
+            "  probe {task:<12} {metric}: embedding {:.3} | PCA-50 {:.3} | PCA-best {:.3} (held-out sections)",
+            get("embedding").unwrap_or(f64::NAN),
+            get("PCA-50").unwrap_or(f64::NAN),
+            get("PCA-best").unwrap_or(f64::NAN)
+        ));
+    }
+    if let Some(a) = summary.mapping.get("layer_accuracy") {
+        util::say(format!(
+            "  dissociated cells placed on the sections: layer accuracy {a:.3} against their true layers"
+        ));
+    }
+    if let Some(r) = &summary.report {
+        util::say(format!("  report: {r}"));
+    }
     Ok(())
 }
 

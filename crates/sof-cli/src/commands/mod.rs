@@ -5,6 +5,7 @@ pub mod inspect;
 pub mod map;
 pub mod pretrain;
 pub mod probe;
+pub mod report;
 pub mod spatial;
 pub mod synth;
 pub mod tokenize;

@@ -1,0 +1,313 @@
+//! The demo's report: one self-contained HTML page (figures embedded as PNG data) plus the PNG
+//! files themselves, each figure with one line saying what it shows.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::Value;
+use sof_io::h5ad::H5adReader;
+use sof_plot::{CategoricalMaps, ConfusionMatrix, LineChart, PALETTE, Series};
+
+use crate::util;
+
+/// Where the demo's results are.
+#[derive(Debug)]
+pub struct Inputs {
+    pub dir: PathBuf,
+    /// The pretraining run folder (loss.png, summary.json).
+    pub run_dir: PathBuf,
+    /// The embedded spatial reference the probes ran on.
+    pub reference: PathBuf,
+    /// `<task>.json` from `sof probe`.
+    pub probes_dir: PathBuf,
+    /// The dissociated sample after `sof map`.
+    pub mapped: Option<PathBuf>,
+}
+
+struct Figure {
+    file: String,
+    title: String,
+    caption: String,
+}
+
+fn load(path: &Path) -> anyhow::Result<Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+        .with_context(|| format!("{} is not JSON", path.display()))
+}
+
+fn feature<'a>(probe: &'a Value, prefix: &str) -> Option<&'a Value> {
+    probe["results"].as_array()?.iter().find(|r| r["features"].as_str().is_some_and(|f| f.starts_with(prefix)))
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(T[((n >> (18 - 6 * k)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Maps of the reference coloured by the truth and by the embedding probe's held-out
+/// predictions.
+fn label_maps(inputs: &Inputs, task: &str, xy: &ndarray::Array2<f64>, dir: &Path) -> anyhow::Result<Option<Figure>> {
+    let path = inputs.probes_dir.join(format!("{task}.json"));
+    if !path.exists() {
+        return Ok(None);
+    }
+    let probe = load(&path)?;
+    let Some(emb) = feature(&probe, "embedding") else { return Ok(None) };
+    let cells: Vec<usize> = serde_json::from_value(probe["cell_index"].clone())?;
+    let truth: Vec<usize> = serde_json::from_value(probe["truth_classes"].clone())?;
+    let pred: Vec<i64> = serde_json::from_value(emb["predicted_classes"].clone())?;
+    let classes: Vec<String> = serde_json::from_value(probe["classes"].clone())?;
+    let pts: Vec<(f64, f64)> = cells.iter().map(|&i| (xy[[i, 0]], xy[[i, 1]])).collect();
+    let tested: Vec<usize> = (0..cells.len()).filter(|&k| pred[k] >= 0).collect();
+    let file = format!("{task}_map.png");
+    CategoricalMaps {
+        categories: classes.clone(),
+        panels: vec![
+            (format!("true {task}"), pts.clone(), truth.clone()),
+            (
+                format!("predicted {task} (held-out sections)"),
+                tested.iter().map(|&k| pts[k]).collect(),
+                tested.iter().map(|&k| pred[k] as usize).collect(),
+            ),
+        ],
+    }
+    .write_png(&dir.join(&file), 520, 480)?;
+    let f1 = emb["mean"]["macro_f1"].as_f64().unwrap_or(f64::NAN);
+    Ok(Some(Figure {
+        file,
+        title: format!("{task}: truth and prediction in space"),
+        caption: format!(
+            "Each dot is a cell of the two synthetic MERFISH sections; left its true {task}, right the linear probe's prediction from the cell's embedding when its section was held out (macro F1 {f1:.3})."
+        ),
+    }))
+}
+
+/// Writes the report into `inputs.dir`; returns the HTML path.
+pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
+    let dir = &inputs.dir;
+    std::fs::create_dir_all(dir)?;
+    let reader = H5adReader::open(&inputs.reference)?;
+    let xy = reader.obsm("spatial")?;
+    let mut figures = Vec::new();
+
+    // 1. Loss curve.
+    let loss = inputs.run_dir.join("loss.png");
+    if loss.exists() {
+        std::fs::copy(&loss, dir.join("loss.png"))?;
+        figures.push(Figure {
+            file: "loss.png".into(),
+            title: "Pretraining".into(),
+            caption: "Masked-token cross-entropy during pretraining (training and held-out cells) against the unigram-frequency baseline; lower is better.".into(),
+        });
+    }
+    // 2-3. Layer and niche maps.
+    for task in ["layer", "niche"] {
+        figures.extend(label_maps(inputs, task, &xy, dir)?);
+    }
+    // 4. Layer confusion matrix.
+    if let Ok(probe) = load(&inputs.probes_dir.join("layer.json"))
+        && let Some(emb) = feature(&probe, "embedding")
+    {
+        let counts: Vec<Vec<u64>> = serde_json::from_value(emb["confusion"].clone())?;
+        let classes: Vec<String> = serde_json::from_value(probe["classes"].clone())?;
+        ConfusionMatrix { title: "layer: truth (rows) vs embedding probe".into(), classes, counts }
+            .write_png(&dir.join("layer_confusion.png"), 420)?;
+        figures.push(Figure {
+            file: "layer_confusion.png".into(),
+            title: "Layer confusion".into(),
+            caption: "Cells per true layer (rows) and predicted layer (columns) on held-out sections; mistakes between neighbouring layers sit next to the diagonal.".into(),
+        });
+    }
+    // 5. Density: predicted vs true.
+    if let Ok(probe) = load(&inputs.probes_dir.join("density.json"))
+        && let Some(emb) = feature(&probe, "embedding")
+    {
+        let truth: Vec<Vec<f64>> = serde_json::from_value(probe["truth_values"].clone())?;
+        let pred: Vec<Vec<f64>> = serde_json::from_value(emb["predicted_values"].clone())?;
+        let pts: Vec<(f64, f64)> =
+            truth.iter().zip(&pred).filter(|(_, p)| p[0].is_finite()).map(|(t, p)| (t[0], p[0])).collect();
+        let (lo, hi) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        LineChart {
+            title: "Local density: predicted vs true".into(),
+            x_label: "true neighbours within the radius".into(),
+            y_label: "predicted from the embedding".into(),
+            series: vec![
+                Series::points("cells (held-out sections)", pts, PALETTE[0]),
+                Series::line("y = x", vec![(lo, lo), (hi, hi)], sof_plot::GREY).dashed(),
+            ],
+        }
+        .write_png(&dir.join("density.png"), 620, 520)?;
+        let r2 = emb["mean"]["r2"].as_f64().unwrap_or(f64::NAN);
+        figures.push(Figure {
+            file: "density.png".into(),
+            title: "Density".into(),
+            caption: format!("Each dot is a cell: its true neighbour count within the radius against the ridge probe's prediction from its embedding on a held-out section (R² {r2:.3}); on the dashed line the prediction is exact."),
+        });
+    }
+    // 6. Dissociated cells placed on the sections.
+    let mut mapping_note = String::new();
+    if let Some(mapped) = &inputs.mapped {
+        let m = H5adReader::open(mapped)?;
+        let obs = m.obs()?;
+        if let (Some(t), Some(p)) = (obs.get("layer"), obs.get("sof_layer")) {
+            let classes: Vec<String> =
+                p.value_counts().keys().cloned().chain(t.value_counts().keys().cloned()).collect();
+            let mut classes = classes;
+            classes.sort();
+            classes.dedup();
+            let idx = |s: &str| classes.binary_search_by(|c| c.as_str().cmp(s)).ok();
+            let mut counts = vec![vec![0u64; classes.len()]; classes.len()];
+            let (t, p) = (t.labels(), p.labels());
+            let (mut hits, mut n) = (0, 0);
+            for (a, b) in t.iter().zip(&p) {
+                if let (Some(a), Some(b)) = (a.as_deref().and_then(idx), b.as_deref().and_then(idx)) {
+                    counts[a][b] += 1;
+                    hits += usize::from(a == b);
+                    n += 1;
+                }
+            }
+            ConfusionMatrix { title: "dissociated cells: true layer (rows) vs placed layer".into(), classes, counts }
+                .write_png(&dir.join("dissociated_placement.png"), 420)?;
+            let acc = hits as f64 / n.max(1) as f64;
+            let _ = write!(mapping_note, "{n} dissociated cells placed with layer accuracy {acc:.3}.");
+            figures.push(Figure {
+                file: "dissociated_placement.png".into(),
+                title: "Placing dissociated cells".into(),
+                caption: format!("Dissociated cells (no coordinates) placed on the spatial sections by embedding similarity: their true layer (rows, known in the synthetic tissue) against the layer of the place they were mapped to (accuracy {acc:.3})."),
+            });
+        }
+    }
+
+    // Tables: every probe beside its baselines, and composition error per cell type.
+    let mut table = String::from(
+        "<table><tr><th>task</th><th>metric</th><th>embedding</th><th>PCA-50</th><th>PCA-best</th><th>raw expression</th></tr>",
+    );
+    let mut composition_rows = String::new();
+    for task in ["layer", "niche", "density", "composition"] {
+        let Ok(probe) = load(&inputs.probes_dir.join(format!("{task}.json"))) else { continue };
+        let metric = if probe["task"].as_str().is_some_and(|t| t.starts_with("classify")) { "macro_f1" } else { "r2" };
+        let cell = |prefix: &str| {
+            feature(&probe, prefix)
+                .and_then(|r| r["mean"][metric].as_f64())
+                .map_or("–".to_owned(), |v| format!("{v:.3}"))
+        };
+        let _ = write!(
+            table,
+            "<tr><td>{task}</td><td>{metric}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            cell("embedding"),
+            cell("PCA-50"),
+            cell("PCA-best"),
+            cell("raw")
+        );
+        if task == "composition" {
+            let names: Vec<String> = serde_json::from_value(probe["target_columns"].clone()).unwrap_or_default();
+            let truth: Vec<Vec<f64>> = serde_json::from_value(probe["truth_values"].clone()).unwrap_or_default();
+            let mae = |prefix: &str| -> Vec<f64> {
+                let Some(r) = feature(&probe, prefix) else { return Vec::new() };
+                let pred: Vec<Vec<f64>> = serde_json::from_value(r["predicted_values"].clone()).unwrap_or_default();
+                (0..names.len())
+                    .map(|c| {
+                        let e: Vec<f64> = truth
+                            .iter()
+                            .zip(&pred)
+                            .filter(|(_, p)| p[c].is_finite())
+                            .map(|(t, p)| (t[c] - p[c]).abs())
+                            .collect();
+                        e.iter().sum::<f64>() / e.len().max(1) as f64
+                    })
+                    .collect()
+            };
+            let (a, b) = (mae("embedding"), mae("PCA-50"));
+            for (i, name) in names.iter().enumerate() {
+                let _ = write!(
+                    composition_rows,
+                    "<tr><td>{}</td><td>{:.4}</td><td>{:.4}</td></tr>",
+                    escape(name),
+                    a.get(i).copied().unwrap_or(f64::NAN),
+                    b.get(i).copied().unwrap_or(f64::NAN)
+                );
+            }
+        }
+    }
+    table.push_str("</table>");
+
+    let pretrain = load(&inputs.run_dir.join("summary.json")).ok();
+    let mut html = String::from(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>SpatialOmics-Foundation demo report</title>\
+         <style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}figure{margin:2em 0}\
+         img{max-width:100%;border:1px solid #ddd}figcaption{color:#444;margin-top:.4em}\
+         table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}\
+         td:first-child,th:first-child{text-align:left}</style></head><body>",
+    );
+    html.push_str("<h1>SpatialOmics-Foundation demo</h1><p>A synthetic layered tissue with known ground truth: two MERFISH-like sections, one Xenium-like section and a dissociated sample. The model was pretrained on all of them, then frozen; probes read layer, niche, density and neighbourhood composition from its cell embeddings on held-out sections, beside PCA of the expression on the same folds.</p>");
+    if let Some(p) = &pretrain {
+        let _ = write!(
+            html,
+            "<p>Pretraining: {} steps, {} parameters; held-out masked-token loss {:.3} nats (unigram baseline {:.3}), accuracy {:.1}% (most frequent token {:.1}%).</p>",
+            p["steps_done"],
+            p["parameters"],
+            p["final_validation_loss"].as_f64().unwrap_or(f64::NAN),
+            p["baselines"]["unigram_loss"].as_f64().unwrap_or(f64::NAN),
+            100.0 * p["final_validation_accuracy"].as_f64().unwrap_or(f64::NAN),
+            100.0 * p["baselines"]["most_frequent_accuracy"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    html.push_str("<h2>Probes beside the baselines (held-out sections)</h2>");
+    html.push_str(&table);
+    if !mapping_note.is_empty() {
+        let _ = write!(html, "<p>{}</p>", escape(&mapping_note));
+    }
+    for f in &figures {
+        let bytes = std::fs::read(dir.join(&f.file))?;
+        let _ = write!(
+            html,
+            "<figure><h2>{}</h2><img alt=\"{}\" src=\"data:image/png;base64,{}\"><figcaption>{}</figcaption></figure>",
+            escape(&f.title),
+            escape(&f.title),
+            base64(&bytes),
+            escape(&f.caption)
+        );
+    }
+    if !composition_rows.is_empty() {
+        let _ = write!(
+            html,
+            "<h2>Composition error by cell type</h2><p>Mean absolute error of the predicted neighbourhood proportion of each cell type (held-out sections).</p><table><tr><th>cell type</th><th>embedding</th><th>PCA-50</th></tr>{composition_rows}</table>"
+        );
+    }
+    html.push_str(
+        "<script>window.addEventListener('load',function(){var i=Array.from(document.images);\
+         var ok=i.every(function(x){return x.complete&&x.naturalWidth>0});\
+         document.body.setAttribute('data-images',ok?String(i.length):'broken');});</script></body></html>",
+    );
+    let path = dir.join("index.html");
+    util::write_atomic(&path, &html)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
+    }
+}
