@@ -12,13 +12,30 @@ fn summary(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
 }
 
-/// The main job runs from nothing, writes its data and summary, and is reproducible by seed.
+/// The main job runs from nothing through pretraining, probes, mapping and the report, and is
+/// reproducible by seed: the same data, the same model, the same metrics.
 #[test]
 fn demo_runs_and_is_reproducible() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     for d in [&a, &b] {
-        sof(&["-q", "demo", "--cells", "3000", "--seed", "5", "--output", d.path().to_str().unwrap()]).unwrap();
+        sof(&[
+            "-q",
+            "demo",
+            "--cells",
+            "3000",
+            "--seed",
+            "5",
+            "--steps",
+            "12",
+            "--preset",
+            "tiny",
+            "--context-length",
+            "64",
+            "--output",
+            d.path().to_str().unwrap(),
+        ])
+        .unwrap();
     }
     let (sa, sb) = (summary(a.path()), summary(b.path()));
     assert_eq!(sa["labels"], sb["labels"], "same seed, same ground truth");
@@ -45,6 +62,89 @@ fn demo_runs_and_is_reproducible() {
     }
     let layers = &sa["labels"]["spatial_merfish.h5ad"]["layer"];
     assert_eq!(layers.as_object().unwrap().len(), 6, "all six layers present: {layers}");
+
+    // Pretraining, probes and mapping: present and identical across the two runs.
+    assert_eq!(sa["pretrain"]["steps_done"], 12);
+    assert!(sa["pretrain"]["final_validation_loss"].as_f64().unwrap().is_finite());
+    assert_eq!(
+        sa["pretrain"]["final_validation_loss"], sb["pretrain"]["final_validation_loss"],
+        "same seed, same model"
+    );
+    assert_eq!(sa["probes"], sb["probes"], "same seed, same probe metrics");
+    assert_eq!(sa["mapping"], sb["mapping"]);
+    for task in ["layer", "niche", "density", "composition"] {
+        let per = sa["probes"][task].as_object().unwrap_or_else(|| panic!("probe {task}: {}", sa["probes"]));
+        assert!(per.keys().any(|k| k.starts_with("embedding")) && per.contains_key("PCA-50"), "{task}: {per:?}");
+    }
+    let f1 = sa["probes"]["layer"]["PCA-50"]["macro_f1"].as_f64().unwrap();
+    assert!(f1 > 0.5, "the PCA baseline recovers the synthetic layers on held-out sections: {f1}");
+    assert!(sa["mapping"]["layer_accuracy"].as_f64().unwrap() >= 0.0);
+    let report = a.path().join("report/index.html");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("data:image/png;base64,") && html.contains("PCA-50"));
+    for f in [
+        "loss.png",
+        "layer_map.png",
+        "niche_map.png",
+        "layer_confusion.png",
+        "density.png",
+        "dissociated_placement.png",
+    ] {
+        assert!(a.path().join("report").join(f).exists(), "{f}");
+    }
+    browser_check(&report, 6);
+}
+
+/// Opens the report in headless Chromium: the page loads without console errors and every
+/// image decodes (the page's own script counts them); a screenshot is taken. Skips with a note
+/// where Chromium is missing, except in CI (SOF_REQUIRE_BROWSER=1), which installs it.
+fn browser_check(page: &Path, images: usize) {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists());
+    let Some(chromium) = chromium else {
+        assert!(
+            std::env::var_os("SOF_REQUIRE_BROWSER").is_none(),
+            "Chromium is required (SOF_REQUIRE_BROWSER) but missing"
+        );
+        eprintln!("skipping the browser check: no Chromium (apt-get install chromium)");
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let shot = page.with_file_name("screenshot.png");
+    let base = |extra: &[&str]| {
+        let mut c = std::process::Command::new(chromium);
+        c.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(format!("file://{}", page.display()));
+        c.output().unwrap()
+    };
+    let dom = base(&["--dump-dom"]);
+    let text = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        text.contains(&format!("data-images=\"{images}\"")),
+        "not every image rendered: {}",
+        &text[..text.len().min(300)]
+    );
+    let log = String::from_utf8_lossy(&dom.stderr);
+    let console_errors: Vec<&str> =
+        log.lines().filter(|l| l.contains("CONSOLE") && (l.contains("ERROR") || l.contains("Uncaught"))).collect();
+    assert!(console_errors.is_empty(), "console errors: {console_errors:?}");
+    let out = base(&["--window-size=1200,2400", &format!("--screenshot={}", shot.display())]);
+    assert!(out.status.success());
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.len() > 50_000 && &png[1..4] == b"PNG", "screenshot of the report: {} bytes", png.len());
 }
 
 #[test]

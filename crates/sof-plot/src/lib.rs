@@ -191,13 +191,16 @@ impl LineChart {
     }
 }
 
+/// One map panel: title, coordinates, category code per cell.
+pub type Panel = (String, Vec<(f64, f64)>, Vec<usize>);
+
 /// Side-by-side maps of cells coloured by category (e.g. true and predicted layer), sharing
 /// one legend and one coordinate frame.
 #[derive(Debug, Clone)]
 pub struct CategoricalMaps {
     pub categories: Vec<String>,
     /// (panel title, coordinates, category code per cell)
-    pub panels: Vec<(String, Vec<(f64, f64)>, Vec<usize>)>,
+    pub panels: Vec<Panel>,
 }
 
 impl CategoricalMaps {

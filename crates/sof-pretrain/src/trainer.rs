@@ -320,7 +320,9 @@ impl Trainer {
                 density.push(LinearConfig::new(d, 1).init(device).map(&mut reinit));
             }
         }
-        Ok(PretrainModel { encoder, composition, density })
+        // Deterministic parameter ids: burn sums gradients from several micro-batches in an
+        // order that depends on the ids, and fresh ids are random.
+        Ok(PretrainModel { encoder, composition, density }.map(&mut Renumber { next: 1 }))
     }
 
     fn optimizer(&self) -> ModuleOptimizer {
@@ -834,7 +836,11 @@ impl burn::module::ModuleMapper for SeededInit {
             if D == 2 {
                 self.fan_in = dims[0].max(1);
             }
-            if var <= 0.0 {
+            // Constant initialisations (LayerNorm gains 1, offsets 0, zero biases) stay; a
+            // one-element random bias has no spread but is not one of them.
+            let constant =
+                values.windows(2).all(|w| w[0] == w[1]) && values.first().is_some_and(|&v| v == 0.0 || v == 1.0);
+            if constant {
                 return t;
             }
             let fresh: Vec<f32> = if D == 2 && var > 0.5 {
@@ -847,6 +853,19 @@ impl burn::module::ModuleMapper for SeededInit {
             let out = Tensor::<D>::from_data(TensorData::new(fresh, dims), &t.device());
             if require { out.require_grad() } else { out }
         })
+    }
+}
+
+/// Gives parameters the ids 1, 2, 3... in module order.
+struct Renumber {
+    next: u64,
+}
+
+impl burn::module::ModuleMapper for Renumber {
+    fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<D>>) -> burn::module::Param<Tensor<D>> {
+        let (_, tensor, mapper) = param.consume();
+        self.next += 1;
+        burn::module::Param::from_mapped_value(burn::module::ParamId::from(self.next - 1), tensor, mapper)
     }
 }
 
