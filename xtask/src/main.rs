@@ -622,7 +622,9 @@ fn bench_pretrain(preset: &str, steps: u64, batch_size: usize, cells: usize, thr
     let python = bench_venv()?;
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let dir = tempfile_dir("pretrain-bench")?;
-    run(Command::new(&sof).args(["-q", "demo", "--cells", &cells.to_string(), "--output"]).arg(dir.join("demo")))?;
+    run(Command::new(&sof)
+        .args(["-q", "demo", "--only-data", "--cells", &cells.to_string(), "--output"])
+        .arg(dir.join("demo")))?;
     let corpora: Vec<PathBuf> =
         ["merfish", "xenium", "dissociated"].iter().map(|t| dir.join("demo/corpus").join(t)).collect();
     let cfg = dir.join("bench.toml");

@@ -173,7 +173,8 @@ pub struct ConfigError {
 }
 
 impl PretrainConfig {
-    /// Reads a TOML file.
+    /// Reads a TOML file (values are checked by [`PretrainConfig::validate`], which the trainer
+    /// calls once flags have been folded in).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let err = |problem: String, fix: &str| ConfigError {
             source_name: path.display().to_string(),

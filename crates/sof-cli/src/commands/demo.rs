@@ -42,13 +42,16 @@ pub struct Args {
     #[arg(long, default_value = "small")]
     pub preset: String,
     /// Positions per cell for the model (the synthetic cells are short).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 128)]
     pub context_length: usize,
     /// Leave out the niche-aware objective (plain masked-token pretraining).
     #[arg(long)]
     pub no_niche: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// Stop after the data stages (tissue, spatial targets, corpora).
+    #[arg(long)]
+    pub only_data: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,6 +84,8 @@ struct Summary {
     /// The dissociated sample placed on the spatial sections, scored against its true layers.
     mapping: BTreeMap<String, f64>,
     report: Option<String>,
+    /// Wall-clock seconds per stage.
+    seconds: BTreeMap<String, f64>,
 }
 
 /// Adjusted Rand index between two labelings (Hubert & Arabie).
@@ -110,6 +115,7 @@ fn codes(col: Option<&Column>) -> Vec<u32> {
 
 pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let start = Instant::now();
+    let mut timings = BTreeMap::new();
     let data_dir = args.output.join("data");
     let files = synth::generate(
         &synth::Args {
@@ -210,139 +216,150 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         });
     }
 
-    // Pretrain on every corpus (the run folder is rebuilt: the demo's outputs are its own).
-    let run_dir = args.output.join("model_run");
-    if run_dir.exists() {
-        std::fs::remove_dir_all(&run_dir)?;
-    }
-    let corpus_dirs: Vec<PathBuf> = corpora.iter().map(|c| PathBuf::from(&c.corpus)).collect();
-    pretrain::run(
-        pretrain::Args {
-            config: None,
-            preset: Some(args.preset.clone()),
-            corpora: corpus_dirs,
-            weights: Vec::new(),
-            output: run_dir.clone(),
-            steps: Some(args.steps),
-            batch_size: Some(16),
-            accumulation: None,
-            lr: Some(2e-3),
-            seed: Some(args.seed),
-            context_length: Some(args.context_length),
-            init_from: None,
-            vocab: Some(vocab_path.clone()),
-            niche: !args.no_niche,
-            device: args.device,
-            replicas: None,
-            resume: false,
-        },
-        quiet,
-    )?;
-    let pretrain_summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json"))?)?;
-
-    // Embed every sample with the model.
-    let embedded_dir = args.output.join("embedded");
-    std::fs::create_dir_all(&embedded_dir)?;
-    let mut embedded = Vec::new();
-    for (input, tech, modality) in &embed_inputs {
-        let out = embedded_dir.join(input.file_name().unwrap_or_default());
-        embed::run(
-            embed::Args {
-                checkpoint: run_dir.join("model"),
-                model_config: None,
-                input: input.clone(),
-                output: out.clone(),
-                device: args.device,
-                batch_size: 256,
-                pooling: embed::PoolingArg::PadExcluded,
-                technology: Some(tech.clone()),
-                species: Some(SpeciesArg::Mouse),
-                modality: Some((*modality).to_owned()),
+    timings.insert("data".to_owned(), start.elapsed().as_secs_f64());
+    let (mut pretrain_summary, mut probes, mut mapping, mut report_path) =
+        (None, BTreeMap::new(), BTreeMap::new(), None);
+    if !args.only_data {
+        let t = Instant::now();
+        // Pretrain on every corpus (the run folder is rebuilt: the demo's outputs are its own).
+        let run_dir = args.output.join("model_run");
+        if run_dir.exists() {
+            std::fs::remove_dir_all(&run_dir)?;
+        }
+        let corpus_dirs: Vec<PathBuf> = corpora.iter().map(|c| PathBuf::from(&c.corpus)).collect();
+        pretrain::run(
+            pretrain::Args {
+                config: None,
+                preset: Some(args.preset.clone()),
+                corpora: corpus_dirs,
+                weights: Vec::new(),
+                output: run_dir.clone(),
+                steps: Some(args.steps),
+                batch_size: Some(16),
+                accumulation: None,
+                lr: Some(2e-3),
+                seed: Some(args.seed),
+                context_length: Some(args.context_length),
+                init_from: None,
                 vocab: Some(vocab_path.clone()),
-                genes_dir: None,
-                tech_means: None,
-                mode: None,
-                context_config: None,
+                niche: !args.no_niche,
+                device: args.device,
+                replicas: None,
+                resume: false,
             },
             quiet,
         )?;
-        embedded.push((out, tech.clone(), *modality));
-    }
+        pretrain_summary =
+            Some(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run_dir.join("summary.json"))?)?);
+        timings.insert("pretrain".to_owned(), t.elapsed().as_secs_f64());
+        let t = Instant::now();
 
-    // Probes on the spatial sample with two sections: leave one section out.
-    let reference = embedded.iter().find(|e| e.2 == "spatial").map(|e| e.0.clone()).context("no spatial sample")?;
-    let probes_dir = args.output.join("probes");
-    std::fs::create_dir_all(&probes_dir)?;
-    let mut probes = BTreeMap::new();
-    for (name, label, target, target_obsm) in [
-        ("layer", Some("layer"), None, None),
-        ("niche", Some("niche"), None, None),
-        ("density", None, Some("sof_density"), None),
-        ("composition", None, None, Some("sof_composition")),
-    ] {
-        let out = probes_dir.join(format!("{name}.json"));
-        probe::run(probe::Args {
-            input: reference.clone(),
-            label: label.map(str::to_owned),
-            target: target.map(str::to_owned),
-            target_obsm: target_obsm.map(str::to_owned),
-            embedding: "X_sof".into(),
-            split_key: Some("section".into()),
-            spatial_blocks: None,
-            folds: 5,
-            seeds: 1,
-            drop: Vec::new(),
-            class_balanced: false,
-            output: out.clone(),
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
-        let mut per = BTreeMap::new();
-        for r in v["results"].as_array().into_iter().flatten() {
-            let means: BTreeMap<String, f64> = r["mean"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter_map(|(k, x)| x.as_f64().map(|x| (k.clone(), x)))
-                .collect();
-            per.insert(r["features"].as_str().unwrap_or("?").to_owned(), means);
+        // Embed every sample with the model.
+        let embedded_dir = args.output.join("embedded");
+        std::fs::create_dir_all(&embedded_dir)?;
+        let mut embedded = Vec::new();
+        for (input, tech, modality) in &embed_inputs {
+            let out = embedded_dir.join(input.file_name().unwrap_or_default());
+            embed::run(
+                embed::Args {
+                    checkpoint: run_dir.join("model"),
+                    model_config: None,
+                    input: input.clone(),
+                    output: out.clone(),
+                    device: args.device,
+                    batch_size: 256,
+                    pooling: embed::PoolingArg::PadExcluded,
+                    technology: Some(tech.clone()),
+                    species: Some(SpeciesArg::Mouse),
+                    modality: Some((*modality).to_owned()),
+                    vocab: Some(vocab_path.clone()),
+                    genes_dir: None,
+                    tech_means: None,
+                    mode: None,
+                    context_config: None,
+                },
+                quiet,
+            )?;
+            embedded.push((out, tech.clone(), *modality));
         }
-        probes.insert(name.to_owned(), per);
-    }
 
-    // Place the dissociated sample on the spatial sections.
-    let mut mapping = BTreeMap::new();
-    let mapped = args.output.join("dissociated_mapped.h5ad");
-    if let Some(query) = embedded.iter().find(|e| e.2 == "dissociated").map(|e| e.0.clone()) {
-        map::run(map::Args {
+        timings.insert("embed".to_owned(), t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        // Probes on the spatial sample with two sections: leave one section out.
+        let reference = embedded.iter().find(|e| e.2 == "spatial").map(|e| e.0.clone()).context("no spatial sample")?;
+        let probes_dir = args.output.join("probes");
+        std::fs::create_dir_all(&probes_dir)?;
+        for (name, label, target, target_obsm) in [
+            ("layer", Some("layer"), None, None),
+            ("niche", Some("niche"), None, None),
+            ("density", None, Some("sof_density"), None),
+            ("composition", None, None, Some("sof_composition")),
+        ] {
+            let out = probes_dir.join(format!("{name}.json"));
+            probe::run(probe::Args {
+                input: reference.clone(),
+                label: label.map(str::to_owned),
+                target: target.map(str::to_owned),
+                target_obsm: target_obsm.map(str::to_owned),
+                embedding: "X_sof".into(),
+                split_key: Some("section".into()),
+                spatial_blocks: None,
+                folds: 5,
+                seeds: 1,
+                drop: Vec::new(),
+                class_balanced: false,
+                output: out.clone(),
+            })?;
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+            let mut per = BTreeMap::new();
+            for r in v["results"].as_array().into_iter().flatten() {
+                let means: BTreeMap<String, f64> = r["mean"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, x)| x.as_f64().map(|x| (k.clone(), x)))
+                    .collect();
+                per.insert(r["features"].as_str().unwrap_or("?").to_owned(), means);
+            }
+            probes.insert(name.to_owned(), per);
+        }
+
+        timings.insert("probes".to_owned(), t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        // Place the dissociated sample on the spatial sections.
+        let mapped = args.output.join("dissociated_mapped.h5ad");
+        if let Some(query) = embedded.iter().find(|e| e.2 == "dissociated").map(|e| e.0.clone()) {
+            map::run(map::Args {
+                reference: reference.clone(),
+                query,
+                label: "layer".into(),
+                embedding: "X_sof".into(),
+                spatial_key: "spatial".into(),
+                k: 30,
+                temperature: 0.05,
+                output: mapped.clone(),
+            })?;
+            let m = sof_io::h5ad::H5adReader::open(&mapped)?;
+            let obs = m.obs()?;
+            if let (Some(t), Some(p)) = (obs.get("layer"), obs.get("sof_layer")) {
+                let (t, p) = (t.labels(), p.labels());
+                let pairs: Vec<(String, String)> = t.into_iter().zip(p).filter_map(|(a, b)| Some((a?, b?))).collect();
+                let hits = pairs.iter().filter(|(a, b)| a == b).count();
+                mapping.insert("layer_accuracy".to_owned(), hits as f64 / pairs.len().max(1) as f64);
+                mapping.insert("cells".to_owned(), pairs.len() as f64);
+            }
+        }
+
+        // The report.
+        report_path = Some(report::write(&report::Inputs {
+            dir: args.output.join("report"),
+            run_dir: run_dir.clone(),
             reference: reference.clone(),
-            query,
-            label: "layer".into(),
-            embedding: "X_sof".into(),
-            spatial_key: "spatial".into(),
-            k: 30,
-            temperature: 0.05,
-            output: mapped.clone(),
-        })?;
-        let m = sof_io::h5ad::H5adReader::open(&mapped)?;
-        let obs = m.obs()?;
-        if let (Some(t), Some(p)) = (obs.get("layer"), obs.get("sof_layer")) {
-            let (t, p) = (t.labels(), p.labels());
-            let pairs: Vec<(String, String)> = t.into_iter().zip(p).filter_map(|(a, b)| Some((a?, b?))).collect();
-            let hits = pairs.iter().filter(|(a, b)| a == b).count();
-            mapping.insert("layer_accuracy".to_owned(), hits as f64 / pairs.len().max(1) as f64);
-            mapping.insert("cells".to_owned(), pairs.len() as f64);
-        }
+            probes_dir: probes_dir.clone(),
+            mapped: mapped.exists().then(|| mapped.clone()),
+        })?);
+        timings.insert("map and report".to_owned(), t.elapsed().as_secs_f64());
     }
-
-    // The report.
-    let report_path = report::write(&report::Inputs {
-        dir: args.output.join("report"),
-        run_dir: run_dir.clone(),
-        reference: reference.clone(),
-        probes_dir: probes_dir.clone(),
-        mapped: mapped.exists().then(|| mapped.clone()),
-    })?;
 
     let summary = Summary {
         seed: args.seed,
@@ -350,10 +367,11 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         labels,
         spatial: spatial_out,
         corpora,
-        pretrain: Some(pretrain_summary),
+        pretrain: pretrain_summary,
         probes,
         mapping,
-        report: Some(report_path.display().to_string()),
+        report: report_path.map(|p| p.display().to_string()),
+        seconds: timings,
     };
     let path = args.output.join("summary.json");
     util::write_atomic(&path, &serde_json::to_string_pretty(&summary)?)?;

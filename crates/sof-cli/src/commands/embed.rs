@@ -150,8 +150,11 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let pb = util::progress(n as u64, "embed", quiet);
     let (mut row, mut scratch) = (Vec::new(), Vec::new());
     let mut empty = 0;
-    for s in (0..n).step_by(args.batch_size) {
-        let e = (s + args.batch_size).min(n);
+    // Cells are read in blocks, tokenized, sorted by length and embedded in batches of similar
+    // length, so short spatial panels are not padded to the longest cell of a block.
+    let block = (args.batch_size * 16).max(4_096);
+    for s in (0..n).step_by(block) {
+        let e = (s + block).min(n);
         let x = reader.read_rows(s..e)?;
         let seqs: Vec<Vec<i64>> = (0..x.n_rows())
             .map(|i| {
@@ -161,22 +164,27 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             })
             .collect();
         empty += seqs.iter().filter(|q| q.len() == 3).count();
-        // The reference pools over every position up to the context length, so it needs the
-        // full padding; PAD-excluded pooling only needs the batch's longest cell.
-        let len = match pooling {
-            Pooling::Reference => cfg.context_length,
-            Pooling::PadExcluded => seqs.iter().map(Vec::len).max().unwrap_or(3).max(4),
-        };
-        let mut flat = vec![sof_model::PAD; seqs.len() * len];
-        for (i, q) in seqs.iter().enumerate() {
-            flat[i * len..i * len + q.len()].copy_from_slice(q);
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| (seqs[i].len(), i));
+        for batch in order.chunks(args.batch_size) {
+            // The reference pools over every position up to the context length, so it needs the
+            // full padding; PAD-excluded pooling only needs the batch's longest cell.
+            let len = match pooling {
+                Pooling::Reference => cfg.context_length,
+                Pooling::PadExcluded => batch.iter().map(|&i| seqs[i].len()).max().unwrap_or(3).max(4),
+            };
+            let mut flat = vec![sof_model::PAD; batch.len() * len];
+            for (r, &i) in batch.iter().enumerate() {
+                flat[r * len..r * len + seqs[i].len()].copy_from_slice(&seqs[i]);
+            }
+            let tokens = Tensor::<2, Int>::from_data(TensorData::new(flat, [batch.len(), len]), &dev);
+            let emb =
+                model.embed(tokens, pooling).into_data().try_to_vec::<f32>().context("reading embeddings back")?;
+            for (&i, r) in batch.iter().zip(emb.chunks_exact(cfg.d_model)) {
+                out.row_mut(s + i).assign(&ndarray::ArrayView1::from(r));
+            }
+            pb.inc(batch.len() as u64);
         }
-        let tokens = Tensor::<2, Int>::from_data(TensorData::new(flat, [seqs.len(), len]), &dev);
-        let emb = model.embed(tokens, pooling).into_data().try_to_vec::<f32>().context("reading embeddings back")?;
-        for (i, r) in emb.chunks_exact(cfg.d_model).enumerate() {
-            out.row_mut(s + i).assign(&ndarray::ArrayView1::from(r));
-        }
-        pb.inc((e - s) as u64);
     }
     pb.finish_and_clear();
     let mut ed = H5adEditor::copy_of(&args.input, &args.output)?;
