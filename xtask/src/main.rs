@@ -55,6 +55,16 @@ enum Job {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Ablation of the niche-aware objective: `sof demo` with and without it (same seed, same
+    /// data, same steps), probe metrics side by side.
+    Ablation {
+        #[arg(long, default_value_t = 400)]
+        steps: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "target/sof-ablation")]
+        output: PathBuf,
+    },
     /// Regenerate crates/sof-io/tests/it/anndata_expected.json from Python anndata.
     ExpectedH5ad {
         /// Data folder (default ../shared/data).
@@ -259,6 +269,7 @@ fn main() -> Result<()> {
         Job::PretrainShared { steps, preset, batch_size, output, shared_dir, args } => {
             pretrain_shared(steps, &preset, batch_size, &root().join(output), shared_dir, &args)
         }
+        Job::Ablation { steps, seed, output } => ablation(steps, seed, &root().join(output)),
         Job::ExpectedH5ad { data_dir } => {
             let py = python_venv()?.context("needs a Python venv with anndata")?;
             let dir = data_dir.unwrap_or_else(|| root().join("../shared/data"));
@@ -688,5 +699,41 @@ fn bench_pretrain(preset: &str, steps: u64, batch_size: usize, cells: usize, thr
         ours_tps / peer_tps
     );
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `cargo xtask ablation`: the demo with and without the niche-aware objective.
+fn ablation(steps: u64, seed: u64, out: &Path) -> Result<()> {
+    setup()?;
+    let sof = sof_release()?;
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for (name, extra) in [("niche-aware", None), ("plain MLM", Some("--no-niche"))] {
+        let dir = out.join(name.replace(' ', "_"));
+        let mut c = Command::new(&sof);
+        c.args(["-q", "demo", "--steps", &steps.to_string(), "--seed", &seed.to_string(), "--output"]).arg(&dir);
+        if let Some(flag) = extra {
+            c.arg(flag);
+        }
+        run(&mut c)?;
+        rows.push((name.to_owned(), std::fs::read_to_string(dir.join("summary.json"))?));
+    }
+    println!("ablation ({steps} steps, seed {seed}; embedding probes on held-out sections, PCA-50 alike for both):");
+    for (name, summary) in &rows {
+        let v: serde_json::Value = serde_json::from_str(summary)?;
+        let mut line = format!("  {name:<12}");
+        for (task, metric) in [("layer", "macro_f1"), ("niche", "macro_f1"), ("density", "r2"), ("composition", "r2")] {
+            let per = &v["probes"][task];
+            let emb = per
+                .as_object()
+                .and_then(|o| o.iter().find(|(k, _)| k.starts_with("embedding")))
+                .and_then(|(_, m)| m[metric].as_f64())
+                .unwrap_or(f64::NAN);
+            let pca = per["PCA-50"][metric].as_f64().unwrap_or(f64::NAN);
+            line.push_str(&format!("  {task} {metric} {emb:.3} (PCA-50 {pca:.3})"));
+        }
+        let map = v["mapping"]["layer_accuracy"].as_f64().unwrap_or(f64::NAN);
+        let val = v["pretrain"]["final_validation_loss"].as_f64().unwrap_or(f64::NAN);
+        println!("{line}  mapping layer accuracy {map:.3}  validation MLM loss {val:.3}");
+    }
     Ok(())
 }
