@@ -648,3 +648,51 @@ fn pretrain_on_demo_corpora_then_embed() {
     let e = format!("{:#}", sof(&["pretrain", "--corpus", &p("nowhere"), "--output", &p("run2")]).unwrap_err());
     assert!(e.contains("nowhere"), "{e}");
 }
+
+/// The demo's "your own data" path on a real file: STARmap mPFC with its layers, cell types and
+/// sections; the report renders in the browser.
+#[test]
+fn demo_on_real_data() {
+    let Some(shared) = sof_io::shared::for_tests(Path::new(env!("CARGO_MANIFEST_DIR"))) else { return };
+    let d = tempfile::tempdir().unwrap();
+    let data = shared.join("data/starmap_mpfc.h5ad");
+    sof(&[
+        "-q",
+        "demo",
+        "--data",
+        data.to_str().unwrap(),
+        "--cell-type-key",
+        "cell_type",
+        "--layer-key",
+        "layer",
+        "--section-key",
+        "section",
+        "--technology",
+        "starmap",
+        "--steps",
+        "8",
+        "--preset",
+        "tiny",
+        "--context-length",
+        "64",
+        "--output",
+        d.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let s = summary(d.path());
+    for task in ["layer", "cell_type", "density", "composition"] {
+        assert!(s["probes"][task]["PCA-50"].is_object(), "{task}: {}", s["probes"]);
+    }
+    let pca = s["probes"]["layer"]["PCA-50"]["macro_f1"].as_f64().unwrap();
+    assert!(pca > 0.5, "PCA reads STARmap layers on held-out sections: {pca}");
+    assert!(s["mapping"].as_object().unwrap().is_empty(), "no dissociated sample, no mapping");
+    assert!(d.path().join("technologies.toml").exists(), "starmap got a free context id");
+    browser_check(&d.path().join("report/index.html"), 5);
+
+    let e = format!(
+        "{:#}",
+        sof(&["demo", "--data", data.to_str().unwrap(), "--layer-key", "nope", "--output", d.path().to_str().unwrap()])
+            .unwrap_err()
+    );
+    assert!(e.contains("nope") && e.contains("--layer-key"), "{e}");
+}

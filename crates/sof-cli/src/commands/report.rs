@@ -23,6 +23,8 @@ pub struct Inputs {
     pub probes_dir: PathBuf,
     /// The dissociated sample after `sof map`.
     pub mapped: Option<PathBuf>,
+    /// The opening paragraph (what the data is).
+    pub intro: String,
 }
 
 struct Figure {
@@ -94,7 +96,7 @@ fn label_maps(inputs: &Inputs, task: &str, xy: &ndarray::Array2<f64>, dir: &Path
         file,
         title: format!("{task}: truth and prediction in space"),
         caption: format!(
-            "Each dot is a cell of the two synthetic MERFISH sections; left its true {task}, right the linear probe's prediction from the cell's embedding when its section was held out (macro F1 {f1:.3})."
+            "Each dot is a cell of the reference (its sections overlaid); left its true {task}, right the linear probe's prediction from the cell's embedding when its section was held out (macro F1 {f1:.3})."
         ),
     }))
 }
@@ -118,7 +120,7 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
         });
     }
     // 2-3. Layer and niche maps.
-    for task in ["layer", "niche"] {
+    for task in ["layer", "niche", "cell_type"] {
         figures.extend(label_maps(inputs, task, &xy, dir)?);
     }
     // 4. Layer confusion matrix.
@@ -200,7 +202,7 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
         "<table><tr><th>task</th><th>metric</th><th>embedding</th><th>PCA-50</th><th>PCA-best</th><th>raw expression</th></tr>",
     );
     let mut composition_rows = String::new();
-    for task in ["layer", "niche", "density", "composition"] {
+    for task in ["layer", "niche", "cell_type", "density", "composition"] {
         let Ok(probe) = load(&inputs.probes_dir.join(format!("{task}.json"))) else { continue };
         let metric = if probe["task"].as_str().is_some_and(|t| t.starts_with("classify")) { "macro_f1" } else { "r2" };
         let cell = |prefix: &str| {
@@ -256,7 +258,7 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
          table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}\
          td:first-child,th:first-child{text-align:left}</style></head><body>",
     );
-    html.push_str("<h1>SpatialOmics-Foundation demo</h1><p>A synthetic layered tissue with known ground truth: two MERFISH-like sections, one Xenium-like section and a dissociated sample. The model was pretrained on all of them, then frozen; probes read layer, niche, density and neighbourhood composition from its cell embeddings on held-out sections, beside PCA of the expression on the same folds.</p>");
+    let _ = write!(html, "<h1>SpatialOmics-Foundation demo</h1><p>{}</p>", escape(&inputs.intro));
     if let Some(p) = &pretrain {
         let _ = write!(
             html,
