@@ -225,7 +225,9 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         let reference = embedded.iter().find(|e| e.2 == "spatial").map(|e| e.0.clone()).context("no spatial sample")?;
         let probes_dir = args.output.join("probes");
         std::fs::create_dir_all(&probes_dir)?;
-        let mut tasks: Vec<(String, Option<String>, Option<String>, Option<String>)> =
+        // (probe name, --label, --target, --target-obsm)
+        type ProbeTask = (String, Option<String>, Option<String>, Option<String>);
+        let mut tasks: Vec<ProbeTask> =
             label_tasks.iter().map(|(name, col)| (name.clone(), Some(col.clone()), None, None)).collect();
         tasks.push(("density".into(), None, Some("sof_density".into()), None));
         tasks.push(("composition".into(), None, None, Some("sof_composition".into())));
