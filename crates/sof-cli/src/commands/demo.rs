@@ -21,9 +21,13 @@ use super::{embed, map, pretrain, probe, report, spatial, tokenize};
 use crate::device::DeviceArg;
 use crate::util;
 
-/// Run the whole pipeline on a built-in synthetic tissue (no data needed).
+/// Run the whole pipeline on a built-in synthetic tissue (no data needed), or on your own
+/// spatial .h5ad with --data: spatial targets, tokens, pretraining, embeddings, probes beside
+/// PCA, mapping of the dissociated sample (synthetic only) and an HTML report (report/index.html).
 ///
 /// Example: sof demo --output demo-out/
+///          sof demo --data starmap_mpfc.h5ad --cell-type-key cell_type --layer-key layer
+///          --section-key section --technology starmap --output demo-starmap/
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Output folder for the data, results and summary.
