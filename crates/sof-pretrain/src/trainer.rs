@@ -27,7 +27,7 @@ use burn::store::{BurnpackStore, ModuleSnapshot};
 use serde::{Deserialize, Serialize};
 use sof_model::checkpoint::RunInfo;
 use sof_model::{Encoder, EncoderConfig, Pooling};
-use sof_tokenize::context::N_SPECIAL;
+use sof_tokenize::context::{N_SPECIAL, PAD};
 use sof_tokenize::corpus::{CorpusManifest, read_shard_rows};
 
 use crate::config::PretrainConfig;
@@ -612,7 +612,8 @@ impl Trainer {
         totals: &Totals,
         device: &Device,
     ) -> (Option<Tensor<1>>, Sums) {
-        let mut sums = Sums { tokens: chunk.tokens.iter().filter(|&&t| t != 1).count() as u64, ..Default::default() };
+        let mut sums =
+            Sums { tokens: chunk.tokens.iter().filter(|&&t| t != i64::from(PAD)).count() as u64, ..Default::default() };
         if chunk.length == 0 {
             return (None, sums);
         }
@@ -973,13 +974,12 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainErro
     serde_json::from_str(&text).map_err(|e| invalid(path, e.to_string(), "the checkpoint is damaged"))
 }
 
+/// Temporary file beside `path`, renamed into place (the project's `AtomicPath`).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).map_err(io(path))
+    let failed = |e: sof_io::Error| invalid(path, e.to_string(), "check that the run folder is writable and has space");
+    let tmp = sof_io::AtomicPath::new(path).map_err(failed)?;
+    std::fs::write(tmp.path(), bytes).map_err(io(path))?;
+    tmp.commit().map_err(failed)
 }
 
 fn append_command(dir: &Path, command: &str) -> Result<(), TrainError> {
