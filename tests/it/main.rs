@@ -696,3 +696,52 @@ fn demo_on_real_data() {
     );
     assert!(e.contains("nope") && e.contains("--layer-key"), "{e}");
 }
+
+/// `sof map` on bad input: a missing label column or a file without embeddings is named, with
+/// the fix; embeddings of different widths are refused.
+#[test]
+fn map_reports_bad_input() {
+    let d = tempfile::tempdir().unwrap();
+    let write = |name: &str, width: usize, with_emb: bool| {
+        let n = 12;
+        let mut obsm = std::collections::BTreeMap::new();
+        if with_emb {
+            obsm.insert("X_sof".to_owned(), ndarray::Array2::from_shape_fn((n, width), |(i, j)| (i * j) as f64 + 1.0));
+        }
+        obsm.insert("spatial".to_owned(), ndarray::Array2::from_shape_fn((n, 2), |(i, j)| (i + j) as f64));
+        let mut obs = sof_io::Frame::new((0..n).map(|i| format!("c{i}")).collect());
+        obs.insert(
+            "layer",
+            sof_io::Column::categorical_from_labels(&(0..n).map(|i| format!("L{}", i % 3)).collect::<Vec<_>>()),
+        );
+        let a = sof_io::AnnData {
+            x: sof_io::CsrMatrix::from_dense(n, 2, &vec![1.0; n * 2]),
+            obs,
+            var: sof_io::Frame::new(vec!["G0".into(), "G1".into()]),
+            obsm,
+        };
+        let p = d.path().join(name);
+        sof_io::h5ad::write_h5ad(&p, &a, &Default::default()).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (r, q, bare, wide) = (
+        write("ref.h5ad", 4, true),
+        write("q.h5ad", 4, true),
+        write("bare.h5ad", 4, false),
+        write("wide.h5ad", 6, true),
+    );
+    let out = d.path().join("out.h5ad").to_str().unwrap().to_owned();
+    let map = |reference: &str, query: &str, label: &str| {
+        format!(
+            "{:#}",
+            sof(&["map", "--reference", reference, "--query", query, "--label", label, "--output", &out]).unwrap_err()
+        )
+    };
+    let e = map(&r, &q, "region");
+    assert!(e.contains("ref.h5ad") && e.contains("region"), "{e}");
+    let e = map(&r, &bare, "layer");
+    assert!(e.contains("bare.h5ad") && e.contains("sof embed"), "{e}");
+    let e = map(&r, &wide, "layer");
+    assert!(e.contains("same model"), "{e}");
+    sof(&["-q", "map", "--reference", &r, "--query", &q, "--label", "layer", "--output", &out]).unwrap();
+}
