@@ -2,8 +2,9 @@
 //! with no burn and no file formats.
 //!
 //! - [`split`]: leave-one-section-out and spatial-block folds.
-//! - [`linear`]: the linear probe (multinomial logistic regression) and ridge regression on
-//!   standardized features.
+//! - [`linear`]: the linear probe (multinomial logistic regression on whitened features) and
+//!   ridge regression.
+//! - [`mlp`]: a one-hidden-layer MLP head (classes, values, proportions) with early stopping.
 //! - [`pca`]: the expression baselines (log1p of 10k-normalized counts; randomized PCA fitted on
 //!   the training cells).
 //! - [`mapping`]: placing query (dissociated) cells on a spatial reference by embedding similarity.
@@ -12,5 +13,6 @@
 pub mod linear;
 pub mod mapping;
 pub mod metrics;
+pub mod mlp;
 pub mod pca;
 pub mod split;

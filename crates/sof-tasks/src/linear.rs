@@ -21,10 +21,51 @@ impl Standardizer {
     }
 }
 
-/// Softmax regression with L2 penalty, trained full-batch with Adam (deterministic).
+/// Whitening fitted on training rows: standardize, rotate onto the principal axes of the
+/// training covariance and scale each to unit variance (directions with variance below 1e-9 of
+/// the largest are dropped). A linear map, so a linear probe on whitened features is still a
+/// linear probe; it removes the ill-conditioning of anisotropic embeddings (most variance in a few
+/// directions), which otherwise stops gradient training short of the optimum. Above
+/// [`Whitener::MAX_DIM`] features it only standardizes (the eigendecomposition is cubic).
+#[derive(Debug, Clone)]
+pub struct Whitener {
+    scaler: Standardizer,
+    /// `d x k` rotation and scaling, or `None` (standardize only).
+    projection: Option<Array2<f64>>,
+}
+
+impl Whitener {
+    pub const MAX_DIM: usize = 768;
+
+    pub fn fit(x: ArrayView2<f64>) -> Self {
+        let scaler = Standardizer::fit(x);
+        if x.ncols() > Self::MAX_DIM || x.nrows() < 2 {
+            return Self { scaler, projection: None };
+        }
+        let xs = scaler.transform(x);
+        let cov = xs.t().dot(&xs) / (xs.nrows() - 1) as f64;
+        let (vals, vecs) = crate::pca::symmetric_eigen(cov);
+        let top = vals.first().copied().unwrap_or(0.0).max(1e-300);
+        let kept: Vec<usize> = (0..vals.len()).filter(|&i| vals[i] > 1e-9 * top).collect();
+        let projection =
+            Array2::from_shape_fn((x.ncols(), kept.len()), |(r, c)| vecs[[r, kept[c]]] / vals[kept[c]].sqrt());
+        Self { scaler, projection: Some(projection) }
+    }
+
+    pub fn transform(&self, x: ArrayView2<f64>) -> Array2<f64> {
+        let xs = self.scaler.transform(x);
+        match &self.projection {
+            Some(p) => xs.dot(p),
+            None => xs,
+        }
+    }
+}
+
+/// Softmax regression with L2 penalty on whitened features, trained full-batch with Adam
+/// (deterministic).
 #[derive(Debug, Clone)]
 pub struct LogisticRegression {
-    scaler: Standardizer,
+    scaler: Whitener,
     w: Array2<f64>,
     b: Array1<f64>,
 }
@@ -41,11 +82,11 @@ pub struct LogisticConfig {
 
 impl Default for LogisticConfig {
     fn default() -> Self {
-        Self { l2: 1e-3, epochs: 300, learning_rate: 0.05, class_balanced: false }
+        Self { l2: 1e-3, epochs: 500, learning_rate: 0.05, class_balanced: false }
     }
 }
 
-fn softmax_rows(mut z: Array2<f64>) -> Array2<f64> {
+pub(crate) fn softmax_rows(mut z: Array2<f64>) -> Array2<f64> {
     for mut row in z.rows_mut() {
         let m = row.fold(f64::MIN, |a, &b| a.max(b));
         row.mapv_inplace(|v| (v - m).exp());
@@ -57,9 +98,7 @@ fn softmax_rows(mut z: Array2<f64>) -> Array2<f64> {
 
 impl LogisticRegression {
     pub fn fit(x: ArrayView2<f64>, y: &[usize], n_classes: usize, cfg: &LogisticConfig) -> Self {
-        let scaler = Standardizer::fit(x);
-        let xs = scaler.transform(x);
-        let (n, d) = xs.dim();
+        let n = y.len();
         let mut counts = vec![0usize; n_classes];
         for &c in y {
             counts[c] += 1;
@@ -70,11 +109,27 @@ impl LogisticRegression {
             })
             .collect();
         let row_w: Array1<f64> = y.iter().map(|&c| weight[c]).collect();
-        let total_w = row_w.sum().max(1e-12);
         let mut onehot = Array2::<f64>::zeros((n, n_classes));
         for (i, &c) in y.iter().enumerate() {
             onehot[[i, c]] = 1.0;
         }
+        Self::fit_weighted(x, onehot.view(), row_w, cfg)
+    }
+
+    /// Soft targets: each row of `targets` is a distribution over classes (e.g. a
+    /// neighbourhood's cell-type proportions; cross-entropy against it is the KL divergence up
+    /// to a constant). All-zero rows are ignored.
+    pub fn fit_proportions(x: ArrayView2<f64>, targets: ArrayView2<f64>, cfg: &LogisticConfig) -> Self {
+        let row_w = targets.rows().into_iter().map(|r| if r.sum() > 0.0 { 1.0 } else { 0.0 }).collect();
+        Self::fit_weighted(x, targets, row_w, cfg)
+    }
+
+    fn fit_weighted(x: ArrayView2<f64>, onehot: ArrayView2<f64>, row_w: Array1<f64>, cfg: &LogisticConfig) -> Self {
+        let scaler = Whitener::fit(x);
+        let xs = scaler.transform(x);
+        let d = xs.ncols();
+        let n_classes = onehot.ncols();
+        let total_w = row_w.sum().max(1e-12);
         let mut w = Array2::<f64>::zeros((d, n_classes));
         let mut b = Array1::<f64>::zeros(n_classes);
         let (mut mw, mut vw) = (w.clone(), w.clone());
@@ -82,7 +137,8 @@ impl LogisticRegression {
         let (b1, b2, eps) = (0.9, 0.999, 1e-8);
         for t in 1..=cfg.epochs {
             let p = softmax_rows(xs.dot(&w) + &b);
-            let mut g = p - &onehot; // [n, k]
+            let mut g = p - onehot; // [n, k]
+
             for (mut row, &rw) in g.rows_mut().into_iter().zip(row_w.iter()) {
                 row *= rw / total_w;
             }
@@ -203,6 +259,23 @@ mod tests {
         assert_eq!(m.predict(x.view()), y);
         let p = m.predict_proba(x.view());
         assert!(p.rows().into_iter().all(|r| (r.sum() - 1.0).abs() < 1e-9));
+    }
+
+    #[test]
+    fn whitened_training_features_have_identity_covariance() {
+        // Strongly anisotropic, correlated features.
+        let x = Array2::from_shape_fn((200, 3), |(i, j)| {
+            let t = (i as f64 * 0.37).sin();
+            let u = (i as f64 * 1.3).cos();
+            [100.0 * t + 0.01 * u, 100.0 * t - 0.01 * u, 0.5 * u + t][j]
+        });
+        let w = Whitener::fit(x.view());
+        let z = w.transform(x.view());
+        let cov = z.t().dot(&z) / (z.nrows() - 1) as f64;
+        assert_eq!(cov.nrows(), 2, "the third direction is a combination of the first two");
+        for ((r, c), v) in cov.indexed_iter() {
+            assert!((v - if r == c { 1.0 } else { 0.0 }).abs() < 1e-6, "cov[{r},{c}] = {v}");
+        }
     }
 
     #[test]

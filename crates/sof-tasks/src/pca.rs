@@ -77,7 +77,7 @@ fn orthonormalize(mut q: Array2<f64>) -> Array2<f64> {
 }
 
 /// Eigen-decomposition of a small symmetric matrix (cyclic Jacobi), eigenvalues descending.
-fn symmetric_eigen(mut a: Array2<f64>) -> (Vec<f64>, Array2<f64>) {
+pub(crate) fn symmetric_eigen(mut a: Array2<f64>) -> (Vec<f64>, Array2<f64>) {
     let n = a.nrows();
     let mut v = Array2::<f64>::eye(n);
     for _ in 0..100 {

@@ -53,9 +53,39 @@ pub fn spatial_blocks(xy: &[(f64, f64)], grid: usize, folds: usize, seed: u64) -
         .collect()
 }
 
+/// Shuffled k-fold over cells (seeded): only for data without sections or coordinates (e.g.
+/// dissociated cells), where no grouping exists to hold out.
+pub fn random_folds(n: usize, folds: usize, seed: u64) -> Vec<Fold> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(seed));
+    let mut fold_of = vec![0usize; n];
+    for (rank, &i) in order.iter().enumerate() {
+        fold_of[i] = rank % folds.max(1);
+    }
+    (0..folds.max(1))
+        .map(|f| {
+            let (test, train): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| fold_of[i] == f);
+            Fold { name: format!("random fold {}/{folds}", f + 1), train, test }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_folds_partition_the_cells() {
+        let folds = random_folds(103, 5, 1);
+        let mut seen = vec![0; 103];
+        for f in &folds {
+            assert!(f.test.len() == 20 || f.test.len() == 21);
+            assert_eq!(f.train.len() + f.test.len(), 103);
+            f.test.iter().for_each(|&i| seen[i] += 1);
+        }
+        assert!(seen.iter().all(|&c| c == 1));
+        assert_ne!(random_folds(103, 5, 2), folds);
+    }
 
     #[test]
     fn groups_and_blocks_partition_the_cells() {

@@ -245,10 +245,15 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 embedding: "X_sof".into(),
                 split_key: Some(section_key.clone()),
                 spatial_blocks: None,
+                random_folds: false,
                 folds: 5,
                 seeds: 1,
                 drop: Vec::new(),
                 class_balanced: false,
+                head: vec![probe::Head::Linear],
+                ordered: false,
+                class_order: Vec::new(),
+                plots: None,
                 output: out.clone(),
             })?;
             let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;

@@ -8,21 +8,25 @@ use anyhow::{Context, bail};
 use ndarray::{Array2, Axis};
 use serde::Serialize;
 use sof_io::h5ad::H5adReader;
-use sof_tasks::linear::{LogisticConfig, LogisticRegression, Ridge};
+use sof_tasks::linear::{LogisticConfig, LogisticRegression, Ridge, argmax_rows};
 use sof_tasks::metrics;
+use sof_tasks::mlp::{Mlp, MlpConfig, MlpTarget};
 use sof_tasks::pca::{Pca, dense, log_normalize};
-use sof_tasks::split::{Fold, by_group, spatial_blocks};
+use sof_tasks::split::{Fold, by_group, random_folds, spatial_blocks};
 
 use crate::util;
 
 /// Predict a label (classification) or a numeric column (regression) from each cell's
-/// embedding with a linear probe, beside the baselines in the same harness on the same folds:
-/// PCA of log1p 10k-normalized expression (fitted on the training cells; 50 components and the
-/// best of 10/20/50/100) and the raw log-normalized expression. Folds hold out whole sections
-/// (--split-key) or spatial blocks (--spatial-blocks), never random cells.
+/// embedding with a linear probe and/or a small MLP head, beside the baselines in the same
+/// harness on the same folds with the same heads: PCA of log1p 10k-normalized expression
+/// (fitted on the training cells; 50 components and the best of 10/20/50/100) and the raw
+/// log-normalized expression. Folds hold out whole sections (--split-key) or spatial blocks
+/// (--spatial-blocks), never random cells when sections or coordinates exist (--random-folds is
+/// for dissociated data). Proportion targets (rows summing to 1, e.g. sof_composition) get a
+/// softmax output trained with cross-entropy (KL).
 ///
 /// Example: sof probe --input starmap_embedded.h5ad --label layer --split-key section
-///          --output probe_layer.json
+///          --head linear --head mlp --plots probe_plots/ --output probe_layer.json
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// An .h5ad with an embedding in obsm (from `sof embed`) and raw counts in X.
@@ -44,8 +48,11 @@ pub struct Args {
     #[arg(long)]
     pub split_key: Option<String>,
     /// Spatial-block folds instead: the tissue cut into N x N blocks dealt into --folds folds.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "split_key")]
     pub spatial_blocks: Option<usize>,
+    /// Shuffled cell folds: only for data without sections or coordinates (dissociated cells).
+    #[arg(long, conflicts_with_all = ["split_key", "spatial_blocks"])]
+    pub random_folds: bool,
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
     /// Seeds (spatial-block assignment and PCA); mean and spread are reported.
@@ -57,14 +64,49 @@ pub struct Args {
     /// Weight classes inversely to their frequency.
     #[arg(long)]
     pub class_balanced: bool,
+    /// Heads to fit on every feature set (repeat the flag for several).
+    #[arg(long, value_enum, default_values_t = [Head::Linear])]
+    pub head: Vec<Head>,
+    /// The labels are ordered (layers, zones): also report Spearman's rho between true and
+    /// predicted class ranks. Classes are ordered by name, numerically when all are numbers, or
+    /// as given by --class-order.
+    #[arg(long)]
+    pub ordered: bool,
+    /// Class order (comma-separated), for --ordered labels whose names do not sort.
+    #[arg(long, value_delimiter = ',')]
+    pub class_order: Vec<String>,
+    /// Folder for figures: the confusion matrix of each head on the embedding (PNG) and, when
+    /// obsm['spatial'] exists, maps of true and predicted labels of the first held-out fold.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
     /// Metrics JSON.
     #[arg(short, long)]
     pub output: PathBuf,
 }
 
+/// A head fitted on frozen features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Head {
+    /// Multinomial logistic regression / ridge (softmax-linear for proportions).
+    Linear,
+    /// One hidden ReLU layer (128), Adam, early stopping on a tenth of the training cells.
+    Mlp,
+}
+
+impl Head {
+    fn name(self) -> &'static str {
+        match self {
+            Head::Linear => "linear",
+            Head::Mlp => "MLP",
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct FeatureResult {
     features: String,
+    head: Head,
     /// metric -> per-(seed, fold) values
     values: BTreeMap<String, Vec<f64>>,
     mean: BTreeMap<String, f64>,
@@ -95,8 +137,23 @@ struct Report {
 }
 
 enum Task {
-    Classify { y: Vec<usize>, classes: Vec<String> },
-    Regress { y: Array2<f64>, names: Vec<String> },
+    Classify { y: Vec<usize>, classes: Vec<String>, ordered: bool },
+    Regress { y: Array2<f64>, names: Vec<String>, proportions: bool },
+}
+
+/// Class names in order: as given, numerically when all are numbers, else by name.
+fn order_classes(mut classes: Vec<String>, given: &[String], path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    if !given.is_empty() {
+        if let Some(c) = classes.iter().find(|c| !given.contains(c)) {
+            bail!("{}: class '{c}' is missing from --class-order ({})", path.display(), given.join(","));
+        }
+        return Ok(given.iter().filter(|g| classes.contains(g)).cloned().collect());
+    }
+    if classes.iter().all(|c| c.trim().parse::<f64>().is_ok()) {
+        classes
+            .sort_by(|a, b| a.trim().parse::<f64>().unwrap_or(0.0).total_cmp(&b.trim().parse::<f64>().unwrap_or(0.0)));
+    }
+    Ok(classes)
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -118,7 +175,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .flatten()
             .filter(|n| n.len() == y.ncols())
             .unwrap_or_else(|| (0..y.ncols()).map(|c| format!("{key}[{c}]")).collect());
-        (keep.clone(), Task::Regress { y: y.select(Axis(0), &keep), names })
+        let y = y.select(Axis(0), &keep);
+        // Proportions: non-negative rows summing to 1 (or all zero: a cell without neighbours).
+        let proportions = y.iter().all(|&v| v >= 0.0)
+            && y.rows().into_iter().all(|r| {
+                let s = r.sum();
+                s == 0.0 || (s - 1.0).abs() < 1e-4
+            });
+        (keep.clone(), Task::Regress { y, names, proportions })
     } else {
         let col = obs.get(&col_name).with_context(|| {
             format!(
@@ -134,8 +198,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut classes: Vec<String> = keep.iter().filter_map(|&i| labels[i].clone()).collect();
             classes.sort();
             classes.dedup();
-            let y = keep.iter().map(|&i| classes.binary_search(labels[i].as_ref().unwrap()).unwrap()).collect();
-            (keep, Task::Classify { y, classes })
+            let classes = order_classes(classes, &args.class_order, &args.input)?;
+            let y = keep
+                .iter()
+                .map(|&i| classes.iter().position(|c| Some(c) == labels[i].as_ref()).expect("a class"))
+                .collect();
+            (keep, Task::Classify { y, classes, ordered: args.ordered })
         } else {
             let v = col.as_f64().with_context(|| {
                 format!(
@@ -146,7 +214,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             })?;
             let keep: Vec<usize> = (0..n_all).filter(|&i| v[i].is_finite()).collect();
             let y = Array2::from_shape_fn((keep.len(), 1), |(i, _)| v[keep[i]]);
-            (keep, Task::Regress { y, names: vec![col_name.clone()] })
+            (keep, Task::Regress { y, names: vec![col_name.clone()], proportions: false })
         }
     };
     if keep.len() < 10 {
@@ -169,8 +237,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let xy = reader.obsm("spatial").context("--spatial-blocks needs obsm['spatial']")?;
                 let pts: Vec<(f64, f64)> = keep.iter().map(|&i| (xy[[i, 0]], xy[[i, 1]])).collect();
                 spatial_blocks(&pts, grid, args.folds, seed)
+            } else if args.random_folds {
+                random_folds(keep.len(), args.folds, seed)
             } else {
-                bail!("pass --split-key <obs column> or --spatial-blocks <N>: random cell splits leak neighbours")
+                bail!(
+                    "pass --split-key <obs column> or --spatial-blocks <N> (random cell splits leak neighbours; \
+                     --random-folds is for dissociated data)"
+                )
             };
             if folds.len() < 2 {
                 bail!("only one fold: the split column has one value");
@@ -191,10 +264,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Task::Classify { classes, .. } => classes.len(),
         Task::Regress { .. } => 0,
     };
-    let mut results: Vec<FeatureResult> = feature_sets
+    let mut heads = args.head.clone();
+    heads.dedup();
+    let mut results: Vec<FeatureResult> = heads
         .iter()
-        .map(|f| FeatureResult {
+        .flat_map(|&h| feature_sets.iter().map(move |f| (h, f)))
+        .map(|(head, f)| FeatureResult {
             features: f.clone(),
+            head,
             values: BTreeMap::new(),
             mean: BTreeMap::new(),
             sd: BTreeMap::new(),
@@ -217,31 +294,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 vec![(emb.select(Axis(0), &fold.train), emb.select(Axis(0), &fold.test))];
             let pca50 = Pca::fit(&x, &fold.train, 50.min(x.n_cols()), *seed);
             sets.push((pca50.transform(&x, &fold.train), pca50.transform(&x, &fold.test)));
-            // PCA-best: the best test score over sizes (an optimistic baseline, on purpose).
-            let mut best: Option<Scored> = None;
-            for k in [10, 20, 50, 100] {
-                let k = k.min(x.n_cols()).min(fold.train.len());
-                let p = Pca::fit(&x, &fold.train, k, *seed);
-                let r = evaluate(
-                    &task,
-                    &p.transform(&x, &fold.train),
-                    &p.transform(&x, &fold.test),
-                    fold,
-                    args.class_balanced,
-                );
-                if best.as_ref().is_none_or(|b| r.0 > b.0) {
-                    best = Some(r);
-                }
-            }
+            let sizes: Vec<Pca> = [10, 20, 50, 100]
+                .iter()
+                .map(|&k| Pca::fit(&x, &fold.train, k.min(x.n_cols()).min(fold.train.len()), *seed))
+                .collect();
             if raw_ok {
                 sets.push((dense(&x, &fold.train), dense(&x, &fold.test)));
             }
             for (idx, res) in results.iter_mut().enumerate() {
-                let scored = if idx == 2 {
-                    best.clone().expect("at least one size")
+                let (head, set) = (res.head, idx % feature_sets.len());
+                let ctx = Fit { task: &task, fold, class_balanced: args.class_balanced, head, seed: *seed };
+                let scored = if set == 2 {
+                    // PCA-best: the best test score over sizes (an optimistic baseline, on purpose).
+                    let mut best: Option<Scored> = None;
+                    for p in &sizes {
+                        let r = ctx.evaluate(&p.transform(&x, &fold.train), &p.transform(&x, &fold.test));
+                        if best.as_ref().is_none_or(|b| r.0 > b.0) {
+                            best = Some(r);
+                        }
+                    }
+                    best.expect("at least one size")
                 } else {
-                    let (tr, te) = &sets[if idx < 2 { idx } else { 2 }];
-                    evaluate(&task, tr, te, fold, args.class_balanced)
+                    let (tr, te) = &sets[if set < 2 { set } else { 2 }];
+                    ctx.evaluate(tr, te)
                 };
                 let (_, score_metrics, predicted, values) = scored;
                 for (m, v) in score_metrics {
@@ -284,6 +359,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         input: args.input.display().to_string(),
         task: match &task {
             Task::Classify { .. } => format!("classify {col_name}"),
+            Task::Regress { proportions: true, .. } => format!("regress {col_name} (proportions)"),
             Task::Regress { .. } => format!("regress {col_name}"),
         },
         classes: match &task {
@@ -318,7 +394,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for r in &report.results {
         let line: Vec<String> =
             r.mean.iter().map(|(m, v)| format!("{m} {v:.3} ± {:.3}", r.sd.get(m).copied().unwrap_or(0.0))).collect();
-        util::say(format!("  {:<24} {}", r.features, line.join(", ")));
+        util::say(format!("  {:<24} {:<7} {}", r.features, r.head.name(), line.join(", ")));
+    }
+    if let Some(dir) = &args.plots {
+        plots(dir, &reader, &report, &fold_sets[0].1)?;
+        util::say(format!("  figures: {}", dir.display()));
     }
     util::say(format!("  metrics: {}", args.output.display()));
     Ok(())
@@ -327,36 +407,121 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// A probe's result on one fold: (headline score, metrics, predicted classes, predicted values).
 type Scored = (f64, Vec<(String, f64)>, Option<Vec<usize>>, Option<Array2<f64>>);
 
-/// Fits the probe on `train`, scores `test`.
-fn evaluate(task: &Task, train: &Array2<f64>, test: &Array2<f64>, fold: &Fold, class_balanced: bool) -> Scored {
-    match task {
-        Task::Classify { y, classes } => {
-            let ytr: Vec<usize> = fold.train.iter().map(|&i| y[i]).collect();
-            let yte: Vec<usize> = fold.test.iter().map(|&i| y[i]).collect();
-            let cfg = LogisticConfig { class_balanced, ..LogisticConfig::default() };
-            let m = LogisticRegression::fit(train.view(), &ytr, classes.len(), &cfg);
-            let proba = m.predict_proba(test.view());
-            let pred = sof_tasks::linear::argmax_rows(&proba);
-            let f1 = metrics::macro_f1(&yte, &pred, classes.len());
-            let out = vec![
-                ("macro_f1".to_owned(), f1),
-                ("accuracy".to_owned(), metrics::accuracy(&yte, &pred)),
-                ("ece".to_owned(), metrics::expected_calibration_error(proba.view(), &yte, 10)),
-            ];
-            (f1, out, Some(pred), None)
-        }
-        Task::Regress { y, .. } => {
-            let ytr = y.select(Axis(0), &fold.train);
-            let yte = y.select(Axis(0), &fold.test);
-            let m = Ridge::fit(train.view(), ytr.view(), 1e-3);
-            let pred = m.predict(test.view());
-            let r2 = metrics::r2_columns(&yte, &pred);
-            let (t, p): (Vec<f64>, Vec<f64>) = (yte.iter().copied().collect(), pred.iter().copied().collect());
-            let mut out = vec![("r2".to_owned(), r2), ("mae".to_owned(), metrics::mae(&t, &p))];
-            if y.ncols() == 1 {
-                out.push(("spearman".to_owned(), metrics::spearman(&t, &p)));
+/// One fit: the task, the fold, the head.
+struct Fit<'a> {
+    task: &'a Task,
+    fold: &'a Fold,
+    class_balanced: bool,
+    head: Head,
+    seed: u64,
+}
+
+impl Fit<'_> {
+    /// Fits the head on `train`, scores `test`.
+    fn evaluate(&self, train: &Array2<f64>, test: &Array2<f64>) -> Scored {
+        let fold = self.fold;
+        let mlp = MlpConfig { seed: self.seed, ..MlpConfig::default() };
+        let linear = LogisticConfig { class_balanced: self.class_balanced, ..LogisticConfig::default() };
+        match self.task {
+            Task::Classify { y, classes, ordered } => {
+                let ytr: Vec<usize> = fold.train.iter().map(|&i| y[i]).collect();
+                let yte: Vec<usize> = fold.test.iter().map(|&i| y[i]).collect();
+                let proba = match self.head {
+                    Head::Linear => {
+                        LogisticRegression::fit(train.view(), &ytr, classes.len(), &linear).predict_proba(test.view())
+                    }
+                    Head::Mlp => {
+                        let t = MlpTarget::Classes {
+                            y: &ytr,
+                            n_classes: classes.len(),
+                            class_balanced: self.class_balanced,
+                        };
+                        Mlp::fit(train.view(), t, &mlp).predict(test.view())
+                    }
+                };
+                let pred = argmax_rows(&proba);
+                let f1 = metrics::macro_f1(&yte, &pred, classes.len());
+                let mut out = vec![
+                    ("macro_f1".to_owned(), f1),
+                    ("accuracy".to_owned(), metrics::accuracy(&yte, &pred)),
+                    ("ece".to_owned(), metrics::expected_calibration_error(proba.view(), &yte, 10)),
+                ];
+                if *ordered {
+                    let (t, p): (Vec<f64>, Vec<f64>) =
+                        yte.iter().zip(&pred).map(|(&t, &p)| (t as f64, p as f64)).unzip();
+                    out.push(("spearman".to_owned(), metrics::spearman(&t, &p)));
+                }
+                (f1, out, Some(pred), None)
             }
-            (r2, out, None, Some(pred))
+            Task::Regress { y, proportions, .. } => {
+                let ytr = y.select(Axis(0), &fold.train);
+                let yte = y.select(Axis(0), &fold.test);
+                let pred = match (self.head, proportions) {
+                    (Head::Linear, false) => Ridge::fit(train.view(), ytr.view(), 1e-3).predict(test.view()),
+                    (Head::Linear, true) => LogisticRegression::fit_proportions(train.view(), ytr.view(), &linear)
+                        .predict_proba(test.view()),
+                    (Head::Mlp, false) => {
+                        Mlp::fit(train.view(), MlpTarget::Values(ytr.view()), &mlp).predict(test.view())
+                    }
+                    (Head::Mlp, true) => {
+                        Mlp::fit(train.view(), MlpTarget::Proportions(ytr.view()), &mlp).predict(test.view())
+                    }
+                };
+                let r2 = metrics::r2_columns(&yte, &pred);
+                let (t, p): (Vec<f64>, Vec<f64>) = (yte.iter().copied().collect(), pred.iter().copied().collect());
+                let mut out = vec![("r2".to_owned(), r2), ("mae".to_owned(), metrics::mae(&t, &p))];
+                if y.ncols() == 1 {
+                    out.push(("spearman".to_owned(), metrics::spearman(&t, &p)));
+                }
+                (r2, out, None, Some(pred))
+            }
         }
     }
+}
+
+/// Confusion matrices (embedding, each head) and, with coordinates, true vs predicted maps of
+/// the first fold's test cells.
+fn plots(dir: &std::path::Path, reader: &H5adReader, report: &Report, first: &[Fold]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let Some(truth) = &report.truth_classes else { return Ok(()) };
+    let label = report.task.trim_start_matches("classify ");
+    for r in report.results.iter().filter(|r| r.features.starts_with("embedding") || r.features == "PCA-50") {
+        if let Some(counts) = &r.confusion {
+            let slug = if r.features == "PCA-50" { "pca50" } else { "embedding" };
+            sof_plot::ConfusionMatrix {
+                title: format!("{label}: {} · {} head (held-out folds)", r.features, r.head.name()),
+                classes: report.classes.clone(),
+                counts: counts.clone(),
+            }
+            .write_png(&dir.join(format!("confusion_{slug}_{}.png", r.head.name().to_lowercase())), 720)?;
+        }
+    }
+    let Ok(xy) = reader.obsm("spatial") else { return Ok(()) };
+    let Some(fold) = first.first() else { return Ok(()) };
+    let pts: Vec<(f64, f64)> = fold
+        .test
+        .iter()
+        .map(|&k| {
+            let i = report.cell_index[k];
+            (xy[[i, 0]], xy[[i, 1]])
+        })
+        .collect();
+    let mut panels = vec![(format!("true {label}"), pts.clone(), fold.test.iter().map(|&k| truth[k]).collect())];
+    for r in report.results.iter().filter(|r| r.head == report.results[0].head) {
+        if r.features == "PCA-best" {
+            continue;
+        }
+        let pred = r.predicted_classes.as_ref().expect("classification");
+        panels.push((
+            format!("{} ({})", r.features, r.head.name()),
+            pts.clone(),
+            fold.test.iter().map(|&k| pred[k].max(0) as usize).collect(),
+        ));
+    }
+    sof_plot::CategoricalMaps { categories: report.classes.clone(), panels }.write_png(
+        &dir.join(format!("map_{}.png", label.replace(['/', ' '], "_"))),
+        420,
+        460,
+    )?;
+    Ok(())
 }
