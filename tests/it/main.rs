@@ -645,6 +645,121 @@ fn pretrain_on_demo_corpora_then_embed() {
         format!("{:#}", sof(&["probe", "--input", &out, "--label", "layer", "--output", &p("x.json")]).unwrap_err());
     assert!(e.contains("--split-key"), "{e}");
 
+    // The MLP head and full fine-tuning in the same harness, with figures.
+    sof(&[
+        "-q",
+        "probe",
+        "--input",
+        &out,
+        "--label",
+        "layer",
+        "--split-key",
+        "section",
+        "--head",
+        "linear",
+        "--head",
+        "mlp",
+        "--ordered",
+        "--finetune",
+        &p("run/model"),
+        "--finetune-epochs",
+        "1",
+        "--technology",
+        "merfish",
+        "--modality",
+        "spatial",
+        "--plots",
+        &p("plots"),
+        "--output",
+        &p("probe_ft.json"),
+    ])
+    .unwrap();
+    let probe: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("probe_ft.json")).unwrap()).unwrap();
+    let rows: Vec<(String, String)> = probe["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["features"].as_str().unwrap().to_owned(), r["head"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(rows.len(), 9, "4 feature sets x 2 heads + fine-tuned: {rows:?}");
+    assert_eq!(rows[4], ("embedding (X_sof)".to_owned(), "mlp".to_owned()));
+    assert!(rows[8].0.starts_with("fine-tuned") && rows[8].1 == "linear", "{rows:?}");
+    for r in probe["results"].as_array().unwrap() {
+        for m in ["macro_f1", "accuracy", "spearman"] {
+            let v = r["mean"][m].as_f64().unwrap_or(f64::NAN);
+            assert!((-1.0..=1.0).contains(&v), "{m} of {}: {v}", r["features"]);
+        }
+        let tested = r["predicted_classes"].as_array().unwrap().iter().filter(|c| c.as_i64().unwrap() >= 0).count();
+        assert_eq!(tested as u64, probe["cells"].as_u64().unwrap(), "every cell tested once");
+    }
+    for f in ["confusion_embedding_linear.png", "confusion_embedding_mlp.png", "map_layer.png"] {
+        assert!(d.path().join("plots").join(f).metadata().unwrap().len() > 1000, "{f}");
+    }
+
+    // One section held out and mapped onto the others, with a value transferred, the PCA
+    // baseline and the prior beside it.
+    let sections = sof_io::h5ad::H5adReader::open(&out).unwrap().obs().unwrap().get("section").unwrap().labels();
+    let first = sections[0].clone().unwrap();
+    sof(&[
+        "-q",
+        "map",
+        "--reference",
+        &out,
+        "--query",
+        &out,
+        "--label",
+        "layer",
+        "--reference-where",
+        &format!("section!={first}"),
+        "--query-where",
+        &format!("section={first}"),
+        "--transfer",
+        "sof_density",
+        "--pca-baseline",
+        "--report",
+        &p("map.json"),
+        "--output",
+        &p("held_out.h5ad"),
+    ])
+    .unwrap();
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("map.json")).unwrap()).unwrap();
+    let held_out = sections.iter().filter(|s| s.as_deref() == Some(first.as_str())).count();
+    assert_eq!(m["query_cells"].as_f64().unwrap() as usize, held_out);
+    assert_eq!(m["reference_cells"].as_f64().unwrap() as usize, sections.len() - held_out);
+    for k in
+        ["layer_accuracy", "layer_accuracy_pca50", "layer_accuracy_prior", "sof_density_mae", "sof_density_mae_pca50"]
+    {
+        assert!(m[k].as_f64().is_some_and(f64::is_finite), "{k}: {m}");
+    }
+    let pca_acc = m["layer_accuracy_pca50"].as_f64().unwrap();
+    assert!(
+        pca_acc > m["layer_accuracy_prior"].as_f64().unwrap(),
+        "expression places cells better than the prior: {m}"
+    );
+    let mapped = sof_io::h5ad::H5adReader::open(p("held_out.h5ad")).unwrap();
+    let pred = mapped.obs().unwrap().get("sof_layer").unwrap().labels();
+    for (s, p) in sections.iter().zip(&pred) {
+        assert_eq!(s.as_deref() == Some(first.as_str()), p.is_some(), "only the held-out section is mapped");
+    }
+    let e = format!(
+        "{:#}",
+        sof(&[
+            "map",
+            "--reference",
+            &out,
+            "--query",
+            &out,
+            "--label",
+            "layer",
+            "--query-where",
+            "section=nowhere",
+            "--output",
+            &p("x.h5ad")
+        ])
+        .unwrap_err()
+    );
+    assert!(e.contains("nowhere"), "{e}");
+
     let e = format!("{:#}", sof(&["pretrain", "--corpus", &p("nowhere"), "--output", &p("run2")]).unwrap_err());
     assert!(e.contains("nowhere"), "{e}");
 }

@@ -10,6 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod eval;
+
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "SpatialOmics-Foundation project jobs")]
 struct Cli {
@@ -51,7 +53,12 @@ enum Job {
         output: PathBuf,
         #[arg(long)]
         shared_dir: Option<PathBuf>,
-        /// Extra `sof pretrain` arguments (e.g. --niche, --resume).
+        /// Niche-aware pretraining: spatial datasets with a cell-type column get composition
+        /// and density targets (`sof spatial --mean-neighbors 20`) in their corpora, and the run
+        /// adds the niche objective (corpora go to <output>/corpora-niche).
+        #[arg(long)]
+        niche: bool,
+        /// Extra `sof pretrain` arguments (e.g. --norm-first, --lr 5e-4, --resume).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -64,6 +71,30 @@ enum Job {
         seed: u64,
         #[arg(long, default_value = "target/sof-ablation")]
         output: PathBuf,
+    },
+    /// The downstream benchmark (issue 7) on ../shared data: STARmap layer and cell type
+    /// (section held out), osmFISH region and smFISH depth (spatial blocks), composition and
+    /// density at 10/20/50 neighbours, intestine zones, and a held-out STARmap section mapped as
+    /// dissociated cells. Embedding (linear probe, MLP) and fine-tuned model beside PCA and raw
+    /// expression on the same folds; writes docs/RESULTS.md and docs/images/results/.
+    Eval {
+        /// The pretrained model folder (from `cargo xtask pretrain-shared`).
+        #[arg(long, default_value = "target/sof-shared/run-small/model")]
+        checkpoint: PathBuf,
+        /// Intermediate files (reused when present).
+        #[arg(long, default_value = "target/sof-eval")]
+        output: PathBuf,
+        #[arg(long)]
+        shared_dir: Option<PathBuf>,
+        /// Fine-tuning epochs per fold (0: no fine-tuning).
+        #[arg(long, default_value_t = 5)]
+        finetune_epochs: usize,
+        /// Seeds for the spatial-block and shuffled folds.
+        #[arg(long, default_value_t = 2)]
+        seeds: u64,
+        /// Only print the tables and keep them in the output folder; do not touch docs/.
+        #[arg(long)]
+        no_docs: bool,
     },
     /// Regenerate crates/sof-io/tests/it/anndata_expected.json from Python anndata.
     ExpectedH5ad {
@@ -266,10 +297,18 @@ fn main() -> Result<()> {
         }
         Job::Bench { what: Bench::Spatial { cells, radius, sections } } => bench_spatial(cells, radius, sections),
         Job::Bench { what: Bench::Tokenize { cells, peer_cells } } => bench_tokenize(cells, peer_cells),
-        Job::PretrainShared { steps, preset, batch_size, output, shared_dir, args } => {
-            pretrain_shared(steps, &preset, batch_size, &root().join(output), shared_dir, &args)
+        Job::PretrainShared { steps, preset, batch_size, output, shared_dir, niche, args } => {
+            pretrain_shared(steps, &preset, batch_size, &root().join(output), shared_dir, niche, &args)
         }
         Job::Ablation { steps, seed, output } => ablation(steps, seed, &root().join(output)),
+        Job::Eval { checkpoint, output, shared_dir, finetune_epochs, seeds, no_docs } => eval::eval(&eval::EvalArgs {
+            checkpoint: root().join(checkpoint),
+            output: root().join(output),
+            shared: shared_dir.unwrap_or_else(|| root().join("../shared")),
+            finetune_epochs,
+            seeds,
+            write_docs: !no_docs,
+        }),
         Job::ExpectedH5ad { data_dir } => {
             let py = python_venv()?.context("needs a Python venv with anndata")?;
             let dir = data_dir.unwrap_or_else(|| root().join("../shared/data"));
@@ -549,6 +588,7 @@ fn pretrain_shared(
     batch_size: usize,
     out: &Path,
     shared_dir: Option<PathBuf>,
+    niche: bool,
     extra: &[String],
 ) -> Result<()> {
     setup()?;
@@ -558,7 +598,9 @@ fn pretrain_shared(
         bail!("{}: not found; pass --shared-dir <folder with data/, genes/, nicheformer/>", vocab.display());
     }
     let sof = sof_release()?;
-    std::fs::create_dir_all(out.join("corpora"))?;
+    let corpora_dir = out.join(if niche { "corpora-niche" } else { "corpora" });
+    std::fs::create_dir_all(&corpora_dir)?;
+    std::fs::create_dir_all(out.join("spatial"))?;
     let ctx = out.join("technologies.toml");
     std::fs::write(&ctx, EXTRA_TECHNOLOGIES)?;
     let mut manifests: Vec<PathBuf> = std::fs::read_dir(root().join("datasets"))?
@@ -582,11 +624,27 @@ fn pretrain_shared(
         if !file.ends_with(".h5ad") {
             continue; // the same cells in another format
         }
-        let corpus = out.join("corpora").join(&name);
+        let corpus = corpora_dir.join(&name);
         if !corpus.join("manifest.json").exists() {
+            let mut input = shared.join("data").join(&file);
+            if let (true, Some(cell_type)) = (niche, manifest_field(&text, "cell_type_column")) {
+                let targets = out.join("spatial").join(&file);
+                if !targets.exists() {
+                    let mut c = Command::new(&sof);
+                    c.args(["spatial", "-q", "--input"])
+                        .arg(&input)
+                        .args(["--cell-type-key", &cell_type, "--mean-neighbors", "20", "--output"])
+                        .arg(&targets);
+                    if let Some(section) = manifest_field(&text, "section_column") {
+                        c.args(["--section-key", &section]);
+                    }
+                    run(&mut c)?;
+                }
+                input = targets;
+            }
             let mut c = Command::new(&sof);
             c.args(["tokenize", "-q", "--input"])
-                .arg(shared.join("data").join(&file))
+                .arg(&input)
                 .args(["--technology", &tech, "--species", &species, "--modality", &modality, "--dataset", &name])
                 .arg("--vocab")
                 .arg(&vocab)
@@ -607,9 +665,12 @@ fn pretrain_shared(
         }
         corpora.push(corpus);
     }
-    let run_dir = out.join(format!("run-{preset}"));
+    let run_dir = out.join(format!("run-{preset}{}", if niche { "-niche" } else { "" }));
     let mut c = Command::new(&sof);
     c.arg("pretrain");
+    if niche && !extra.iter().any(|a| a == "--resume") {
+        c.arg("--niche");
+    }
     if extra.iter().any(|a| a == "--resume") {
         c.arg("--output").arg(&run_dir).args(extra);
     } else {

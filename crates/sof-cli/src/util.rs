@@ -1,5 +1,6 @@
 //! Logging, progress bars and small output helpers shared by the commands.
 
+use anyhow::Context;
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -64,4 +65,31 @@ pub fn median(values: &mut [f64]) -> f64 {
 #[allow(clippy::print_stdout)]
 pub fn say(line: impl AsRef<str>) {
     println!("{}", line.as_ref());
+}
+
+/// Rows whose obs satisfy every `col=value` / `col!=value` condition.
+pub fn filter_rows(obs: &sof_io::Frame, path: &std::path::Path, conditions: &[String]) -> anyhow::Result<Vec<bool>> {
+    let mut ok = vec![true; obs.len()];
+    for c in conditions {
+        let (key, value, equal) = match (c.split_once("!="), c.split_once('=')) {
+            (Some((k, v)), _) => (k, v, false),
+            (None, Some((k, v))) => (k, v, true),
+            _ => anyhow::bail!("'{c}': a condition is col=value or col!=value"),
+        };
+        let col = obs.get(key).with_context(|| {
+            format!(
+                "{}: obs has no column '{key}' (in '{c}'); columns are: {}",
+                path.display(),
+                obs.column_names().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        let labels = col.labels();
+        if !labels.iter().flatten().any(|l| l == value) {
+            anyhow::bail!("{}: no cell has {key} = '{value}' (in '{c}')", path.display());
+        }
+        for (o, l) in ok.iter_mut().zip(&labels) {
+            *o &= (l.as_deref() == Some(value)) == equal;
+        }
+    }
+    Ok(ok)
 }

@@ -27,6 +27,9 @@ pub struct DatasetManifest {
     /// obs column naming the section / slice / field of view, if the dataset has several.
     #[serde(default)]
     pub section_column: Option<String>,
+    /// obs column of cell types for neighbourhood composition (`sof spatial --cell-type-key`).
+    #[serde(default)]
+    pub cell_type_column: Option<String>,
     /// A label value marking cells to drop from evaluation (e.g. `Excluded`).
     #[serde(default)]
     pub exclude_label: Option<String>,

@@ -109,6 +109,9 @@ pub struct PretrainConfig {
     pub init_from: Option<PathBuf>,
     /// Override the preset's context length (positions).
     pub context_length: Option<usize>,
+    /// Pre-LayerNorm encoder layers (ours, for new models; the reference is post-LN). Pre-LN
+    /// trains more stably and its mean-pooled embeddings collapse less.
+    pub norm_first: bool,
     /// The vocabulary TSV the corpora were tokenized with, copied beside every saved model so
     /// `sof embed` can tokenize new data (default: the first corpus's `vocab.tsv`, if any).
     pub vocab: Option<PathBuf>,
@@ -142,6 +145,7 @@ impl Default for PretrainConfig {
             preset: "small".into(),
             init_from: None,
             context_length: None,
+            norm_first: false,
             vocab: None,
             corpora: Vec::new(),
             steps: 1_000,

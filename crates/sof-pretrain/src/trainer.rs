@@ -238,6 +238,7 @@ impl Trainer {
                 if let Some(l) = cfg.context_length {
                     m.context_length = l;
                 }
+                m.norm_first = cfg.norm_first;
                 (m, first.vocabulary_hash.clone())
             }
         };

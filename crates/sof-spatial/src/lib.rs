@@ -8,13 +8,16 @@
 //! - [`radius_for_mean_neighbors`]: the radius giving a target mean neighbour count (bisection).
 //! - [`Composition`] and [`RadiusGraph::degrees`]: neighbourhood cell-type composition (counts and
 //!   proportions) and density (neighbour count); [`targets`] computes them for several radii.
+//! - [`layer_depth`]: depth along a layered tissue's axis (0..1 per section) from ordered layers.
 //! - [`niches`]: niche labels by k-means on composition vectors (k-means++ with a fixed seed).
 
+mod depth;
 mod graph;
 mod niche;
 mod radius;
 mod targets;
 
+pub use depth::layer_depth;
 pub use graph::{KnnGraph, RadiusGraph};
 pub use niche::{KMeans, niches};
 pub use radius::{RadiusSearch, mean_neighbors, radius_for_mean_neighbors};

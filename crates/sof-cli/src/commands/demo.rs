@@ -181,6 +181,8 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 seed: Some(args.seed),
                 context_length: Some(args.context_length),
                 init_from: None,
+                norm_first: false,
+                warmup_steps: None,
                 vocab: Some(vocab_path.clone()),
                 niche: !args.no_niche,
                 device: args.device,
@@ -209,14 +211,16 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                     device: args.device,
                     batch_size: 256,
                     pooling: embed::PoolingArg::PadExcluded,
-                    technology: Some(tech.clone()),
-                    species: Some(species),
-                    modality: Some((*modality).to_owned()),
-                    vocab: Some(vocab_path.clone()),
-                    genes_dir: None,
-                    tech_means: None,
-                    mode: None,
-                    context_config: context_config.clone(),
+                    tokenizer: embed::TokenizerArgs {
+                        technology: Some(tech.clone()),
+                        species: Some(species),
+                        modality: Some((*modality).to_owned()),
+                        vocab: Some(vocab_path.clone()),
+                        genes_dir: None,
+                        tech_means: None,
+                        mode: None,
+                        context_config: context_config.clone(),
+                    },
                 },
                 quiet,
             )?;
@@ -249,11 +253,19 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 folds: 5,
                 seeds: 1,
                 drop: Vec::new(),
+                where_: Vec::new(),
                 class_balanced: false,
                 head: vec![probe::Head::Linear],
                 ordered: false,
                 class_order: Vec::new(),
                 plots: None,
+                finetune: None,
+                tokenizer: embed::TokenizerArgs::default(),
+                finetune_epochs: 0,
+                finetune_batch_size: 32,
+                encoder_lr: 0.0,
+                head_lr: 0.0,
+                device: args.device,
                 output: out.clone(),
             })?;
             let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
@@ -283,6 +295,11 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 spatial_key: "spatial".into(),
                 k: 30,
                 temperature: 0.05,
+                reference_where: Vec::new(),
+                query_where: Vec::new(),
+                transfer: Vec::new(),
+                pca_baseline: false,
+                report: None,
                 output: mapped.clone(),
             })?;
             let m = sof_io::h5ad::H5adReader::open(&mapped)?;
@@ -452,6 +469,8 @@ fn prepare_synthetic(args: &Args, data_dir: &std::path::Path, quiet: bool) -> an
             niches: Some(n_true),
             seed: args.seed,
             write_graph: false,
+            depth_from: None,
+            depth_order: Vec::new(),
             output: out.clone(),
         })?;
         let a = sof_io::h5ad::H5adReader::open(&out)?;
@@ -563,6 +582,8 @@ fn prepare_data(args: &Args, data: &std::path::Path, quiet: bool) -> anyhow::Res
         niches: Some(6),
         seed: args.seed,
         write_graph: false,
+        depth_from: None,
+        depth_order: Vec::new(),
         output: targets.clone(),
     })?;
     let t = sof_io::h5ad::H5adReader::open(&targets)?;

@@ -44,6 +44,14 @@ pub struct Args {
     /// `pad-excluded` (default) or the reference's `reference` (averages PAD positions too).
     #[arg(long, value_enum, default_value = "pad-excluded")]
     pub pooling: PoolingArg,
+    #[command(flatten)]
+    pub tokenizer: TokenizerArgs,
+}
+
+/// How to tokenize cells for a checkpoint: flags that override (or, for an imported reference
+/// checkpoint, supply) the settings it was trained with.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TokenizerArgs {
     /// Technology (default: the checkpoint's run.json).
     #[arg(long)]
     pub technology: Option<String>,
@@ -86,40 +94,72 @@ pub enum PoolingArg {
     Reference,
 }
 
-pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
-    let start = Instant::now();
-    let dev = device(args.device)?;
-    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    let (model, cfg, recorded, vocab_path) = if args.checkpoint.is_dir() {
-        let (m, c, run) = sof_model::checkpoint::load(&args.checkpoint, &dev)?;
-        let tok: CheckpointTokenizer = serde_json::from_value(run.tokenizer.clone()).unwrap_or_default();
-        let vocab = args.vocab.clone().unwrap_or_else(|| args.checkpoint.join("vocab.tsv"));
-        (m, c, Some((tok, run.vocabulary_hash)), vocab)
+/// A model with the tokenizer its cells need.
+#[allow(missing_debug_implementations)]
+pub struct Loaded {
+    pub model: sof_model::Encoder,
+    pub config: sof_model::EncoderConfig,
+    pub reader: H5adReader,
+    pub tokenizer: Tokenizer,
+    pub map: GeneMap,
+    pub technology: String,
+    pub mode: Mode,
+}
+
+impl Loaded {
+    /// Token ids of every cell (context tokens first), as the model reads them.
+    pub fn tokenize_all(&self) -> anyhow::Result<Vec<Vec<i64>>> {
+        let (mut row, mut scratch) = (Vec::new(), Vec::new());
+        let x = self.reader.read_rows(0..self.reader.n_obs())?;
+        Ok((0..x.n_rows())
+            .map(|i| {
+                let (c, v) = x.row(i);
+                let cell = self.tokenizer.tokenize(&self.map, c, v, &mut row, &mut scratch);
+                self.tokenizer.context().iter().chain(&cell.genes).map(|&t| i64::from(t)).collect()
+            })
+            .collect())
+    }
+}
+
+/// Loads a checkpoint (sof folder, or reference weights) and the tokenizer for `input`,
+/// checking that the vocabulary is the model's.
+pub fn load(
+    checkpoint: &std::path::Path,
+    model_config: Option<&std::path::Path>,
+    tok: &TokenizerArgs,
+    input: &std::path::Path,
+    dev: &Device,
+) -> anyhow::Result<Loaded> {
+    let (model, cfg, recorded, vocab_path) = if checkpoint.is_dir() {
+        let (m, c, run) = sof_model::checkpoint::load(checkpoint, dev)?;
+        let saved: CheckpointTokenizer = serde_json::from_value(run.tokenizer.clone()).unwrap_or_default();
+        let vocab = tok.vocab.clone().unwrap_or_else(|| checkpoint.join("vocab.tsv"));
+        (m, c, Some((saved, run.vocabulary_hash)), vocab)
     } else {
-        let (m, c) = sof_model::import::load_reference(&args.checkpoint, args.model_config.as_deref(), &dev)?;
-        (m, c, None, need(args.vocab.clone(), "vocab")?)
+        let (m, c) = sof_model::import::load_reference(checkpoint, model_config, dev)?;
+        (m, c, None, need(tok.vocab.clone(), "vocab")?)
     };
     let rec = recorded.as_ref().map(|r| &r.0);
-    let technology = need(args.technology.clone().or_else(|| rec.and_then(|t| t.technology.clone())), "technology")?;
-    let species = match (args.species, rec.and_then(|t| t.species.as_deref())) {
+    let technology = need(tok.technology.clone().or_else(|| rec.and_then(|t| t.technology.clone())), "technology")?;
+    let species = match (tok.species, rec.and_then(|t| t.species.as_deref())) {
         (Some(s), _) => species(s),
         (None, Some(s)) => sof_tokenize::context::parse_species(s)?,
         (None, None) => need(None, "species")?,
     };
-    let modality = need(args.modality.clone().or_else(|| rec.and_then(|t| t.modality.clone())), "modality")?;
-    let mode = match (args.mode, rec.and_then(|t| t.mode.as_deref())) {
+    let modality = need(tok.modality.clone().or_else(|| rec.and_then(|t| t.modality.clone())), "modality")?;
+    let mode = match (tok.mode, rec.and_then(|t| t.mode.as_deref())) {
         (Some(ModeArg::Nicheformer), _) | (None, Some("nicheformer")) => Mode::Nicheformer,
         _ => Mode::Fixed,
     };
-    let reader = H5adReader::open(&args.input)?;
-    let (vocab, report) = align(&reader, Some(&vocab_path), args.genes_dir.as_deref(), species)?;
+    let reader = H5adReader::open(input)?;
+    let (vocab, report) = align(&reader, Some(&vocab_path), tok.genes_dir.as_deref(), species)?;
     if let Some((_, hash)) = &recorded {
         let ours = sof_tokenize::vocabulary_hash(&vocab);
         if &ours != hash {
             bail!(
                 "{}: this vocabulary is not the one the checkpoint {} was trained with (hash {ours} vs {hash})",
                 vocab_path.display(),
-                args.checkpoint.display()
+                checkpoint.display()
             );
         }
     }
@@ -128,19 +168,30 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             "{}: the vocabulary has {} genes but the model {} has {} gene tokens; pass the vocabulary the model was trained with",
             vocab_path.display(),
             vocab.len(),
-            args.checkpoint.display(),
+            checkpoint.display(),
             cfg.n_tokens.saturating_sub(30)
         );
     }
     let map = GeneMap::from_report(&report);
-    let table = match &args.context_config {
+    let table = match &tok.context_config {
         Some(p) => ContextTable::with_config(&std::fs::read_to_string(p)?, &p.display().to_string())?,
         None => ContextTable::default(),
     };
     let tech = table.get(&technology)?.clone();
-    let means = load_means(args.tech_means.as_deref(), &tech.means, &reader, &vocab, &map)?;
+    let means = load_means(tok.tech_means.as_deref(), &tech.means, &reader, &vocab, &map)?;
     let tcfg = TokenizerConfig { mode, context_length: cfg.context_length, ..TokenizerConfig::default() };
     let tokenizer = Tokenizer::new(tcfg, &means, species, tech.token, Modality::parse(&modality)?);
+    Ok(Loaded { model, config: cfg, reader, tokenizer, map, technology, mode })
+}
+
+pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let dev = device(args.device)?;
+    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    let loaded = load(&args.checkpoint, args.model_config.as_deref(), &args.tokenizer, &args.input, &dev)?;
+    let (model, cfg, reader, tokenizer, map) =
+        (loaded.model, loaded.config, loaded.reader, loaded.tokenizer, loaded.map);
+    let (technology, mode) = (loaded.technology, loaded.mode);
     let pooling = match args.pooling {
         PoolingArg::PadExcluded => Pooling::PadExcluded,
         PoolingArg::Reference => Pooling::Reference,

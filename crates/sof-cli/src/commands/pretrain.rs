@@ -53,6 +53,12 @@ pub struct Args {
     /// Positions per cell (default: the preset's).
     #[arg(long)]
     pub context_length: Option<usize>,
+    /// Pre-LayerNorm layers (a new model's option; the reference is post-LN).
+    #[arg(long)]
+    pub norm_first: bool,
+    /// Linear warmup steps of the learning rate.
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
     /// Start from this checkpoint (ours, or imported reference weights saved with `sof embed`'s loaders).
     #[arg(long)]
     pub init_from: Option<PathBuf>,
@@ -117,6 +123,12 @@ fn settings(args: &Args) -> anyhow::Result<PretrainConfig> {
         }
         if let Some(v) = args.lr {
             cfg.optimizer.learning_rate = v;
+        }
+        if args.norm_first {
+            cfg.norm_first = true;
+        }
+        if let Some(v) = args.warmup_steps {
+            cfg.optimizer.warmup_steps = v;
         }
         if let Some(v) = args.seed {
             cfg.seed = v;

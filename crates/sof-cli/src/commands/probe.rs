@@ -14,6 +14,8 @@ use sof_tasks::mlp::{Mlp, MlpConfig, MlpTarget};
 use sof_tasks::pca::{Pca, dense, log_normalize};
 use sof_tasks::split::{Fold, by_group, random_folds, spatial_blocks};
 
+use super::embed::{self, TokenizerArgs};
+use crate::device::{DeviceArg, device};
 use crate::util;
 
 /// Predict a label (classification) or a numeric column (regression) from each cell's
@@ -58,6 +60,10 @@ pub struct Args {
     /// Seeds (spatial-block assignment and PCA); mean and spread are reported.
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
+    /// Use only cells where an obs column has (`col=value`) or has not (`col!=value`) a value,
+    /// e.g. `layer!=outside_VISp`; repeat for several conditions.
+    #[arg(long = "where")]
+    pub where_: Vec<String>,
     /// Label values to leave out (e.g. Excluded), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub drop: Vec<String>,
@@ -79,6 +85,27 @@ pub struct Args {
     /// obsm['spatial'] exists, maps of true and predicted labels of the first held-out fold.
     #[arg(long)]
     pub plots: Option<PathBuf>,
+    /// Also fine-tune this sof checkpoint (the whole encoder plus a linear head, the encoder
+    /// at a lower learning rate) on each fold's training cells and score its test cells: the
+    /// feature set "fine-tuned" beside the others. Tokenizer flags as for `sof embed`.
+    #[arg(long)]
+    pub finetune: Option<PathBuf>,
+    #[command(flatten)]
+    pub tokenizer: TokenizerArgs,
+    /// Fine-tuning epochs over each fold's training cells.
+    #[arg(long, default_value_t = 4)]
+    pub finetune_epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub finetune_batch_size: usize,
+    /// Peak learning rate of the encoder while fine-tuning.
+    #[arg(long, default_value_t = 5e-5)]
+    pub encoder_lr: f64,
+    /// Peak learning rate of the fine-tuning head.
+    #[arg(long, default_value_t = 1e-3)]
+    pub head_lr: f64,
+    /// Where fine-tuning runs.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
     /// Metrics JSON.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -160,6 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let reader = H5adReader::open(&args.input)?;
     let obs = reader.obs()?;
     let n_all = reader.n_obs();
+    let allowed = util::filter_rows(&obs, &args.input, &args.where_)?;
     let col_name = args
         .label
         .clone()
@@ -169,7 +197,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Cells kept: a label present and not dropped (or finite targets).
     let (keep, task): (Vec<usize>, Task) = if let Some(key) = &args.target_obsm {
         let y = reader.obsm(key)?;
-        let keep: Vec<usize> = (0..n_all).filter(|&i| y.row(i).iter().all(|v| v.is_finite())).collect();
+        let keep: Vec<usize> = (0..n_all).filter(|&i| allowed[i] && y.row(i).iter().all(|v| v.is_finite())).collect();
         let names = sof_io::h5ad::read_uns_strings(&args.input, &format!("{key}_columns"))
             .ok()
             .flatten()
@@ -193,8 +221,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         })?;
         if args.label.is_some() {
             let labels = col.labels();
-            let keep: Vec<usize> =
-                (0..n_all).filter(|&i| labels[i].as_ref().is_some_and(|l| !args.drop.contains(l))).collect();
+            let keep: Vec<usize> = (0..n_all)
+                .filter(|&i| allowed[i] && labels[i].as_ref().is_some_and(|l| !args.drop.contains(l)))
+                .collect();
             let mut classes: Vec<String> = keep.iter().filter_map(|&i| labels[i].clone()).collect();
             classes.sort();
             classes.dedup();
@@ -212,7 +241,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     col.kind()
                 )
             })?;
-            let keep: Vec<usize> = (0..n_all).filter(|&i| v[i].is_finite()).collect();
+            let keep: Vec<usize> = (0..n_all).filter(|&i| allowed[i] && v[i].is_finite()).collect();
             let y = Array2::from_shape_fn((keep.len(), 1), |(i, _)| v[keep[i]]);
             (keep, Task::Regress { y, names: vec![col_name.clone()], proportions: false })
         }
@@ -283,6 +312,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             },
         })
         .collect();
+    // Fine-tuning: the checkpoint, its tokens for the kept cells, one more result row.
+    let finetune = match &args.finetune {
+        Some(ckpt) => {
+            let dev = device(args.device)?.autodiff();
+            let loaded = embed::load(ckpt, None, &args.tokenizer, &args.input, &dev)?;
+            let seqs = loaded.tokenize_all()?;
+            let seqs: Vec<Vec<i64>> = keep.iter().map(|&i| seqs[i].clone()).collect();
+            results.push(FeatureResult {
+                features: format!("fine-tuned ({})", ckpt.display()),
+                head: Head::Linear,
+                values: BTreeMap::new(),
+                mean: BTreeMap::new(),
+                sd: BTreeMap::new(),
+                confusion: (n_classes > 0).then(|| vec![vec![0; n_classes]; n_classes]),
+                predicted_classes: (n_classes > 0).then(|| vec![-1; keep.len()]),
+                predicted_values: match &task {
+                    Task::Regress { y, .. } => Some(vec![vec![f64::NAN; y.ncols()]; keep.len()]),
+                    Task::Classify { .. } => None,
+                },
+            });
+            Some((loaded.model, seqs, dev))
+        }
+        None => None,
+    };
+    let n_standard = heads.len() * feature_sets.len();
     let pb = util::progress(fold_sets.iter().map(|f| f.1.len() as u64).sum(), "probe", false);
     for (seed, folds) in &fold_sets {
         for fold in folds {
@@ -302,6 +356,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 sets.push((dense(&x, &fold.train), dense(&x, &fold.test)));
             }
             for (idx, res) in results.iter_mut().enumerate() {
+                if idx >= n_standard {
+                    let Some((encoder, seqs, dev)) = &finetune else { continue };
+                    pb.set_message("fine-tune");
+                    let scored = finetune_fold(&args, &task, fold, *seed, encoder.clone(), seqs, dev)?;
+                    record(res, scored, fold, &task, *seed == fold_sets[0].0);
+                    pb.set_message("probe");
+                    continue;
+                }
                 let (head, set) = (res.head, idx % feature_sets.len());
                 let ctx = Fit { task: &task, fold, class_balanced: args.class_balanced, head, seed: *seed };
                 let scored = if set == 2 {
@@ -318,29 +380,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     let (tr, te) = &sets[if set < 2 { set } else { 2 }];
                     ctx.evaluate(tr, te)
                 };
-                let (_, score_metrics, predicted, values) = scored;
-                for (m, v) in score_metrics {
-                    res.values.entry(m).or_default().push(v);
-                }
-                if *seed != fold_sets[0].0 {
-                    continue;
-                }
-                if let (Some(conf), Some(pred), Task::Classify { y, .. }) = (res.confusion.as_mut(), &predicted, &task)
-                {
-                    for (&t, &p) in fold.test.iter().zip(pred) {
-                        conf[y[t]][p] += 1;
-                    }
-                }
-                if let (Some(out), Some(pred)) = (res.predicted_classes.as_mut(), &predicted) {
-                    for (&t, &p) in fold.test.iter().zip(pred) {
-                        out[t] = p as i64;
-                    }
-                }
-                if let (Some(out), Some(vals)) = (res.predicted_values.as_mut(), &values) {
-                    for (r, &t) in fold.test.iter().enumerate() {
-                        out[t] = vals.row(r).to_vec();
-                    }
-                }
+                record(res, scored, fold, &task, *seed == fold_sets[0].0);
             }
             pb.inc(1);
         }
@@ -407,6 +447,111 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// A probe's result on one fold: (headline score, metrics, predicted classes, predicted values).
 type Scored = (f64, Vec<(String, f64)>, Option<Vec<usize>>, Option<Array2<f64>>);
 
+/// Adds one fold's scores to a result (predictions and confusion from the first seed only).
+fn record(res: &mut FeatureResult, scored: Scored, fold: &Fold, task: &Task, first_seed: bool) {
+    let (_, score_metrics, predicted, values) = scored;
+    for (m, v) in score_metrics {
+        res.values.entry(m).or_default().push(v);
+    }
+    if !first_seed {
+        return;
+    }
+    if let (Some(conf), Some(pred), Task::Classify { y, .. }) = (res.confusion.as_mut(), &predicted, task) {
+        for (&t, &p) in fold.test.iter().zip(pred) {
+            conf[y[t]][p] += 1;
+        }
+    }
+    if let (Some(out), Some(pred)) = (res.predicted_classes.as_mut(), &predicted) {
+        for (&t, &p) in fold.test.iter().zip(pred) {
+            out[t] = p as i64;
+        }
+    }
+    if let (Some(out), Some(vals)) = (res.predicted_values.as_mut(), &values) {
+        for (r, &t) in fold.test.iter().enumerate() {
+            out[t] = vals.row(r).to_vec();
+        }
+    }
+}
+
+/// Fine-tunes the encoder with a linear head on the fold's training cells; scores its test cells.
+fn finetune_fold(
+    args: &Args,
+    task: &Task,
+    fold: &Fold,
+    seed: u64,
+    encoder: sof_model::Encoder,
+    seqs: &[Vec<i64>],
+    dev: &burn::prelude::Device,
+) -> anyhow::Result<Scored> {
+    use sof_pretrain::finetune::{FinetuneConfig, Targets, finetune};
+    let targets = match task {
+        Task::Classify { y, classes, .. } => {
+            Targets::Classes { y: y.clone(), n_classes: classes.len(), class_balanced: args.class_balanced }
+        }
+        Task::Regress { y, proportions, .. } => {
+            let values = y.iter().map(|&v| v as f32).collect();
+            if *proportions {
+                Targets::Proportions { values, width: y.ncols() }
+            } else {
+                Targets::Values { values, width: y.ncols() }
+            }
+        }
+    };
+    let cfg = FinetuneConfig {
+        epochs: args.finetune_epochs,
+        batch_size: args.finetune_batch_size,
+        encoder_learning_rate: args.encoder_lr,
+        head_learning_rate: args.head_lr,
+        seed,
+        ..FinetuneConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let model = finetune(encoder, seqs, &fold.train, &targets, &cfg, dev, &mut |step, total, loss| {
+        if step % 20 == 0 || step == total {
+            tracing::info!(step, total, loss, "fine-tuning");
+        }
+    });
+    tracing::info!(fold = %fold.name, seconds = started.elapsed().as_secs_f64(), losses = ?model.epoch_losses, "fine-tuned");
+    let width = match task {
+        Task::Classify { classes, .. } => classes.len(),
+        Task::Regress { y, .. } => y.ncols(),
+    };
+    let out = model.predict(seqs, &fold.test, 64);
+    let out = Array2::from_shape_vec((fold.test.len(), width), out.into_iter().map(f64::from).collect())?;
+    Ok(score(task, fold, out))
+}
+
+/// Scores a fold's test predictions: class probabilities (classification) or values.
+fn score(task: &Task, fold: &Fold, out: Array2<f64>) -> Scored {
+    match task {
+        Task::Classify { y, classes, ordered } => {
+            let yte: Vec<usize> = fold.test.iter().map(|&i| y[i]).collect();
+            let pred = argmax_rows(&out);
+            let f1 = metrics::macro_f1(&yte, &pred, classes.len());
+            let mut m = vec![
+                ("macro_f1".to_owned(), f1),
+                ("accuracy".to_owned(), metrics::accuracy(&yte, &pred)),
+                ("ece".to_owned(), metrics::expected_calibration_error(out.view(), &yte, 10)),
+            ];
+            if *ordered {
+                let (t, p): (Vec<f64>, Vec<f64>) = yte.iter().zip(&pred).map(|(&t, &p)| (t as f64, p as f64)).unzip();
+                m.push(("spearman".to_owned(), metrics::spearman(&t, &p)));
+            }
+            (f1, m, Some(pred), None)
+        }
+        Task::Regress { y, .. } => {
+            let yte = y.select(Axis(0), &fold.test);
+            let r2 = metrics::r2_columns(&yte, &out);
+            let (t, p): (Vec<f64>, Vec<f64>) = (yte.iter().copied().collect(), out.iter().copied().collect());
+            let mut m = vec![("r2".to_owned(), r2), ("mae".to_owned(), metrics::mae(&t, &p))];
+            if y.ncols() == 1 {
+                m.push(("spearman".to_owned(), metrics::spearman(&t, &p)));
+            }
+            (r2, m, None, Some(out))
+        }
+    }
+}
+
 /// One fit: the task, the fold, the head.
 struct Fit<'a> {
     task: &'a Task,
@@ -422,11 +567,10 @@ impl Fit<'_> {
         let fold = self.fold;
         let mlp = MlpConfig { seed: self.seed, ..MlpConfig::default() };
         let linear = LogisticConfig { class_balanced: self.class_balanced, ..LogisticConfig::default() };
-        match self.task {
-            Task::Classify { y, classes, ordered } => {
+        let out = match self.task {
+            Task::Classify { y, classes, .. } => {
                 let ytr: Vec<usize> = fold.train.iter().map(|&i| y[i]).collect();
-                let yte: Vec<usize> = fold.test.iter().map(|&i| y[i]).collect();
-                let proba = match self.head {
+                match self.head {
                     Head::Linear => {
                         LogisticRegression::fit(train.view(), &ytr, classes.len(), &linear).predict_proba(test.view())
                     }
@@ -438,25 +582,11 @@ impl Fit<'_> {
                         };
                         Mlp::fit(train.view(), t, &mlp).predict(test.view())
                     }
-                };
-                let pred = argmax_rows(&proba);
-                let f1 = metrics::macro_f1(&yte, &pred, classes.len());
-                let mut out = vec![
-                    ("macro_f1".to_owned(), f1),
-                    ("accuracy".to_owned(), metrics::accuracy(&yte, &pred)),
-                    ("ece".to_owned(), metrics::expected_calibration_error(proba.view(), &yte, 10)),
-                ];
-                if *ordered {
-                    let (t, p): (Vec<f64>, Vec<f64>) =
-                        yte.iter().zip(&pred).map(|(&t, &p)| (t as f64, p as f64)).unzip();
-                    out.push(("spearman".to_owned(), metrics::spearman(&t, &p)));
                 }
-                (f1, out, Some(pred), None)
             }
             Task::Regress { y, proportions, .. } => {
                 let ytr = y.select(Axis(0), &fold.train);
-                let yte = y.select(Axis(0), &fold.test);
-                let pred = match (self.head, proportions) {
+                match (self.head, proportions) {
                     (Head::Linear, false) => Ridge::fit(train.view(), ytr.view(), 1e-3).predict(test.view()),
                     (Head::Linear, true) => LogisticRegression::fit_proportions(train.view(), ytr.view(), &linear)
                         .predict_proba(test.view()),
@@ -466,16 +596,10 @@ impl Fit<'_> {
                     (Head::Mlp, true) => {
                         Mlp::fit(train.view(), MlpTarget::Proportions(ytr.view()), &mlp).predict(test.view())
                     }
-                };
-                let r2 = metrics::r2_columns(&yte, &pred);
-                let (t, p): (Vec<f64>, Vec<f64>) = (yte.iter().copied().collect(), pred.iter().copied().collect());
-                let mut out = vec![("r2".to_owned(), r2), ("mae".to_owned(), metrics::mae(&t, &p))];
-                if y.ncols() == 1 {
-                    out.push(("spearman".to_owned(), metrics::spearman(&t, &p)));
                 }
-                (r2, out, None, Some(pred))
             }
-        }
+        };
+        score(self.task, fold, out)
     }
 }
 

@@ -48,6 +48,14 @@ pub struct Args {
     /// Seed for the niche clustering.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also write obs['sof_depth']: each cell's depth (0..1 per section) along the axis in which
+    /// this ordered label grows (e.g. cortical layers, pia = 0); cells without a label get a
+    /// depth from their position. Needs --depth-order.
+    #[arg(long, requires = "depth_order")]
+    pub depth_from: Option<String>,
+    /// The labels of --depth-from in order (comma-separated), e.g. L1,L2/3,L5,L6.
+    #[arg(long, value_delimiter = ',')]
+    pub depth_order: Vec<String>,
     /// Also write the neighbour graph as obsp['sof_connectivities'] (binary, CSR), as squidpy
     /// writes obsp['spatial_connectivities'].
     #[arg(long)]
@@ -168,6 +176,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let km = niches(&props, names.len(), k, args.seed)?;
         let labels: Vec<String> = km.labels.iter().map(|l| format!("niche_{l}")).collect();
         e.put_obs("sof_niche", &Column::categorical_from_labels(&labels))?;
+    }
+    if let Some(key) = &args.depth_from {
+        let col = obs.get(key).with_context(|| format!("{}: obs has no column '{key}'", args.input.display()))?;
+        let labels = col.labels();
+        if let Some(l) = labels.iter().flatten().find(|l| !args.depth_order.contains(l)) {
+            bail!(
+                "{}: obs/{key} has the value '{l}', which --depth-order ({}) does not list; list every layer in order",
+                args.input.display(),
+                args.depth_order.join(",")
+            );
+        }
+        let rank: Vec<f64> = labels
+            .iter()
+            .map(|l| {
+                l.as_ref().and_then(|l| args.depth_order.iter().position(|o| o == l)).map_or(f64::NAN, |r| r as f64)
+            })
+            .collect();
+        let depth = sof_spatial::layer_depth(&p, &rank)
+            .with_context(|| format!("{}: depth from '{key}'", args.input.display()))?;
+        e.put_obs("sof_depth", &Column::Float(depth))?;
     }
     if args.write_graph {
         e.put_obsp_csr("sof_connectivities", graph.indptr(), graph.indices(), &vec![1.0; graph.n_edges()])?;

@@ -1,0 +1,498 @@
+//! `cargo xtask eval`: the downstream benchmark of issue 7 on ../shared data, every number beside
+//! the PCA and raw-expression baselines on the same folds, written to docs/RESULTS.md with
+//! figures in docs/images/results/.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{EXTRA_TECHNOLOGIES, manifest_field, root, run, setup, sof_release};
+
+/// Settings of one evaluation run.
+#[derive(Debug, Clone)]
+pub struct EvalArgs {
+    pub checkpoint: PathBuf,
+    pub output: PathBuf,
+    pub shared: PathBuf,
+    pub finetune_epochs: usize,
+    pub seeds: u64,
+    pub write_docs: bool,
+}
+
+/// One probe: a name, the embedded file it reads, `sof probe` arguments, and whether the
+/// fine-tuned model joins.
+struct Probe {
+    task: String,
+    dataset: &'static str,
+    file: PathBuf,
+    args: Vec<String>,
+    finetune: bool,
+    /// Figures to keep (probe --plots), under this slug.
+    figures: Option<&'static str>,
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| (*x).to_owned()).collect()
+}
+
+/// Tokenizer flags of a dataset (from its manifest in datasets/), for `sof embed` / `--finetune`.
+fn tokenizer_flags(a: &EvalArgs, dataset: &str, modality: Option<&str>) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(root().join("datasets").join(format!("{dataset}.toml")))?;
+    let tech = manifest_field(&text, "technology").context("technology")?;
+    let mut f = vec![
+        "--technology".to_owned(),
+        tech.clone(),
+        "--species".into(),
+        manifest_field(&text, "species").context("species")?,
+        "--modality".into(),
+        modality.map_or_else(|| manifest_field(&text, "modality").unwrap_or_default(), str::to_owned),
+        "--vocab".into(),
+        a.shared.join("nicheformer/vocab.tsv").display().to_string(),
+        "--genes-dir".into(),
+        a.shared.join("genes").display().to_string(),
+        "--context-config".into(),
+        a.output.join("technologies.toml").display().to_string(),
+    ];
+    if a.shared.join("nicheformer/tech_means").join(format!("{tech}.tsv")).exists() {
+        f.push("--tech-means".into());
+        f.push(a.shared.join("nicheformer/tech_means").display().to_string());
+    }
+    Ok(f)
+}
+
+fn sof(cmd: &Path) -> Command {
+    let mut c = Command::new(cmd);
+    c.arg("-q");
+    c
+}
+
+pub fn eval(a: &EvalArgs) -> Result<()> {
+    setup()?;
+    let started = Instant::now();
+    if !a.checkpoint.join("run.json").exists() {
+        bail!(
+            "{}: no sof model here; train one with `cargo xtask pretrain-shared --steps 3000 --batch-size 16` \
+             (about 50 min on 2 cores) or pass --checkpoint <model folder>",
+            a.checkpoint.display()
+        );
+    }
+    let data = a.shared.join("data");
+    if !data.join("starmap_mpfc.h5ad").exists() {
+        bail!("{}: the shared datasets are missing; pass --shared-dir", data.display());
+    }
+    let bin = sof_release()?;
+    let out = &a.output;
+    std::fs::create_dir_all(out.join("probes"))?;
+    std::fs::write(out.join("technologies.toml"), EXTRA_TECHNOLOGIES)?;
+    let ckpt = a.checkpoint.display().to_string();
+
+    // 1. Embeddings (and, on the spatial sets, targets at three radii; depth on STARmap).
+    let embed = |dataset: &str, input: &Path, output: &Path, modality: Option<&str>| -> Result<()> {
+        if output.exists() {
+            return Ok(());
+        }
+        let mut c = sof(&bin);
+        c.args(["embed", "--checkpoint", &ckpt, "--input"]).arg(input).arg("--output").arg(output);
+        c.args(tokenizer_flags(a, dataset, modality)?);
+        run(&mut c)
+    };
+    let spatial = |input: &Path, output: &Path, extra: &[&str]| -> Result<()> {
+        if output.exists() {
+            return Ok(());
+        }
+        run(sof(&bin).args(["spatial", "--input"]).arg(input).arg("--output").arg(output).args(extra))
+    };
+    for d in ["starmap_mpfc", "osmfish_sscortex", "smfish_visp", "intestine_zonation_dissociated"] {
+        embed(d, &data.join(format!("{d}.h5ad")), &out.join(format!("{d}_emb.h5ad")), None)?;
+    }
+    for k in ["10", "20", "50"] {
+        spatial(
+            &out.join("starmap_mpfc_emb.h5ad"),
+            &out.join(format!("starmap_mpfc_r{k}.h5ad")),
+            &[
+                "--cell-type-key",
+                "cell_type",
+                "--section-key",
+                "section",
+                "--mean-neighbors",
+                k,
+                "--depth-from",
+                "layer",
+                "--depth-order",
+                "L1,L2/3,L5,L6",
+            ],
+        )?;
+        spatial(
+            &out.join("osmfish_sscortex_emb.h5ad"),
+            &out.join(format!("osmfish_sscortex_r{k}.h5ad")),
+            &["--cell-type-key", "ClusterName", "--mean-neighbors", k],
+        )?;
+    }
+    // STARmap once more, every cell as dissociated (modality token), for the held-out mapping.
+    embed(
+        "starmap_mpfc",
+        &out.join("starmap_mpfc_r20.h5ad"),
+        &out.join("starmap_mpfc_dissociated.h5ad"),
+        Some("dissociated"),
+    )?;
+
+    // 2. Probes.
+    let seeds = a.seeds.to_string();
+    let heads = ["--head", "linear", "--head", "mlp"];
+    let mut probes = vec![
+        Probe {
+            task: "layer".into(),
+            dataset: "starmap_mpfc",
+            file: out.join("starmap_mpfc_emb.h5ad"),
+            args: s(&["--label", "layer", "--split-key", "section", "--ordered", "--class-order", "L1,L2/3,L5,L6"]),
+            finetune: true,
+            figures: Some("starmap_layer"),
+        },
+        Probe {
+            task: "cell type".into(),
+            dataset: "starmap_mpfc",
+            file: out.join("starmap_mpfc_emb.h5ad"),
+            args: s(&["--label", "cell_type", "--split-key", "section"]),
+            finetune: true,
+            figures: None,
+        },
+        Probe {
+            task: "region (Excluded dropped)".into(),
+            dataset: "osmfish_sscortex",
+            file: out.join("osmfish_sscortex_emb.h5ad"),
+            args: s(&[
+                "--label",
+                "Region",
+                "--drop",
+                "Excluded",
+                "--spatial-blocks",
+                "4",
+                "--folds",
+                "4",
+                "--seeds",
+                &seeds,
+            ]),
+            finetune: true,
+            figures: Some("osmfish_region"),
+        },
+        Probe {
+            task: "cortical depth (VISp cells)".into(),
+            dataset: "smfish_visp",
+            file: out.join("smfish_visp_emb.h5ad"),
+            args: s(&[
+                "--target",
+                "depth_um",
+                "--where",
+                "layer!=outside_VISp",
+                "--spatial-blocks",
+                "4",
+                "--folds",
+                "4",
+                "--seeds",
+                &seeds,
+            ]),
+            finetune: true,
+            figures: None,
+        },
+        Probe {
+            task: "zone".into(),
+            dataset: "intestine_zonation_dissociated",
+            file: out.join("intestine_zonation_dissociated_emb.h5ad"),
+            args: s(&["--label", "zone", "--ordered", "--random-folds", "--folds", "5", "--seeds", &seeds]),
+            finetune: false,
+            figures: None,
+        },
+    ];
+    for k in ["10", "20", "50"] {
+        for (dataset, split) in [
+            ("starmap_mpfc", s(&["--split-key", "section"])),
+            ("osmfish_sscortex", s(&["--spatial-blocks", "4", "--folds", "4", "--seeds", &seeds])),
+        ] {
+            let file = out.join(format!("{dataset}_r{k}.h5ad"));
+            let mut comp = s(&["--target-obsm", "sof_composition"]);
+            comp.extend(split.clone());
+            let mut dens = s(&["--target", "sof_density"]);
+            dens.extend(split);
+            probes.push(Probe {
+                task: format!("composition, {k} neighbours"),
+                dataset,
+                file: file.clone(),
+                args: comp,
+                finetune: false,
+                figures: None,
+            });
+            probes.push(Probe {
+                task: format!("density, {k} neighbours"),
+                dataset,
+                file,
+                args: dens,
+                finetune: false,
+                figures: None,
+            });
+        }
+    }
+    let mut reports = Vec::new();
+    for (i, p) in probes.iter().enumerate() {
+        let json = out.join("probes").join(format!("{i:02}_{}.json", p.dataset));
+        if !json.exists() {
+            let mut c = sof(&bin);
+            c.args(["probe", "--input"]).arg(&p.file).args(&p.args).args(heads).arg("--output").arg(&json);
+            if let Some(slug) = p.figures {
+                c.arg("--plots").arg(out.join("figures").join(slug));
+            }
+            if p.finetune && a.finetune_epochs > 0 {
+                c.args(["--finetune", &ckpt, "--finetune-epochs", &a.finetune_epochs.to_string()]);
+                c.args(["--encoder-lr", "3e-4", "--head-lr", "3e-3"]);
+                c.args(tokenizer_flags(a, p.dataset, None)?);
+            }
+            run(&mut c)?;
+        }
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+        reports.push((p, v));
+    }
+
+    // 3. A STARmap section held out, its coordinates unused, embedded as dissociated cells and
+    //    mapped onto the other two sections; every rotation.
+    let mut mapping = Vec::new();
+    for section in ["BZ5", "BZ9", "BZ14"] {
+        let json = out.join(format!("map_{section}.json"));
+        if !json.exists() {
+            let mut c = sof(&bin);
+            c.args(["map", "--reference"])
+                .arg(out.join("starmap_mpfc_r20.h5ad"))
+                .arg("--query")
+                .arg(out.join("starmap_mpfc_dissociated.h5ad"))
+                .args(["--label", "layer", "--transfer", "sof_depth", "--pca-baseline"])
+                .arg(format!("--reference-where=section!={section}"))
+                .arg(format!("--query-where=section={section}"))
+                .arg("--report")
+                .arg(&json)
+                .arg("--output")
+                .arg(out.join(format!("map_{section}.h5ad")));
+            run(&mut c)?;
+        }
+        mapping.push((section, serde_json::from_str::<Value>(&std::fs::read_to_string(&json)?)?));
+    }
+
+    let text = results_markdown(a, &reports, &mapping, started.elapsed().as_secs_f64())?;
+    std::fs::write(out.join("RESULTS.md"), &text)?;
+    println!("{text}");
+    if a.write_docs {
+        let images = root().join("docs/images/results");
+        std::fs::create_dir_all(&images)?;
+        for p in &probes {
+            if let Some(slug) = p.figures {
+                for e in std::fs::read_dir(out.join("figures").join(slug))?.flatten() {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    std::fs::copy(e.path(), images.join(format!("{slug}_{name}")))?;
+                }
+            }
+        }
+        std::fs::write(root().join("docs/RESULTS.md"), &text)?;
+        eprintln!("wrote docs/RESULTS.md and docs/images/results/");
+    }
+    Ok(())
+}
+
+/// `mean ± sd` of a metric of one result row.
+fn cell(r: &Value, metric: &str) -> Option<(f64, f64)> {
+    Some((r["mean"][metric].as_f64()?, r["sd"][metric].as_f64().unwrap_or(0.0)))
+}
+
+fn fmt(v: Option<(f64, f64)>) -> String {
+    v.map_or_else(|| "–".to_owned(), |(m, s)| format!("{m:.3} ± {s:.3}"))
+}
+
+fn row_name(r: &Value) -> String {
+    let f = r["features"].as_str().unwrap_or("?");
+    let f = if f.starts_with("fine-tuned") { "fine-tuned encoder" } else { f };
+    let head = match r["head"].as_str() {
+        Some("mlp") => "MLP",
+        _ => "linear",
+    };
+    format!("{f} · {head}")
+}
+
+fn is_baseline(r: &Value) -> bool {
+    let f = r["features"].as_str().unwrap_or("");
+    f.starts_with("PCA") || f.starts_with("raw")
+}
+
+fn results_markdown(
+    a: &EvalArgs,
+    reports: &[(&Probe, Value)],
+    mapping: &[(&str, Value)],
+    seconds: f64,
+) -> Result<String> {
+    let mut t = String::new();
+    let command = std::fs::read_to_string(a.checkpoint.parent().unwrap_or(Path::new(".")).join("command.txt"))
+        .unwrap_or_else(|_| "(not recorded)".into());
+    writeln!(t, "# Results: downstream tasks on real data\n")?;
+    writeln!(
+        t,
+        "Written by `cargo xtask eval` ({:.0} min on this machine); every number below comes from that run. \
+         Model: `{}`, pretrained with\n\n```\n{}```\n",
+        seconds / 60.0,
+        a.checkpoint.strip_prefix(root()).unwrap_or(&a.checkpoint).display(),
+        command.lines().last().unwrap_or("").replace(&root().display().to_string(), ".") + "\n"
+    )?;
+    writeln!(
+        t,
+        "Folds: STARmap holds out one section at a time (train on two, test on the third, all three rotations); \
+         osmFISH and smFISH hold out spatial blocks (4 x 4 grid dealt into 4 folds, {} seed(s)); the dissociated \
+         intestine cells, which have no sections or coordinates, use 5 shuffled folds ({} seed(s)). Every feature set \
+         gets the same folds and the same heads: the linear probe (logistic regression on whitened features; ridge \
+         for values; softmax-linear for proportions) and a one-hidden-layer MLP. Baselines: PCA of log1p \
+         10k-normalized expression fitted on the training cells (50 components, and the best of 10/20/50/100 on the \
+         test folds — optimistic on purpose) and the raw log-normalized expression. Fine-tuned: the whole encoder \
+         plus a linear head, {} epochs per fold (encoder learning rate 3e-4, head 3e-3). Values are mean ± sd over \
+         folds (and seeds).\n",
+        a.seeds, a.seeds, a.finetune_epochs
+    )?;
+
+    // Summary: best baseline vs ours.
+    writeln!(t, "## Summary\n")?;
+    writeln!(
+        t,
+        "| dataset | task | metric | best baseline | linear probe (emb.) | MLP (emb.) | fine-tuned | ours best − baseline best |"
+    )?;
+    writeln!(t, "|---|---|---|---|---|---|---|---|")?;
+    let (mut wins, mut total, mut probe_vs_pca) = (0, 0, (0, 0));
+    for (p, v) in reports {
+        let regress = v["task"].as_str().unwrap_or("").starts_with("regress");
+        let metric = if regress { "r2" } else { "macro_f1" };
+        let results = v["results"].as_array().context("results")?;
+        let best = |pred: &dyn Fn(&Value) -> bool| {
+            results
+                .iter()
+                .filter(|r| pred(r))
+                .filter_map(|r| cell(r, metric).map(|c| (c, row_name(r))))
+                .max_by(|x, y| x.0.0.total_cmp(&y.0.0))
+        };
+        let base = best(&is_baseline);
+        let find = |feat: &str, head: &str| {
+            results
+                .iter()
+                .find(|r| r["features"].as_str().unwrap_or("").starts_with(feat) && r["head"] == head)
+                .and_then(|r| cell(r, metric))
+        };
+        let lin = find("embedding", "linear");
+        let mlp = find("embedding", "mlp");
+        let ft = find("fine-tuned", "linear");
+        let ours = [lin, mlp, ft].into_iter().flatten().map(|c| c.0).fold(f64::NEG_INFINITY, f64::max);
+        let pca50 = find("PCA-50", "linear");
+        if let (Some(l), Some(p50)) = (lin, pca50) {
+            probe_vs_pca.1 += 1;
+            if l.0 >= p50.0 {
+                probe_vs_pca.0 += 1;
+            }
+        }
+        let diff = base.as_ref().map(|b| ours - b.0.0);
+        total += 1;
+        if diff.is_some_and(|d| d > 0.0) {
+            wins += 1;
+        }
+        writeln!(
+            t,
+            "| {} | {} | {} | {} ({}) | {} | {} | {} | {} |",
+            p.dataset,
+            p.task,
+            if regress { "R²" } else { "macro F1" },
+            base.as_ref().map_or("–".into(), |b| format!("{:.3}", b.0.0)),
+            base.as_ref().map_or("".into(), |b| b.1.clone()),
+            lin.map_or("–".into(), |c| format!("{:.3}", c.0)),
+            mlp.map_or("–".into(), |c| format!("{:.3}", c.0)),
+            ft.map_or("not run".into(), |c| format!("{:.3}", c.0)),
+            diff.map_or("–".into(), |d| format!("{d:+.3}"))
+        )?;
+    }
+    writeln!(
+        t,
+        "\nOurs (best of linear probe, MLP and fine-tuned) beats the best baseline on **{wins} of {total}** tasks; the \
+         linear probe on the embedding matches or beats the linear probe on PCA-50 on **{} of {}**.\n",
+        probe_vs_pca.0, probe_vs_pca.1
+    )?;
+
+    // Mapping.
+    writeln!(t, "## Dissociated → spatial: a held-out STARmap section\n")?;
+    writeln!(
+        t,
+        "Each STARmap section in turn is held out, embedded with the *dissociated* modality token, its coordinates \
+         not used, and mapped onto the other two sections (embedded as spatial) by softmax-weighted cosine \
+         neighbours (k = 30). Depth is each cell's position along the cortical axis of its own section, 0 at the \
+         pia-side edge and 1 at the white-matter edge (`sof spatial --depth-from layer`), so sections in different \
+         coordinate frames are comparable. Beside it: the same mapper on PCA-50 of expression, and the prior \
+         (the reference's most frequent layer; its mean depth).\n"
+    )?;
+    writeln!(
+        t,
+        "| held-out section | cells | layer accuracy (ours) | (PCA-50) | (prior) | depth MAE (ours) | (PCA-50) | (prior) | depth Spearman (ours) | (PCA-50) |"
+    )?;
+    writeln!(t, "|---|---|---|---|---|---|---|---|---|---|")?;
+    for (section, m) in mapping {
+        let g = |k: &str| m[k].as_f64().map_or("–".into(), |v| format!("{v:.3}"));
+        writeln!(
+            t,
+            "| {section} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            m["query_cells"].as_f64().unwrap_or(0.0),
+            g("layer_accuracy"),
+            g("layer_accuracy_pca50"),
+            g("layer_accuracy_prior"),
+            g("sof_depth_mae"),
+            g("sof_depth_mae_pca50"),
+            g("sof_depth_mae_prior"),
+            g("sof_depth_spearman"),
+            g("sof_depth_spearman_pca50"),
+        )?;
+    }
+
+    // Full tables.
+    writeln!(t, "\n## Every number\n")?;
+    for (p, v) in reports {
+        let results = v["results"].as_array().context("results")?;
+        let mut metrics: Vec<String> =
+            results.iter().flat_map(|r| r["mean"].as_object().into_iter().flatten().map(|(k, _)| k.clone())).collect();
+        metrics.sort();
+        metrics.dedup();
+        writeln!(
+            t,
+            "### {} — {} ({} cells, {} folds)\n",
+            p.dataset,
+            p.task,
+            v["cells"].as_u64().unwrap_or(0),
+            v["folds"].as_array().map_or(0, Vec::len)
+        )?;
+        writeln!(t, "| features · head | {} |", metrics.join(" | "))?;
+        writeln!(t, "|---|{}", "---|".repeat(metrics.len()))?;
+        for r in results {
+            let cells: Vec<String> = metrics.iter().map(|m| fmt(cell(r, m))).collect();
+            writeln!(t, "| {} | {} |", row_name(r), cells.join(" | "))?;
+        }
+        if let Some(slug) = p.figures {
+            writeln!(
+                t,
+                "\n![{} {}: true vs predicted, first held-out fold](images/results/{slug}_map_{}.png)",
+                p.dataset,
+                p.task,
+                v["task"].as_str().unwrap_or("").trim_start_matches("classify ").replace(['/', ' '], "_")
+            )?;
+            writeln!(
+                t,
+                "\n![confusion, embedding, linear probe](images/results/{slug}_confusion_embedding_linear.png)"
+            )?;
+        }
+        writeln!(t)?;
+    }
+    writeln!(
+        t,
+        "Data: STARmap mPFC (Wang et al., Science 2018; layers from Li & Zhou, Genome Biology 2022), osmFISH \
+         somatosensory cortex (Codeluppi et al., Nature Methods 2018), Allen/SpaceTx smFISH VISp, intestinal \
+         enterocyte zonation (Moor et al., Cell 2018). Reproduce: `cargo xtask eval` (needs ../shared and the model \
+         above; intermediate files in target/sof-eval, reused when present — delete the folder to start over)."
+    )?;
+    Ok(t)
+}
