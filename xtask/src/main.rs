@@ -79,7 +79,7 @@ enum Job {
     /// expression on the same folds; writes docs/RESULTS.md and docs/images/results/.
     Eval {
         /// The pretrained model folder (from `cargo xtask pretrain-shared`).
-        #[arg(long, default_value = "target/sof-shared/run-small/model")]
+        #[arg(long, default_value = "target/sof-shared/run-small-niche/model")]
         checkpoint: PathBuf,
         /// Intermediate files (reused when present).
         #[arg(long, default_value = "target/sof-eval")]
@@ -95,6 +95,9 @@ enum Job {
         /// Only print the tables and keep them in the output folder; do not touch docs/.
         #[arg(long)]
         no_docs: bool,
+        /// A second model folder, evaluated with the linear probe only, in its own column.
+        #[arg(long)]
+        compare: Option<PathBuf>,
     },
     /// Regenerate crates/sof-io/tests/it/anndata_expected.json from Python anndata.
     ExpectedH5ad {
@@ -139,6 +142,24 @@ enum Bench {
         /// Threads for both (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+    },
+    /// Embedding throughput of the transformer: sof (burn, CPU) against PyTorch eager running
+    /// the same architecture and the same weights (the peer writes a reference-layout .ckpt
+    /// that sof imports) on the same generated tokens, threads pinned equal; at the reference's
+    /// context length and at a short spatial panel's. Embeddings are compared too.
+    Model {
+        /// Model size: `nicheformer` (12 layers, 512) or `small` (4 layers, 128).
+        #[arg(long, default_value = "nicheformer")]
+        preset: String,
+        /// Threads for both (pinned with taskset).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Cells at the full context length (1,500 tokens).
+        #[arg(long, default_value_t = 8)]
+        long_cells: usize,
+        /// Cells at the short panel length (64 tokens).
+        #[arg(long, default_value_t = 1024)]
+        short_cells: usize,
     },
     /// Radius graph + neighbourhood composition: `sof spatial` against squidpy
     /// (`spatial_neighbors(coord_type='generic', radius=r)` then adjacency x one-hot) on the same
@@ -295,20 +316,26 @@ fn main() -> Result<()> {
         Job::Bench { what: Bench::Pretrain { preset, steps, batch_size, cells, threads } } => {
             bench_pretrain(&preset, steps, batch_size, cells, threads)
         }
+        Job::Bench { what: Bench::Model { preset, threads, long_cells, short_cells } } => {
+            bench_model(&preset, threads, long_cells, short_cells)
+        }
         Job::Bench { what: Bench::Spatial { cells, radius, sections } } => bench_spatial(cells, radius, sections),
         Job::Bench { what: Bench::Tokenize { cells, peer_cells } } => bench_tokenize(cells, peer_cells),
         Job::PretrainShared { steps, preset, batch_size, output, shared_dir, niche, args } => {
             pretrain_shared(steps, &preset, batch_size, &root().join(output), shared_dir, niche, &args)
         }
         Job::Ablation { steps, seed, output } => ablation(steps, seed, &root().join(output)),
-        Job::Eval { checkpoint, output, shared_dir, finetune_epochs, seeds, no_docs } => eval::eval(&eval::EvalArgs {
-            checkpoint: root().join(checkpoint),
-            output: root().join(output),
-            shared: shared_dir.unwrap_or_else(|| root().join("../shared")),
-            finetune_epochs,
-            seeds,
-            write_docs: !no_docs,
-        }),
+        Job::Eval { checkpoint, output, shared_dir, finetune_epochs, seeds, no_docs, compare } => {
+            eval::eval(&eval::EvalArgs {
+                checkpoint: root().join(checkpoint),
+                output: root().join(output),
+                shared: shared_dir.unwrap_or_else(|| root().join("../shared")),
+                finetune_epochs,
+                seeds,
+                write_docs: !no_docs,
+                compare: compare.map(|c| root().join(c)),
+            })
+        }
         Job::ExpectedH5ad { data_dir } => {
             let py = python_venv()?.context("needs a Python venv with anndata")?;
             let dir = data_dir.unwrap_or_else(|| root().join("../shared/data"));
@@ -685,6 +712,71 @@ fn pretrain_shared(
         }
     }
     run(&mut c)
+}
+
+/// `cargo xtask bench model`.
+fn bench_model(preset: &str, threads: usize, long_cells: usize, short_cells: usize) -> Result<()> {
+    let py = bench_venv()?;
+    run(cargo().args(["build", "--release", "-q", "-p", "sof-model", "--example", "bench_embed"]))?;
+    let ours = root().join("target/release/examples/bench_embed");
+    let dir = tempfile_dir("bench-model")?;
+    let ckpt = dir.join("model.ckpt");
+    let size: &[&str] = match preset {
+        "nicheformer" => &["--d-model", "512", "--heads", "16", "--ff", "1024", "--layers", "12"],
+        "small" => &["--d-model", "128", "--heads", "4", "--ff", "256", "--layers", "4"],
+        other => bail!("unknown preset '{other}': nicheformer or small"),
+    };
+    let cores = format!("0-{}", threads.saturating_sub(1));
+    let json = |o: std::process::Output, who: &str| -> Result<serde_json::Value> {
+        if !o.status.success() {
+            bail!("{who} failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let text = String::from_utf8_lossy(&o.stdout);
+        serde_json::from_str(text.lines().last().unwrap_or("")).with_context(|| format!("{who} printed {text}"))
+    };
+    println!("bench model ({preset} size, CPU, {threads} thread(s) each, pinned to cores {cores}):");
+    for (length, cells, batch) in [(1500usize, long_cells, 4usize), (64, short_cells, 64)] {
+        let peer = json(
+            Command::new("taskset")
+                .args(["-c", &cores])
+                .arg(&py)
+                .arg(root().join("xtask/peers/embed_torch.py"))
+                .arg("--checkpoint")
+                .arg(&ckpt)
+                .args(size)
+                .args(["--length", &length.to_string(), "--cells", &cells.to_string(), "--batch", &batch.to_string()])
+                .args(["--threads", &threads.to_string()])
+                .output()?,
+            "PyTorch peer",
+        )?;
+        let sof = json(
+            Command::new("taskset")
+                .args(["-c", &cores])
+                .arg(&ours)
+                .arg(&ckpt)
+                .args([length.to_string(), cells.to_string(), batch.to_string()])
+                .env("RAYON_NUM_THREADS", threads.to_string())
+                .output()?,
+            "sof",
+        )?;
+        let diff = peer["first"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r.as_array().cloned().unwrap_or_default())
+            .zip(sof["first"].as_array().into_iter().flatten().flat_map(|r| r.as_array().cloned().unwrap_or_default()))
+            .map(|(a, b)| (a.as_f64().unwrap_or(f64::NAN) - b.as_f64().unwrap_or(f64::NAN)).abs())
+            .fold(0.0f64, f64::max);
+        let (p, o) =
+            (peer["cells_per_second"].as_f64().unwrap_or(0.0), sof["cells_per_second"].as_f64().unwrap_or(0.0));
+        println!(
+            "  {length:>4} tokens/cell, {cells} cells, batch {batch}: sof {o:.2} vs PyTorch {} {p:.2} cells/s -> {:.2}x; largest embedding difference {diff:.1e}",
+            peer["torch"].as_str().unwrap_or("?"),
+            o / p.max(1e-12)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 /// `cargo xtask bench pretrain`.

@@ -295,22 +295,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut heads = args.head.clone();
     heads.dedup();
+    let empty = |features: String, head: Head| FeatureResult {
+        features,
+        head,
+        values: BTreeMap::new(),
+        mean: BTreeMap::new(),
+        sd: BTreeMap::new(),
+        confusion: (n_classes > 0).then(|| vec![vec![0; n_classes]; n_classes]),
+        predicted_classes: (n_classes > 0).then(|| vec![-1; keep.len()]),
+        predicted_values: match &task {
+            Task::Regress { y, .. } => Some(vec![vec![f64::NAN; y.ncols()]; keep.len()]),
+            Task::Classify { .. } => None,
+        },
+    };
     let mut results: Vec<FeatureResult> = heads
         .iter()
         .flat_map(|&h| feature_sets.iter().map(move |f| (h, f)))
-        .map(|(head, f)| FeatureResult {
-            features: f.clone(),
-            head,
-            values: BTreeMap::new(),
-            mean: BTreeMap::new(),
-            sd: BTreeMap::new(),
-            confusion: (n_classes > 0).then(|| vec![vec![0; n_classes]; n_classes]),
-            predicted_classes: (n_classes > 0).then(|| vec![-1; keep.len()]),
-            predicted_values: match &task {
-                Task::Regress { y, .. } => Some(vec![vec![f64::NAN; y.ncols()]; keep.len()]),
-                Task::Classify { .. } => None,
-            },
-        })
+        .map(|(h, f)| empty(f.clone(), h))
         .collect();
     // Fine-tuning: the checkpoint, its tokens for the kept cells, one more result row.
     let finetune = match &args.finetune {
@@ -319,19 +320,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let loaded = embed::load(ckpt, None, &args.tokenizer, &args.input, &dev)?;
             let seqs = loaded.tokenize_all()?;
             let seqs: Vec<Vec<i64>> = keep.iter().map(|&i| seqs[i].clone()).collect();
-            results.push(FeatureResult {
-                features: format!("fine-tuned ({})", ckpt.display()),
-                head: Head::Linear,
-                values: BTreeMap::new(),
-                mean: BTreeMap::new(),
-                sd: BTreeMap::new(),
-                confusion: (n_classes > 0).then(|| vec![vec![0; n_classes]; n_classes]),
-                predicted_classes: (n_classes > 0).then(|| vec![-1; keep.len()]),
-                predicted_values: match &task {
-                    Task::Regress { y, .. } => Some(vec![vec![f64::NAN; y.ncols()]; keep.len()]),
-                    Task::Classify { .. } => None,
-                },
-            });
+            results.push(empty(format!("fine-tuned ({})", ckpt.display()), Head::Linear));
             Some((loaded.model, seqs, dev))
         }
         None => None,
