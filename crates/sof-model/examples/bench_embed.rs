@@ -27,6 +27,7 @@ fn tokens(first: usize, count: usize, length: usize, n_genes: usize, device: &De
     Tensor::from_data(TensorData::new(flat, [count, length]), device)
 }
 
+#[allow(clippy::print_stdout)] // a benchmark tool: its result line is the output
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 5 {
