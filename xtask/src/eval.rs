@@ -113,9 +113,12 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         std::fs::create_dir_all(&images)?;
         for (p, _) in &reports {
             if let Some(slug) = p.figures {
+                // The figures RESULTS.md shows: the maps and the embedding's confusion matrix.
                 for e in std::fs::read_dir(a.output.join("figures").join(slug))?.flatten() {
                     let name = e.file_name().to_string_lossy().to_string();
-                    std::fs::copy(e.path(), images.join(format!("{slug}_{name}")))?;
+                    if name.starts_with("map_") || name == "confusion_embedding_linear.png" {
+                        std::fs::copy(e.path(), images.join(format!("{slug}_{name}")))?;
+                    }
                 }
             }
         }

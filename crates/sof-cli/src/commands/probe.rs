@@ -626,7 +626,11 @@ fn plots(dir: &std::path::Path, reader: &H5adReader, report: &Report, first: &[F
         }
         let pred = r.predicted_classes.as_ref().expect("classification");
         panels.push((
-            format!("{} ({})", r.features, r.head.name()),
+            format!(
+                "{} ({})",
+                if r.features.starts_with("fine-tuned") { "fine-tuned encoder" } else { &r.features },
+                r.head.name()
+            ),
             pts.clone(),
             fold.test.iter().map(|&k| pred[k].max(0) as usize).collect(),
         ));
