@@ -48,7 +48,25 @@ pub(crate) fn open_hdf5(path: &Path) -> Result<File> {
         }
         Ok(_) => {}
     }
-    File::open(path).map_err(|e| Error::Open { path: path.into(), reason: e.to_string() })
+    // HDF5 locks files while they are open; a writer that has just finished (another process,
+    // or a handle the library is still closing) can hold the lock for a moment. Retry briefly
+    // before reporting it.
+    let mut wait = std::time::Duration::from_millis(20);
+    loop {
+        match File::open(path) {
+            Ok(f) => return Ok(f),
+            Err(e) if e.to_string().contains("unable to lock file") && wait.as_millis() < 1_000 => {
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            Err(e) => {
+                return Err(Error::Open {
+                    path: path.into(),
+                    reason: format!("{e} (if another program has it open for writing, wait for it to finish)"),
+                });
+            }
+        }
+    }
 }
 
 impl H5adReader {

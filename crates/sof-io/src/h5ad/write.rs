@@ -374,19 +374,20 @@ impl H5adStreamWriter {
         write_shape(&x, self.n_rows, self.var.len()).map_err(h("X"))?;
         write_frame(&self.file, "obs", obs).map_err(h("obs"))?;
         write_frame(&self.file, "var", &self.var).map_err(h("var"))?;
-        let g = self.file.group("obsm").map_err(h("obsm"))?;
+        let g_obsm = self.file.group("obsm").map_err(h("obsm"))?;
         for (k, a) in obsm {
             if a.nrows() != self.n_rows {
                 return Err(Error::invalid(&path, format!("obsm/{k}"), "row count differs from X", "one row per cell"));
             }
-            write_array2(&g, k, a).map_err(h("obsm"))?;
+            write_array2(&g_obsm, k, a).map_err(h("obsm"))?;
         }
-        let g = self.file.group("uns").map_err(h("uns"))?;
+        let g_uns = self.file.group("uns").map_err(h("uns"))?;
         for (k, v) in uns {
-            write_uns(&g, k, v).map_err(h("uns"))?;
+            write_uns(&g_uns, k, v).map_err(h("uns"))?;
         }
+        // Every handle closed before the file moves into place (a reader may open it at once).
         let Self { file, data, indices, indptr, tmp, .. } = self;
-        drop((data, indices, indptr, x, g, file));
+        drop((data, indices, indptr, x, g_obsm, g_uns, file));
         tmp.commit()
     }
 }
