@@ -335,12 +335,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             // Features per set, fitted on the training cells only.
             let mut sets: Vec<(Array2<f64>, Array2<f64>)> =
                 vec![(emb.select(Axis(0), &fold.train), emb.select(Axis(0), &fold.test))];
-            let pca50 = Pca::fit(&x, &fold.train, 50.min(x.n_cols()), *seed);
-            sets.push((pca50.transform(&x, &fold.train), pca50.transform(&x, &fold.test)));
             let sizes: Vec<Pca> = [10, 20, 50, 100]
                 .iter()
                 .map(|&k| Pca::fit(&x, &fold.train, k.min(x.n_cols()).min(fold.train.len()), *seed))
                 .collect();
+            // PCA-50 is the 50-component fit above unless the training set is smaller than that.
+            let own;
+            let pca50 = if sizes[2].n_components() == 50.min(x.n_cols()) {
+                &sizes[2]
+            } else {
+                own = Pca::fit(&x, &fold.train, 50.min(x.n_cols()), *seed);
+                &own
+            };
+            sets.push((pca50.transform(&x, &fold.train), pca50.transform(&x, &fold.test)));
             if raw_ok {
                 sets.push((dense(&x, &fold.train), dense(&x, &fold.test)));
             }
