@@ -7,7 +7,8 @@
 //!   (spatial targets from `sof spatial`, null when absent), then the obs columns asked for, as
 //!   strings.
 //! - Shard `k` holds input cells `[k * shard_cells, (k + 1) * shard_cells)`; row groups of
-//!   `row_group_cells` rows. Memory is bounded by one shard, not the dataset.
+//!   `row_group_cells` rows. Cells stream through in blocks; memory is bounded by a few blocks
+//!   and one row group per column, not by the dataset.
 //! - Resumable: a shard is written to a temporary name and renamed when complete, and carries
 //!   the corpus's config hash in its footer; a rerun keeps every finished shard with the same hash
 //!   and never rewrites it. A shard whose footer cannot be read is reported as corrupt.
@@ -237,22 +238,32 @@ pub fn build_corpus(
             None => todo.push((k, file, cells)),
         }
     }
-    // A three-stage pipeline: one thread reads shard k+1 from the .h5ad while the rayon pool
-    // tokenizes shard k and another thread encodes and writes shard k-1 (bounded channels keep at
-    // most three shards in memory).
+    // A three-stage pipeline over blocks of at most BLOCK_CELLS cells: one thread reads block
+    // b+1 from the .h5ad while the rayon pool tokenizes block b and another thread encodes block
+    // b-1 into its shard's Parquet writer (bounded channels keep at most a few blocks in memory).
+    // Blocks, not whole shards, so that the stages overlap even on an input of one shard.
+    let block_cells = spec.row_group_cells.min(BLOCK_CELLS);
     let written = std::thread::scope(|scope| -> Result<Vec<(usize, ShardInfo)>> {
-        let (read_tx, read_rx) =
-            std::sync::mpsc::sync_channel::<(usize, String, std::ops::Range<usize>, Result<sof_io::CsrMatrix>)>(1);
-        let (write_tx, write_rx) = std::sync::mpsc::sync_channel::<(usize, ShardJob)>(1);
+        let (read_tx, read_rx) = std::sync::mpsc::sync_channel::<(Block, Result<sof_io::CsrMatrix>)>(1);
+        let (write_tx, write_rx) = std::sync::mpsc::sync_channel::<TokenizedBlock>(1);
         let reader = &reader;
         let todo = &todo;
         scope.spawn(move || {
             for (k, file, cells) in todo {
-                if read_tx
-                    .send((*k, file.clone(), cells.clone(), reader.read_rows(cells.clone()).map_err(Into::into)))
-                    .is_err()
-                {
-                    break;
+                let mut start = cells.start;
+                while start < cells.end {
+                    let end = (start + block_cells).min(cells.end);
+                    let block = Block {
+                        shard: *k,
+                        file: file.clone(),
+                        shard_cells: cells.clone(),
+                        cells: start..end,
+                        last: end == cells.end,
+                    };
+                    if read_tx.send((block, reader.read_rows(start..end).map_err(Into::into))).is_err() {
+                        return;
+                    }
+                    start = end;
                 }
             }
         });
@@ -260,17 +271,24 @@ pub fn build_corpus(
         let hash = hash.as_str();
         let writer = scope.spawn(move || -> Result<Vec<(usize, ShardInfo)>> {
             let mut done = Vec::new();
-            for (k, job) in write_rx {
-                write_parquet(spec, inputs.tokenizer, ann, hash, &job)?;
-                done.push((k, job.info));
+            let mut open: Option<ShardWriter> = None;
+            for block in write_rx {
+                let shard = match &mut open {
+                    Some(w) => w,
+                    None => open.insert(ShardWriter::create(spec, inputs.tokenizer, ann, &block)?),
+                };
+                shard.append(spec, inputs.tokenizer, ann, &block)?;
+                if block.block.last {
+                    let w = open.take().expect("a shard is open");
+                    done.push((block.block.shard, w.finish(hash)?));
+                }
             }
             Ok(done)
         });
-        for (k, file, cells, x) in read_rx {
+        for (block, x) in read_rx {
             let x = x?;
-            let n = cells.len();
-            let job = tokenize_shard(inputs, &x, spec.output.join(&file), file, cells);
-            if write_tx.send((k, job)).is_err() {
+            let n = block.cells.len();
+            if write_tx.send(tokenize_block(inputs.tokenizer, inputs.map, &x, block)).is_err() {
                 break;
             }
             progress(n);
@@ -381,83 +399,112 @@ fn existing_shard(path: &Path, hash: &str) -> Result<Option<ShardInfo>> {
     Ok(Some(info))
 }
 
-/// A tokenized shard waiting to be written.
-struct ShardJob {
-    path: PathBuf,
-    tokenized: Vec<TokenizedCell>,
-    keep: Vec<usize>,
-    first_cell: usize,
-    info: ShardInfo,
+/// Cells read and tokenized together; a shard is written block by block.
+const BLOCK_CELLS: usize = 2_048;
+
+/// A block of input cells `cells`, part of shard `shard` (input cells `shard_cells`).
+struct Block {
+    shard: usize,
+    file: String,
+    shard_cells: std::ops::Range<usize>,
+    cells: std::ops::Range<usize>,
+    /// The shard's last block: its file is completed after this one.
+    last: bool,
 }
 
-fn tokenize_shard(
-    inputs: &CorpusInputs<'_>,
-    x: &sof_io::CsrMatrix,
-    path: PathBuf,
-    file: String,
-    cells: std::ops::Range<usize>,
-) -> ShardJob {
-    let tok = inputs.tokenizer;
+/// A tokenized block waiting to be written.
+struct TokenizedBlock {
+    block: Block,
+    tokenized: Vec<TokenizedCell>,
+    /// Rows of `tokenized` that are written (non-empty cells).
+    keep: Vec<usize>,
+}
+
+fn tokenize_block(tok: &Tokenizer, map: &GeneMap, x: &sof_io::CsrMatrix, block: Block) -> TokenizedBlock {
     let tokenized: Vec<TokenizedCell> = (0..x.n_rows())
         .into_par_iter()
         .map_init(
             || (Vec::new(), Vec::new()),
             |(row, scratch), i| {
                 let (c, v) = x.row(i);
-                tok.tokenize(inputs.map, c, v, row, scratch)
+                tok.tokenize(map, c, v, row, scratch)
             },
         )
         .collect();
     let keep: Vec<usize> = (0..tokenized.len()).filter(|&i| !tokenized[i].genes.is_empty()).collect();
-    let mut hist = vec![0u64; tok.max_genes() + 1];
-    for &i in &keep {
-        hist[tokenized[i].genes.len()] += 1;
-    }
-    while hist.len() > 1 && hist.last() == Some(&0) {
-        hist.pop();
-    }
-    let info = ShardInfo {
-        file,
-        first_cell: cells.start,
-        cells_in: cells.len(),
-        rows: keep.len(),
-        empty_cells: tokenized.len() - keep.len(),
-        length_histogram: hist,
-    };
-    if info.empty_cells > 0 {
-        tracing::info!(shard = %path.display(), empty = info.empty_cells, "skipped empty cells (no expressed, measured gene)");
-    }
-    ShardJob { path, tokenized, keep, first_cell: cells.start, info }
+    TokenizedBlock { block, tokenized, keep }
 }
 
-fn write_parquet(spec: &CorpusSpec, tok: &Tokenizer, ann: &Annotations, hash: &str, job: &ShardJob) -> Result<()> {
-    let path = job.path.as_path();
-    let pq = |e: parquet::errors::ParquetError| TokenizeError::Parquet {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    };
-    let tmp = sof_io::AtomicPath::new(path)?;
-    let out = File::create(tmp.path()).map_err(|e| sof_io::Error::Io { path: path.into(), error: e })?;
-    // No dictionary encoding: interning every value cost more time than it saved space
-    // (snappy already shrinks repeated dataset / section names).
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(spec.row_group_cells))
-        .set_dictionary_enabled(false)
-        .build();
-    let schema = record_batch(spec, tok, ann, &job.tokenized, &[], job.first_cell).schema();
-    let mut writer = ArrowWriter::try_new(out, schema, Some(props)).map_err(pq)?;
-    for chunk in job.keep.chunks(spec.row_group_cells) {
-        writer.write(&record_batch(spec, tok, ann, &job.tokenized, chunk, job.first_cell)).map_err(pq)?;
+/// One shard being written: a Parquet writer on a temporary file that becomes the shard's name
+/// only when its last block is in.
+struct ShardWriter {
+    path: PathBuf,
+    tmp: sof_io::AtomicPath,
+    writer: ArrowWriter<File>,
+    info: ShardInfo,
+}
+
+impl ShardWriter {
+    fn create(spec: &CorpusSpec, tok: &Tokenizer, ann: &Annotations, first: &TokenizedBlock) -> Result<Self> {
+        let path = spec.output.join(&first.block.file);
+        let tmp = sof_io::AtomicPath::new(&path)?;
+        let out = File::create(tmp.path()).map_err(|e| sof_io::Error::Io { path: path.clone(), error: e })?;
+        // No dictionary encoding: interning every value cost more time than it saved space
+        // (snappy already shrinks repeated dataset / section names).
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(spec.row_group_cells))
+            .set_dictionary_enabled(false)
+            .build();
+        let schema = record_batch(spec, tok, ann, &[], &[], 0).schema();
+        let writer = ArrowWriter::try_new(out, schema, Some(props)).map_err(|e| parquet_error(&path, e))?;
+        let info = ShardInfo {
+            file: first.block.file.clone(),
+            first_cell: first.block.shard_cells.start,
+            cells_in: 0,
+            rows: 0,
+            empty_cells: 0,
+            length_histogram: vec![0; tok.max_genes() + 1],
+        };
+        Ok(Self { path, tmp, writer, info })
     }
-    writer.append_key_value_metadata(KeyValue::new("sof.config_hash".to_owned(), hash.to_owned()));
-    writer.append_key_value_metadata(KeyValue::new(
-        "sof.shard".to_owned(),
-        serde_json::to_string(&job.info).expect("serializes"),
-    ));
-    writer.close().map_err(pq)?;
-    tmp.commit()?;
-    Ok(())
+
+    fn append(&mut self, spec: &CorpusSpec, tok: &Tokenizer, ann: &Annotations, b: &TokenizedBlock) -> Result<()> {
+        debug_assert_eq!(b.block.cells.start, self.info.first_cell + self.info.cells_in, "blocks arrive in order");
+        self.info.cells_in += b.tokenized.len();
+        self.info.rows += b.keep.len();
+        self.info.empty_cells += b.tokenized.len() - b.keep.len();
+        for &i in &b.keep {
+            self.info.length_histogram[b.tokenized[i].genes.len()] += 1;
+        }
+        if !b.keep.is_empty() {
+            let batch = record_batch(spec, tok, ann, &b.tokenized, &b.keep, b.block.cells.start);
+            self.writer.write(&batch).map_err(|e| parquet_error(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, hash: &str) -> Result<ShardInfo> {
+        let hist = &mut self.info.length_histogram;
+        while hist.len() > 1 && hist.last() == Some(&0) {
+            hist.pop();
+        }
+        if self.info.empty_cells > 0 {
+            tracing::info!(shard = %self.path.display(), empty = self.info.empty_cells, "skipped empty cells (no expressed, measured gene)");
+        }
+        self.writer.append_key_value_metadata(KeyValue::new("sof.config_hash".to_owned(), hash.to_owned()));
+        self.writer.append_key_value_metadata(KeyValue::new(
+            "sof.shard".to_owned(),
+            serde_json::to_string(&self.info).expect("serializes"),
+        ));
+        self.writer.close().map_err(|e| parquet_error(&self.path, e))?;
+        self.tmp.commit()?;
+        Ok(self.info)
+    }
+}
+
+fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> TokenizeError {
+    TokenizeError::Parquet { path: path.display().to_string(), reason: e.to_string() }
 }
 
 fn record_batch(

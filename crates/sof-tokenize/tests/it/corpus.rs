@@ -1,3 +1,4 @@
+use parquet::file::reader::{FileReader, SerializedFileReader};
 use sof_io::genes::{GeneTables, Species, Vocabulary};
 use sof_tokenize::corpus::{CorpusInputs, CorpusManifest, CorpusSpec, build_corpus, read_shard_tokens};
 use sof_tokenize::{GeneMap, Modality, TechMeans, Tokenizer, TokenizerConfig, vocabulary_hash};
@@ -76,8 +77,21 @@ fn corpus_rows_match_direct_tokenization() {
     let x = sof_io::h5ad::read_h5ad(&sp.input).unwrap().x;
     let (mut row, mut scratch) = (Vec::new(), Vec::new());
     let mut all = Vec::new();
-    for sh in &m.shards {
-        all.extend(read_shard_tokens(&dir.path().join(&sh.file)).unwrap());
+    for (k, sh) in m.shards.iter().enumerate() {
+        // Each shard is written block by block; its statistics and row groups still describe
+        // exactly its own cells.
+        let rows = read_shard_tokens(&dir.path().join(&sh.file)).unwrap();
+        assert_eq!((sh.first_cell, sh.cells_in), (k * 1000, 1000.min(9233 - k * 1000)), "shard {k}");
+        assert_eq!(sh.rows, rows.len());
+        assert_eq!(sh.rows + sh.empty_cells, sh.cells_in);
+        assert_eq!(sh.length_histogram.iter().sum::<u64>() as usize, sh.rows);
+        assert!(rows.iter().all(|r| (r.0 as usize) >= sh.first_cell && (r.0 as usize) < sh.first_cell + sh.cells_in));
+        let file = std::fs::File::open(dir.path().join(&sh.file)).unwrap();
+        let meta = SerializedFileReader::new(file).unwrap();
+        let groups: Vec<i64> = meta.metadata().row_groups().iter().map(|g| g.num_rows()).collect();
+        assert!(groups.iter().all(|&n| n <= 256), "row groups of at most row_group_cells rows: {groups:?}");
+        assert_eq!(groups.iter().sum::<i64>() as usize, sh.rows);
+        all.extend(rows);
     }
     assert_eq!(all.len(), m.cells_written);
     assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "input order");
