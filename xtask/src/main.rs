@@ -468,8 +468,38 @@ fn bench_tokenize(cells: usize, peer_cells: usize) -> Result<()> {
     setup()?;
     let sof = sof_release()?;
     let python = bench_venv()?;
+    let peer_script = root().join("xtask/peers/tokenize_peer.py");
     let dir = tempfile_dir("tokenize-bench")?;
     synth_for_tokenize(&sof, &dir, peer_cells, peer_cells / 10)?;
+    // The vocabulary: the synthetic tissue's 20,310 genes (the dissociated file has them all; the
+    // spatial panel is a subset), so both tokenizers rank over a vocabulary as large as the
+    // reference's.
+    let vocab = dir.join("vocab.tsv");
+    run(Command::new(&python).arg(&peer_script).arg("--write-vocab").arg(dir.join("dissociated.h5ad")).arg(&vocab))?;
+    let peer_run = |input: &Path, means: &Path, corpus: &Path, panel_only: bool| -> Result<(f64, String)> {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0"])
+            .arg(&python)
+            .env("NUMBA_NUM_THREADS", "1")
+            .env("OMP_NUM_THREADS", "1")
+            .env("OPENBLAS_NUM_THREADS", "1")
+            .arg(&peer_script)
+            .arg(input)
+            .arg(&vocab)
+            .arg(means)
+            .arg("fixed")
+            .arg(corpus);
+        if panel_only {
+            cmd.arg("--panel-only");
+        }
+        let p = cmd.output()?;
+        if !p.status.success() {
+            bail!("tokenize peer failed: {}", String::from_utf8_lossy(&p.stderr));
+        }
+        let out = String::from_utf8_lossy(&p.stdout).into_owned();
+        let rate = number_after(&out, "\"cells_per_s\":").context("no rate from peer")?;
+        Ok((rate, out))
+    };
     for (file, tech, modality) in
         [("spatial_merfish", "merfish", "spatial"), ("dissociated", "dissociated", "dissociated")]
     {
@@ -480,67 +510,65 @@ fn bench_tokenize(cells: usize, peer_cells: usize) -> Result<()> {
         run(Command::new(&sof)
             .args(["-q", "tech-means", "--species", "mouse", "--input"])
             .arg(&input)
+            .arg("--vocab")
+            .arg(&vocab)
             .arg("--output")
             .arg(&means))?;
+        // Median of three runs per thread count: one run of these cells takes well under a second.
         let mut ours = Vec::new();
         for threads in [1, 2] {
-            let out = dir.join(format!("corpus-{file}-{threads}"));
-            // One core: pinned with taskset (sof reads, tokenizes and writes on separate threads);
-            // two cores: unpinned.
-            let cores = if threads == 1 { "0" } else { "0-63" };
-            let o = Command::new("taskset")
-                .args(["-c", cores])
-                .arg(&sof)
-                .args([
-                    "-q",
-                    "--threads",
-                    &threads.to_string(),
-                    "tokenize",
-                    "--species",
-                    "mouse",
-                    "--technology",
-                    tech,
-                    "--modality",
-                    modality,
-                    "--input",
-                ])
-                .arg(&input)
-                .arg("--tech-means")
-                .arg(&means_dir)
-                .arg("--output")
-                .arg(&out)
-                .output()?;
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            if !o.status.success() {
-                bail!("sof tokenize failed: {}", String::from_utf8_lossy(&o.stderr));
+            let mut rates = Vec::new();
+            for attempt in 0..3 {
+                let out = dir.join(format!("corpus-{file}-{threads}"));
+                if attempt > 0 {
+                    std::fs::remove_dir_all(&out)?;
+                }
+                // One core: pinned with taskset (sof reads, tokenizes and writes on separate
+                // threads); two cores: unpinned.
+                let cores = if threads == 1 { "0" } else { "0-63" };
+                let o = Command::new("taskset")
+                    .args(["-c", cores])
+                    .arg(&sof)
+                    .args([
+                        "-q",
+                        "--threads",
+                        &threads.to_string(),
+                        "tokenize",
+                        "--species",
+                        "mouse",
+                        "--technology",
+                        tech,
+                        "--modality",
+                        modality,
+                        "--input",
+                    ])
+                    .arg(&input)
+                    .arg("--vocab")
+                    .arg(&vocab)
+                    .arg("--tech-means")
+                    .arg(&means_dir)
+                    .arg("--output")
+                    .arg(&out)
+                    .output()?;
+                let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                if !o.status.success() {
+                    bail!("sof tokenize failed: {}", String::from_utf8_lossy(&o.stderr));
+                }
+                print!("sof ({threads} core(s)): {text}");
+                rates.push(
+                    text.split("s (")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .context("no rate in sof output")?,
+                );
             }
-            print!("sof ({threads} core(s)): {text}");
-            let rate = text
-                .split("s (")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .context("no rate in sof output")?;
-            ours.push(rate);
+            rates.sort_by(f64::total_cmp);
+            ours.push(rates[1]);
         }
-        let p = Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(&python)
-            .env("NUMBA_NUM_THREADS", "1")
-            .env("OMP_NUM_THREADS", "1")
-            .env("OPENBLAS_NUM_THREADS", "1")
-            .arg(root().join("xtask/peers/tokenize_peer.py"))
-            .arg(&input)
-            .arg(&means)
-            .arg("fixed")
-            .arg(dir.join(format!("corpus-{file}-1")))
-            .output()?;
-        if !p.status.success() {
-            bail!("tokenize peer failed: {}", String::from_utf8_lossy(&p.stderr));
-        }
-        let peer = String::from_utf8_lossy(&p.stdout).into_owned();
-        print!("peer (numpy + numba, 1 core): {peer}");
-        let peer_rate = number_after(&peer, "\"cells_per_s\":").context("no rate from peer")?;
+        let corpus = dir.join(format!("corpus-{file}-1"));
+        let (peer_rate, peer) = peer_run(&input, &means, &corpus, false)?;
+        print!("peer (the reference's approach: numpy + numba over the 20,310-gene vocabulary, 1 core): {peer}");
         println!(
             "bench tokenize {file}: sof {:.0} cells/s (1 core, end to end incl. reading and writing Parquet), {:.0} cells/s (2 cores, {:.2}x) vs peer {:.0} cells/s (1 core, compute only) -> {:.1}x; tokens identical: {}",
             ours[0],
@@ -550,6 +578,19 @@ fn bench_tokenize(cells: usize, peer_cells: usize) -> Result<()> {
             ours[0] / peer_rate,
             peer.contains("\"identical\": true")
         );
+        if modality == "spatial" {
+            // The reference densifies the whole vocabulary; a peer that densifies only the panel's
+            // genes is faster, and is reported too so the ratio above is not read as the whole story.
+            let (panel_rate, panel) = peer_run(&input, &means, &corpus, true)?;
+            print!("peer, panel genes only (not the reference's approach): {panel}");
+            println!(
+                "bench tokenize {file}: sof {:.0} cells/s (1 core) vs panel-only peer {:.0} cells/s -> {:.1}x; tokens identical: {}",
+                ours[0],
+                panel_rate,
+                ours[0] / panel_rate,
+                panel.contains("\"identical\": true")
+            );
+        }
     }
     // Streaming memory: many cells, one technology.
     let big = dir.join("big");
