@@ -1,6 +1,6 @@
 //! The encoder: Nicheformer's forward pass (PyTorch `nn.TransformerEncoderLayer` semantics).
 
-use burn::nn::transformer::{TransformerEncoder, TransformerEncoderInput};
+use burn::nn::transformer::{TransformerEncoder, TransformerEncoderInput, TransformerEncoderLayer};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
@@ -14,6 +14,38 @@ pub enum Pooling {
     PadExcluded,
     /// The reference's: PAD positions are averaged in too (a flaw for short spatial panels).
     Reference,
+}
+
+/// One encoder layer as burn's `TransformerEncoderLayer::forward` computes it (same parameters,
+/// same post- or pre-LN order), but with the backend's fused scaled-dot-product attention
+/// (`burn::tensor::module::attention`: tiled, online softmax on the CPU backend for long
+/// sequences) instead of separate matmul / scale / mask / softmax / matmul passes that
+/// materialize every attention weight. Masked keys get -inf (PyTorch's convention; burn's
+/// layer uses -1e4); a cell always has unmasked context tokens, so no row is fully masked.
+/// Without dropout only (the fused kernel has no attention dropout); autodiff backends
+/// differentiate through burn's decomposed fallback.
+///
+/// # Shapes
+/// - x: `[batch, length, d_model]`, mask: `[batch, 1, length, length]` (true = masked)
+/// - output: `[batch, length, d_model]`
+fn layer_forward(layer: &TransformerEncoderLayer, x: Tensor<3>, mask: Tensor<4, Bool>) -> Tensor<3> {
+    let attend = |input: Tensor<3>| -> Tensor<3> {
+        let mha = &layer.mha;
+        let [batch, length, d_model] = input.dims();
+        let heads = |linear: &Linear, t: Tensor<3>| {
+            linear.forward(t).reshape([batch, length, mha.n_heads, mha.d_k]).swap_dims(1, 2) // [batch, heads, length, d_k]
+        };
+        let (q, k, v) = (heads(&mha.query, input.clone()), heads(&mha.key, input.clone()), heads(&mha.value, input));
+        let context = burn::tensor::module::attention(q, k, v, Some(mask.clone()), None, Default::default());
+        mha.output.forward(context.swap_dims(1, 2).reshape([batch, length, d_model]))
+    };
+    if layer.norm_first {
+        let x = x.clone() + attend(layer.norm_2.forward(x));
+        x.clone() + layer.pwff.forward(layer.norm_1.forward(x))
+    } else {
+        let x = layer.norm_1.forward(x.clone() + attend(x));
+        layer.norm_2.forward(x.clone() + layer.pwff.forward(x))
+    }
 }
 
 /// Token embedding (padding row 1), learned positional embedding, encoder layers, MLM head.
@@ -45,11 +77,19 @@ impl Encoder {
     /// - tokens: `[batch, length]` (`length` <= the context length), PAD = 1
     /// - output: `[batch, length, d_model]`
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        let [_, length] = tokens.dims();
+        let [batch, length] = tokens.dims();
         let pad = tokens.clone().equal_elem(PAD); // [batch, length]
         let x = self.embeddings.forward(tokens); // [batch, length, d_model]
         let pos = self.positional_embedding.weight.val().slice(s![0..length, ..]).unsqueeze::<3>(); // [1, length, d_model]
-        self.encoder.forward(TransformerEncoderInput::new(x + pos).mask_pad(pad))
+        let x = x + pos;
+        if self.encoder.dropout > 0.0 && x.is_require_grad() {
+            // Training with dropout: burn's layers drop attention weights, which the fused
+            // kernel cannot (dropout does nothing outside training).
+            return self.encoder.forward(TransformerEncoderInput::new(x).mask_pad(pad));
+        }
+        // PAD keys are masked for every query: [batch, 1 (all heads), length, length].
+        let mask = pad.reshape([batch, 1, 1, length]).expand([batch, 1, length, length]);
+        self.encoder.layers.iter().fold(x, |x, layer| layer_forward(layer, x, mask.clone()))
     }
 
     /// MLM logits at every position.
