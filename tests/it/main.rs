@@ -741,6 +741,50 @@ fn pretrain_on_demo_corpora_then_embed() {
     for (s, p) in sections.iter().zip(&pred) {
         assert_eq!(s.as_deref() == Some(first.as_str()), p.is_some(), "only the held-out section is mapped");
     }
+    // The same with heads trained on the reference cells instead of neighbours: its own
+    // predictions (valid probabilities, density in the reference's units), locations unchanged.
+    sof(&[
+        "-q",
+        "map",
+        "--reference",
+        &out,
+        "--query",
+        &out,
+        "--label",
+        "layer",
+        "--head",
+        "linear",
+        "--reference-where",
+        &format!("section!={first}"),
+        "--query-where",
+        &format!("section={first}"),
+        "--transfer",
+        "sof_density",
+        "--pca-baseline",
+        "--report",
+        &p("map_linear.json"),
+        "--output",
+        &p("held_out_linear.h5ad"),
+    ])
+    .unwrap();
+    let ml: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("map_linear.json")).unwrap()).unwrap();
+    assert!(
+        ml["layer_accuracy_pca50"].as_f64().unwrap() > ml["layer_accuracy_prior"].as_f64().unwrap(),
+        "a linear head on expression places cells better than the prior: {ml}"
+    );
+    let linear = sof_io::h5ad::H5adReader::open(p("held_out_linear.h5ad")).unwrap();
+    let rows: Vec<usize> = (0..sections.len()).filter(|&i| sections[i].as_deref() == Some(first.as_str())).collect();
+    let (pk, pl) = (mapped.obsm("sof_layer_probabilities").unwrap(), linear.obsm("sof_layer_probabilities").unwrap());
+    assert!(rows.iter().all(|&i| (pl.row(i).sum() - 1.0).abs() < 1e-6), "probabilities sum to 1");
+    assert!(
+        rows.iter().any(|&i| (&pk.row(i) - &pl.row(i)).iter().any(|d| d.abs() > 1e-6)),
+        "the head predicts on its own"
+    );
+    let (lk, ll) = (mapped.obsm("sof_location").unwrap(), linear.obsm("sof_location").unwrap());
+    assert!(rows.iter().all(|&i| (lk[[i, 0]] - ll[[i, 0]]).abs() < 1e-9), "locations still come from neighbours");
+    let dens = linear.obs().unwrap().get("sof_density_predicted").and_then(sof_io::Column::as_f64).unwrap();
+    let mean = rows.iter().map(|&i| dens[i]).sum::<f64>() / rows.len() as f64;
+    assert!(mean > 1.0 && mean < 100.0, "density predicted in neighbour counts: {mean}");
     let e = format!(
         "{:#}",
         sof(&[

@@ -246,6 +246,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 label,
                 target,
                 target_obsm,
+                softmax_counts: None,
                 embedding: "X_sof".into(),
                 split_key: Some(section_key.clone()),
                 spatial_blocks: None,
@@ -299,6 +300,8 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 query_where: Vec::new(),
                 transfer: Vec::new(),
                 pca_baseline: false,
+                head: map::MapHead::Knn,
+                seed: 0,
                 report: None,
                 output: mapped.clone(),
             })?;

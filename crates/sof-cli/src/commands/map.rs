@@ -13,9 +13,11 @@ use sof_tasks::mapping::{MapConfig, map_cells};
 use crate::util;
 
 /// Place each query cell on a spatial reference from embeddings alone: its most similar
-/// reference cells (cosine, softmax-weighted) give the probability of each reference label,
-/// the expected coordinates and their spread, and — where the reference carries them (from
-/// `sof spatial`) — the predicted neighbourhood composition and density. Both files need the
+/// reference cells (cosine, softmax-weighted) give the expected coordinates and their spread
+/// and, with the default `--head knn`, the probability of each reference label and — where the
+/// reference carries them (from `sof spatial`) — the predicted neighbourhood composition and
+/// density; `--head linear` or `--head mlp` predicts those instead with heads trained on the
+/// reference cells' embeddings. Both files need the
 /// same embedding (`sof embed` with the same model). Written into a copy of the query:
 /// obs `sof_<label>` (+ `_confidence`), obsm `sof_<label>_probabilities` (classes in
 /// uns `sof_<label>_classes`), obsm `sof_location`, obs `sof_location_spread`,
@@ -62,11 +64,81 @@ pub struct Args {
     /// need the same genes) and report its scores beside ours.
     #[arg(long)]
     pub pca_baseline: bool,
+    /// What predicts the label, composition, density and --transfer columns: the softmax-weighted
+    /// neighbours (knn), or a head trained on the reference cells (linear: whitened logistic /
+    /// softmax-linear / ridge; mlp: one hidden layer). Locations always come from the neighbours.
+    #[arg(long, value_enum, default_value = "knn")]
+    pub head: MapHead,
+    /// Seed of the MLP head.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Also write the scores against the query's ground truth as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
     #[arg(short, long)]
     pub output: PathBuf,
+}
+
+/// How labels and values are predicted for query cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MapHead {
+    /// Softmax-weighted mean over the most similar reference cells.
+    Knn,
+    /// Heads trained on the reference: logistic regression, softmax-linear, ridge.
+    Linear,
+    /// One-hidden-layer MLP heads trained on the reference.
+    Mlp,
+}
+
+/// Replaces the neighbour-based label probabilities and targets of `m` with trained heads'
+/// predictions (`--head linear|mlp`). `targets` columns: composition (`n_comp`, proportions)
+/// then single values (density, --transfer columns), each fitted on the reference rows where it
+/// is finite.
+#[allow(clippy::too_many_arguments)]
+fn predict_with_head(
+    head: MapHead,
+    seed: u64,
+    ref_x: ndarray::ArrayView2<f64>,
+    codes: &[usize],
+    n_classes: usize,
+    targets: Option<ndarray::ArrayView2<f64>>,
+    n_comp: usize,
+    query_x: ndarray::ArrayView2<f64>,
+    m: &mut sof_tasks::mapping::Mapping,
+) {
+    use sof_tasks::linear::{LogisticConfig, LogisticRegression, Ridge};
+    use sof_tasks::mlp::{Mlp, MlpConfig, MlpTarget};
+    let mlp = MlpConfig { seed, ..MlpConfig::default() };
+    let linear = LogisticConfig::default();
+    m.label_probabilities = match head {
+        MapHead::Knn => return,
+        MapHead::Linear => LogisticRegression::fit(ref_x, codes, n_classes, &linear).predict_proba(query_x),
+        MapHead::Mlp => {
+            Mlp::fit(ref_x, MlpTarget::Classes { y: codes, n_classes, class_balanced: false }, &mlp).predict(query_x)
+        }
+    };
+    let (Some(t), Some(out)) = (targets, m.targets.as_mut()) else { return };
+    if n_comp > 0 {
+        let comp = t.slice(ndarray::s![.., 0..n_comp]);
+        let pred = match head {
+            MapHead::Mlp => Mlp::fit(ref_x, MlpTarget::Proportions(comp), &mlp).predict(query_x),
+            _ => LogisticRegression::fit_proportions(ref_x, comp, &linear).predict_proba(query_x),
+        };
+        out.slice_mut(ndarray::s![.., 0..n_comp]).assign(&pred);
+    }
+    for j in n_comp..t.ncols() {
+        let rows: Vec<usize> = (0..t.nrows()).filter(|&i| t[[i, j]].is_finite()).collect();
+        if rows.len() < 2 {
+            continue;
+        }
+        let x = ref_x.select(Axis(0), &rows);
+        let y = t.slice(ndarray::s![.., j..j + 1]).select(Axis(0), &rows);
+        let pred = match head {
+            MapHead::Mlp => Mlp::fit(x.view(), MlpTarget::Values(y.view()), &mlp).predict(query_x),
+            _ => Ridge::fit(x.view(), y.view(), 1e-3).predict(query_x),
+        };
+        out.column_mut(j).assign(&pred.column(0));
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -147,7 +219,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .transpose()?;
 
     let cfg = MapConfig { k: args.k, temperature: args.temperature };
-    let m = map_cells(
+    let mut m = map_cells(
         emb_r.view(),
         &codes,
         classes.len(),
@@ -155,6 +227,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         targets.as_ref().map(|t| t.view()),
         emb_q.view(),
         &cfg,
+    );
+    predict_with_head(
+        args.head,
+        args.seed,
+        emb_r.view(),
+        &codes,
+        classes.len(),
+        targets.as_ref().map(|t| t.view()),
+        n_comp,
+        emb_q.view(),
+        &mut m,
     );
     let pred = sof_tasks::linear::argmax_rows(&m.label_probabilities);
     let confidence: Vec<f64> = pred.iter().enumerate().map(|(i, &c)| m.label_probabilities[[i, c]]).collect();
@@ -210,6 +293,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     info.insert("label".to_owned(), UnsValue::Str(args.label.clone()));
     info.insert("k".to_owned(), UnsValue::Int(args.k as i64));
     info.insert("temperature".to_owned(), UnsValue::Float(args.temperature));
+    info.insert("head".to_owned(), UnsValue::Str(format!("{:?}", args.head).to_lowercase()));
     ed.put_uns("sof_map", &UnsValue::Dict(info))?;
     ed.commit()?;
 
@@ -258,8 +342,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (xr, xq) = (sof_tasks::pca::log_normalize(&xr), sof_tasks::pca::log_normalize(&xq));
         let pca = sof_tasks::pca::Pca::fit(&xr, &keep, 50.min(xr.n_cols()).min(keep.len()), 0);
         let (fr, fq) = (pca.transform(&xr, &keep), pca.transform(&xq, &q_rows));
-        let mp =
+        let mut mp =
             map_cells(fr.view(), &codes, classes.len(), xy.view(), targets.as_ref().map(|t| t.view()), fq.view(), &cfg);
+        predict_with_head(
+            args.head,
+            args.seed,
+            fr.view(),
+            &codes,
+            classes.len(),
+            targets.as_ref().map(|t| t.view()),
+            n_comp,
+            fq.view(),
+            &mut mp,
+        );
         truth.score(
             &sof_tasks::linear::argmax_rows(&mp.label_probabilities),
             &transfer_cols(&mp.targets),

@@ -43,6 +43,12 @@ pub struct Args {
     /// obsm key to regress, all columns at once (e.g. sof_composition: MAE, R² per column).
     #[arg(long)]
     pub target_obsm: Option<String>,
+    /// The reference's composition target instead of proportions: softmax over the neighbour
+    /// counts (proportions from --target-obsm times the neighbour count in this numeric obs
+    /// column, e.g. sof_density), regressed and scored in that form (MAE, MSE, R²), for
+    /// comparison with Nicheformer's numbers.
+    #[arg(long, requires = "target_obsm", value_name = "COUNT_COLUMN")]
+    pub softmax_counts: Option<String>,
     /// obsm key of the embedding.
     #[arg(long, default_value = "X_sof")]
     pub embedding: String,
@@ -203,7 +209,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .flatten()
             .filter(|n| n.len() == y.ncols())
             .unwrap_or_else(|| (0..y.ncols()).map(|c| format!("{key}[{c}]")).collect());
-        let y = y.select(Axis(0), &keep);
+        let mut y = y.select(Axis(0), &keep);
+        if let Some(count_col) = &args.softmax_counts {
+            y = softmax_of_counts(&obs, &args.input, key, count_col, &keep, y)?;
+        }
         // Proportions: non-negative rows summing to 1 (or all zero: a cell without neighbours).
         let proportions = y.iter().all(|&v| v >= 0.0)
             && y.rows().into_iter().all(|r| {
@@ -395,6 +404,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         input: args.input.display().to_string(),
         task: match &task {
             Task::Classify { .. } => format!("classify {col_name}"),
+            Task::Regress { proportions: true, .. } if args.softmax_counts.is_some() => {
+                format!("regress {col_name} (softmax of neighbour counts, the reference's form)")
+            }
             Task::Regress { proportions: true, .. } => format!("regress {col_name} (proportions)"),
             Task::Regress { .. } => format!("regress {col_name}"),
         },
@@ -438,6 +450,49 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     util::say(format!("  metrics: {}", args.output.display()));
     Ok(())
+}
+
+/// The reference's composition target: per cell, softmax over the neighbour counts of each cell
+/// type, where counts = proportions x the neighbour count in obs `count_col`. A cell without
+/// neighbours gets the uniform distribution, as softmax of zeros does in the reference.
+fn softmax_of_counts(
+    obs: &sof_io::Frame,
+    input: &std::path::Path,
+    key: &str,
+    count_col: &str,
+    keep: &[usize],
+    proportions: Array2<f64>,
+) -> anyhow::Result<Array2<f64>> {
+    let col = obs.get(count_col).with_context(|| {
+        format!(
+            "{}: obs has no column '{count_col}' for --softmax-counts (run `sof spatial`, which writes sof_density)",
+            input.display()
+        )
+    })?;
+    let counts = col.as_f64().with_context(|| {
+        format!("{}: obs '{count_col}' is {}, not a numeric neighbour count", input.display(), col.kind())
+    })?;
+    let mut y = proportions;
+    for (mut row, &i) in y.rows_mut().into_iter().zip(keep) {
+        let n = counts[i];
+        if !n.is_finite() || n < 0.0 {
+            bail!("{}: obs '{count_col}' of cell {i} is {n}, not a neighbour count", input.display());
+        }
+        let s = row.sum();
+        if row.iter().any(|&p| p < 0.0) || (s != 0.0 && (s - 1.0).abs() > 1e-4) {
+            bail!(
+                "{}: obsm '{key}' row {i} is not a proportion vector (sum {s}); --softmax-counts needs proportions",
+                input.display()
+            );
+        }
+        // Counts are integers; rounding removes the float error of proportion x count.
+        row.mapv_inplace(|p| (p * n).round());
+        let max = row.fold(f64::NEG_INFINITY, |m, &c| m.max(c));
+        row.mapv_inplace(|c| (c - max).exp());
+        let z = row.sum();
+        row.mapv_inplace(|e| e / z);
+    }
+    Ok(y)
 }
 
 /// A probe's result on one fold: (headline score, metrics, predicted classes, predicted values).
@@ -539,7 +594,11 @@ fn score(task: &Task, fold: &Fold, out: Array2<f64>) -> Scored {
             let yte = y.select(Axis(0), &fold.test);
             let r2 = metrics::r2_columns(&yte, &out);
             let (t, p): (Vec<f64>, Vec<f64>) = (yte.iter().copied().collect(), out.iter().copied().collect());
-            let mut m = vec![("r2".to_owned(), r2), ("mae".to_owned(), metrics::mae(&t, &p))];
+            let mut m = vec![
+                ("r2".to_owned(), r2),
+                ("mae".to_owned(), metrics::mae(&t, &p)),
+                ("mse".to_owned(), metrics::mse(&t, &p)),
+            ];
             if y.ncols() == 1 {
                 m.push(("spearman".to_owned(), metrics::spearman(&t, &p)));
             }
@@ -648,4 +707,47 @@ fn plots(dir: &std::path::Path, reader: &H5adReader, report: &Report, first: &[F
         460,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::array;
+    use sof_io::{Column, Frame};
+
+    use super::softmax_of_counts;
+
+    fn obs(counts: Vec<f64>) -> Frame {
+        let mut f = Frame::new((0..counts.len()).map(|i| i.to_string()).collect());
+        f.insert("n", Column::Float(counts));
+        f.insert("name", Column::Str(vec!["a".into(); 3]));
+        f
+    }
+
+    #[test]
+    fn softmax_of_counts_is_the_reference_target() {
+        let p = array![[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.25, 0.75, 0.0]];
+        let path = std::path::Path::new("x.h5ad");
+        // Cell 1 is skipped by `keep`; rows follow the kept cells.
+        let y = softmax_of_counts(&obs(vec![4.0, 0.0, 4.0]), path, "c", "n", &[0, 1, 2], p.clone()).unwrap();
+        let e2 = 2f64.exp();
+        let z = 2.0 * e2 + 1.0;
+        for (got, want) in y.row(0).iter().zip([e2 / z, e2 / z, 1.0 / z]) {
+            assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        }
+        // No neighbours: softmax of zeros is uniform.
+        assert!(y.row(1).iter().all(|&v| (v - 1.0 / 3.0).abs() < 1e-12));
+        // Counts 1 and 3: nearly all weight on the majority type.
+        let (a, b) = (1f64.exp(), 3f64.exp());
+        assert!((y[[2, 1]] - b / (a + b + 1.0)).abs() < 1e-12);
+
+        let e = softmax_of_counts(&obs(vec![4.0; 3]), path, "c", "missing", &[0, 1, 2], p.clone()).unwrap_err();
+        assert!(e.to_string().contains("no column 'missing'"), "{e}");
+        let e = softmax_of_counts(&obs(vec![4.0; 3]), path, "c", "name", &[0, 1, 2], p.clone()).unwrap_err();
+        assert!(e.to_string().contains("not a numeric"), "{e}");
+        let e = softmax_of_counts(&obs(vec![4.0, f64::NAN, 1.0]), path, "c", "n", &[0, 1, 2], p.clone()).unwrap_err();
+        assert!(e.to_string().contains("cell 1"), "{e}");
+        let bad = array![[2.0, 0.5, 0.0], [0.0, 0.0, 0.0], [0.25, 0.75, 0.0]];
+        let e = softmax_of_counts(&obs(vec![4.0; 3]), path, "c", "n", &[0, 1, 2], bad).unwrap_err();
+        assert!(e.to_string().contains("not a proportion vector"), "{e}");
+    }
 }
