@@ -26,7 +26,7 @@ pub enum Pooling {
 /// differentiate through burn's decomposed fallback.
 ///
 /// # Shapes
-/// - x: `[batch, length, d_model]`, mask: `[batch, 1, length, length]` (true = masked)
+/// - x: `[batch, length, d_model]`, mask: `[batch, heads, length, length]` (true = masked)
 /// - output: `[batch, length, d_model]`
 fn layer_forward(layer: &TransformerEncoderLayer, x: Tensor<3>, mask: Tensor<4, Bool>) -> Tensor<3> {
     let attend = |input: Tensor<3>| -> Tensor<3> {
@@ -87,8 +87,10 @@ impl Encoder {
             // kernel cannot (dropout does nothing outside training).
             return self.encoder.forward(TransformerEncoderInput::new(x).mask_pad(pad));
         }
-        // PAD keys are masked for every query: [batch, 1 (all heads), length, length].
-        let mask = pad.reshape([batch, 1, 1, length]).expand([batch, 1, length, length]);
+        // PAD keys are masked for every query and head: [batch, heads, length, length], the
+        // shape burn's attention documents (an expanded view; backends read it as strided).
+        let heads = self.encoder.n_heads;
+        let mask = pad.reshape([batch, 1, 1, length]).expand([batch, heads, length, length]);
         self.encoder.layers.iter().fold(x, |x, layer| layer_forward(layer, x, mask.clone()))
     }
 
