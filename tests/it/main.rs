@@ -700,28 +700,34 @@ fn pretrain_on_demo_corpora_then_embed() {
     // baseline and the prior beside it.
     let sections = sof_io::h5ad::H5adReader::open(&out).unwrap().obs().unwrap().get("section").unwrap().labels();
     let first = sections[0].clone().unwrap();
-    sof(&[
-        "-q",
-        "map",
-        "--reference",
-        &out,
-        "--query",
-        &out,
-        "--label",
-        "layer",
-        "--reference-where",
-        &format!("section!={first}"),
-        "--query-where",
-        &format!("section={first}"),
-        "--transfer",
-        "sof_density",
-        "--pca-baseline",
-        "--report",
-        &p("map.json"),
-        "--output",
-        &p("held_out.h5ad"),
-    ])
-    .unwrap();
+    // `sof map` of the held-out section with a head (knn or linear), its report and output.
+    let map_held_out = |head: &str, report: &str, output: &str| {
+        sof(&[
+            "-q",
+            "map",
+            "--reference",
+            &out,
+            "--query",
+            &out,
+            "--label",
+            "layer",
+            "--head",
+            head,
+            "--reference-where",
+            &format!("section!={first}"),
+            "--query-where",
+            &format!("section={first}"),
+            "--transfer",
+            "sof_density",
+            "--pca-baseline",
+            "--report",
+            &p(report),
+            "--output",
+            &p(output),
+        ])
+        .unwrap()
+    };
+    map_held_out("knn", "map.json", "held_out.h5ad");
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("map.json")).unwrap()).unwrap();
     let held_out = sections.iter().filter(|s| s.as_deref() == Some(first.as_str())).count();
     assert_eq!(m["query_cells"].as_f64().unwrap() as usize, held_out);
@@ -743,30 +749,7 @@ fn pretrain_on_demo_corpora_then_embed() {
     }
     // The same with heads trained on the reference cells instead of neighbours: its own
     // predictions (valid probabilities, density in the reference's units), locations unchanged.
-    sof(&[
-        "-q",
-        "map",
-        "--reference",
-        &out,
-        "--query",
-        &out,
-        "--label",
-        "layer",
-        "--head",
-        "linear",
-        "--reference-where",
-        &format!("section!={first}"),
-        "--query-where",
-        &format!("section={first}"),
-        "--transfer",
-        "sof_density",
-        "--pca-baseline",
-        "--report",
-        &p("map_linear.json"),
-        "--output",
-        &p("held_out_linear.h5ad"),
-    ])
-    .unwrap();
+    map_held_out("linear", "map_linear.json", "held_out_linear.h5ad");
     let ml: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("map_linear.json")).unwrap()).unwrap();
     assert!(
         ml["layer_accuracy_pca50"].as_f64().unwrap() > ml["layer_accuracy_prior"].as_f64().unwrap(),

@@ -88,9 +88,10 @@ impl Encoder {
             return self.encoder.forward(TransformerEncoderInput::new(x).mask_pad(pad));
         }
         // PAD keys are masked for every query and head: [batch, heads, length, length], the
-        // shape burn's attention documents (an expanded view; backends read it as strided).
+        // shape burn's attention documents. Materialized once here (repeat, not an expanded
+        // view) so that a backend needing a contiguous mask does not copy it in every layer.
         let heads = self.encoder.n_heads;
-        let mask = pad.reshape([batch, 1, 1, length]).expand([batch, heads, length, length]);
+        let mask = pad.reshape([batch, 1, 1, length]).repeat_dim(2, length).repeat_dim(1, heads);
         self.encoder.layers.iter().fold(x, |x, layer| layer_forward(layer, x, mask.clone()))
     }
 

@@ -228,14 +228,14 @@ pub fn build_corpus(
     for (k, slot) in shards.iter_mut().enumerate() {
         let first = k * spec.shard_cells;
         let cells = first..(first + spec.shard_cells).min(n_obs);
-        let file = format!("shard-{k:05}.parquet");
+        let file = shard_file(k);
         match existing_shard(&spec.output.join(&file), &hash)? {
             Some(info) => {
                 tracing::info!(shard = file, "resuming: shard already complete");
                 progress(cells.len());
                 *slot = Some(info);
             }
-            None => todo.push((k, file, cells)),
+            None => todo.push((k, cells)),
         }
     }
     // A three-stage pipeline over blocks of at most BLOCK_CELLS cells: one thread reads block
@@ -249,17 +249,11 @@ pub fn build_corpus(
         let reader = &reader;
         let todo = &todo;
         scope.spawn(move || {
-            for (k, file, cells) in todo {
+            for (k, cells) in todo {
                 let mut start = cells.start;
                 while start < cells.end {
                     let end = (start + block_cells).min(cells.end);
-                    let block = Block {
-                        shard: *k,
-                        file: file.clone(),
-                        shard_cells: cells.clone(),
-                        cells: start..end,
-                        last: end == cells.end,
-                    };
+                    let block = Block { shard: *k, cells: start..end, last: end == cells.end };
                     if read_tx.send((block, reader.read_rows(start..end).map_err(Into::into))).is_err() {
                         return;
                     }
@@ -402,11 +396,14 @@ fn existing_shard(path: &Path, hash: &str) -> Result<Option<ShardInfo>> {
 /// Cells read and tokenized together; a shard is written block by block.
 const BLOCK_CELLS: usize = 2_048;
 
-/// A block of input cells `cells`, part of shard `shard` (input cells `shard_cells`).
+/// Shard `k`'s file name.
+fn shard_file(k: usize) -> String {
+    format!("shard-{k:05}.parquet")
+}
+
+/// A block of input cells `cells`, part of shard `shard`.
 struct Block {
     shard: usize,
-    file: String,
-    shard_cells: std::ops::Range<usize>,
     cells: std::ops::Range<usize>,
     /// The shard's last block: its file is completed after this one.
     last: bool,
@@ -446,7 +443,8 @@ struct ShardWriter {
 
 impl ShardWriter {
     fn create(spec: &CorpusSpec, tok: &Tokenizer, ann: &Annotations, first: &TokenizedBlock) -> Result<Self> {
-        let path = spec.output.join(&first.block.file);
+        let file = shard_file(first.block.shard);
+        let path = spec.output.join(&file);
         let tmp = sof_io::AtomicPath::new(&path)?;
         let out = File::create(tmp.path()).map_err(|e| sof_io::Error::Io { path: path.clone(), error: e })?;
         // No dictionary encoding: interning every value cost more time than it saved space
@@ -459,8 +457,8 @@ impl ShardWriter {
         let schema = record_batch(spec, tok, ann, &[], &[], 0).schema();
         let writer = ArrowWriter::try_new(out, schema, Some(props)).map_err(|e| parquet_error(&path, e))?;
         let info = ShardInfo {
-            file: first.block.file.clone(),
-            first_cell: first.block.shard_cells.start,
+            file,
+            first_cell: first.block.shard * spec.shard_cells,
             cells_in: 0,
             rows: 0,
             empty_cells: 0,
