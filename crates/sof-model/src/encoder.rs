@@ -22,8 +22,8 @@ pub enum Pooling {
 /// sequences) instead of separate matmul / scale / mask / softmax / matmul passes that
 /// materialize every attention weight. Masked keys get -inf (PyTorch's convention; burn's
 /// layer uses -1e4); a cell always has unmasked context tokens, so no row is fully masked.
-/// Without dropout only (the fused kernel has no attention dropout); autodiff backends
-/// differentiate through burn's decomposed fallback.
+/// Not used when training with dropout (the fused kernel has no attention dropout); autodiff
+/// backends differentiate through burn's decomposed fallback.
 ///
 /// # Shapes
 /// - x: `[batch, length, d_model]`, mask: `[batch, heads, length, length]` (true = masked)
