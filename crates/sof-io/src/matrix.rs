@@ -199,7 +199,10 @@ impl CsrMatrix {
 
     /// First entry that is NaN, infinite or negative, as `(row, col, value)`.
     pub fn first_invalid_value(&self) -> Option<(usize, u32, f32)> {
-        let pos = self.data.iter().position(|v| !v.is_finite() || *v < 0.0)?;
+        // Chunks without an early exit inside vectorize; this runs on every value read.
+        let bad = |v: &f32| !(*v >= 0.0 && *v < f32::INFINITY);
+        let chunk = self.data.chunks(256).position(|c| c.iter().fold(false, |any, v| any | bad(v)))?;
+        let pos = chunk * 256 + self.data[chunk * 256..].iter().position(bad)?;
         let row = self.indptr.partition_point(|&p| p as usize <= pos) - 1;
         Some((row, self.indices[pos], self.data[pos]))
     }
@@ -281,6 +284,23 @@ mod tests {
         assert_eq!(top, m);
         let picked = m.select_rows(&[2, 0]);
         assert_eq!(picked.to_dense(), vec![0.0, 3.0, 0.0, 1.0, 0.0, 2.0]);
+    }
+
+    #[test]
+    fn finds_the_first_invalid_value_anywhere() {
+        // One row of 1,000 values; the check scans in chunks, so try both sides of their edges.
+        let clean = || CsrMatrix::new(1, 1000, vec![0, 1000], (0..1000).collect(), vec![1.5; 1000]).unwrap();
+        let mut m = clean();
+        m.data[7] = -0.0;
+        assert_eq!(m.first_invalid_value(), None, "-0.0 is a zero");
+        for (at, bad) in [(0, f32::NAN), (255, -1.0), (256, f32::INFINITY), (999, f32::NEG_INFINITY)] {
+            let mut m = clean();
+            m.data[at] = bad;
+            m.data[(at + 1).max(500)..].fill(-2.0);
+            let (row, col, v) = m.first_invalid_value().expect("an invalid value is found");
+            assert_eq!((row, col), (0, at as u32));
+            assert_eq!(v.to_bits(), bad.to_bits());
+        }
     }
 
     #[test]

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{Float32Builder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder};
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, Int32Array, ListArray, RecordBatch};
+use arrow_buffer::OffsetBuffer;
 use arrow_schema::{Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -35,7 +36,7 @@ use sof_io::genes::Species;
 use sof_io::h5ad::H5adReader;
 
 use crate::context::Modality;
-use crate::tokenizer::{GeneMap, TokenizedCell, Tokenizer, TokenizerConfig};
+use crate::tokenizer::{GeneMap, Scratch, TokenizedCell, Tokenizer, TokenizerConfig};
 use crate::{Result, TokenizeError};
 
 /// Fixed column names; obs columns asked for may not reuse them.
@@ -394,7 +395,7 @@ fn existing_shard(path: &Path, hash: &str) -> Result<Option<ShardInfo>> {
 }
 
 /// Cells read and tokenized together; a shard is written block by block.
-const BLOCK_CELLS: usize = 2_048;
+const BLOCK_CELLS: usize = 256;
 
 /// Shard `k`'s file name.
 fn shard_file(k: usize) -> String {
@@ -420,13 +421,10 @@ struct TokenizedBlock {
 fn tokenize_block(tok: &Tokenizer, map: &GeneMap, x: &sof_io::CsrMatrix, block: Block) -> TokenizedBlock {
     let tokenized: Vec<TokenizedCell> = (0..x.n_rows())
         .into_par_iter()
-        .map_init(
-            || (Vec::new(), Vec::new()),
-            |(row, scratch), i| {
-                let (c, v) = x.row(i);
-                tok.tokenize(map, c, v, row, scratch)
-            },
-        )
+        .map_init(Scratch::default, |scratch, i| {
+            let (c, v) = x.row(i);
+            tok.tokenize(map, c, v, scratch)
+        })
         .collect();
     let keep: Vec<usize> = (0..tokenized.len()).filter(|&i| !tokenized[i].genes.is_empty()).collect();
     TokenizedBlock { block, tokenized, keep }
@@ -521,8 +519,17 @@ fn record_batch(
     let mut section = StringBuilder::new();
     let (mut species, mut assay, mut modality, mut n_tokens) =
         (Int32Builder::new(), Int32Builder::new(), Int32Builder::new(), Int32Builder::new());
-    let mut tokens =
-        ListBuilder::new(Int32Builder::new()).with_field(Field::new("item", arrow_schema::DataType::Int32, false));
+    // The token lists, copied once into one values buffer (a third of the bytes written).
+    let item = Arc::new(Field::new("item", arrow_schema::DataType::Int32, false));
+    let tokens = {
+        let lengths = rows.iter().map(|&i| cells[i].genes.len());
+        let offsets = OffsetBuffer::<i32>::from_lengths(lengths);
+        let mut values = Vec::with_capacity(offsets.last() as usize);
+        for &i in rows {
+            values.extend(cells[i].genes.iter().map(|&t| t as i32));
+        }
+        ListArray::new(item, offsets, Arc::new(Int32Array::from(values)), None)
+    };
     let (mut xs, mut ys) = (Float64Builder::new(), Float64Builder::new());
     let mut comp =
         ListBuilder::new(Float32Builder::new()).with_field(Field::new("item", arrow_schema::DataType::Float32, false));
@@ -539,8 +546,6 @@ fn record_batch(
         species.append_value(sp as i32);
         assay.append_value(asy as i32);
         modality.append_value(md as i32);
-        tokens.values().append_slice(&cells[i].genes.iter().map(|&t| t as i32).collect::<Vec<_>>());
-        tokens.append(true);
         n_tokens.append_value(cells[i].genes.len() as i32);
         match &ann.xy {
             Some(xy) => {
@@ -573,7 +578,7 @@ fn record_batch(
         ("species", Arc::new(species.finish())),
         ("assay", Arc::new(assay.finish())),
         ("modality", Arc::new(modality.finish())),
-        ("tokens", Arc::new(tokens.finish())),
+        ("tokens", Arc::new(tokens)),
         ("n_tokens", Arc::new(n_tokens.finish())),
         ("x", Arc::new(xs.finish())),
         ("y", Arc::new(ys.finish())),

@@ -21,7 +21,7 @@ mod tokenizer;
 
 pub use context::{ContextTable, Modality, TechnologySpec};
 pub use means::{MeansAccumulator, TechMeans};
-pub use tokenizer::{GeneMap, Mode, TokenizedCell, Tokenizer, TokenizerConfig};
+pub use tokenizer::{GeneMap, Mode, Scratch, TokenizedCell, Tokenizer, TokenizerConfig};
 
 /// Errors of the tokenizer and the corpus builder.
 #[derive(Debug, thiserror::Error)]

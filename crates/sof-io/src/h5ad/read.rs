@@ -335,22 +335,26 @@ fn read_index_range(path: &Path, ds: &Dataset, field: &str, r: Range<usize>, bou
     if r.is_empty() {
         return Ok(Vec::new());
     }
+    let out_of_range = |k: usize, v: i64| {
+        Error::invalid(path, field, format!("entry {} is {v}, outside 0..{bound}", r.start + k), REWRITE_FIX)
+    };
+    // anndata stores indices as int32 unless a matrix has more than 2^31 entries: read those as
+    // they are (HDF5 converting each to 64 bits cost more than the rest of the read) and check
+    // them in place. A uint32 file value above i32::MAX arrives clamped and fails the check.
+    let narrow = ds.dtype().map(|t| t.size() <= 4).unwrap_or(false);
+    if narrow {
+        let raw = ds.read_slice_1d::<i32, _>(r.clone()).map_err(|e| Error::hdf5(path, field, e))?;
+        let raw = raw.into_raw_vec_and_offset().0;
+        if let Some(k) = raw.iter().position(|&v| v < 0 || v as usize >= bound) {
+            return Err(out_of_range(k, i64::from(raw[k])));
+        }
+        return Ok(bytemuck::cast_vec(raw));
+    }
     let raw = ds.read_slice_1d::<i64, _>(r.clone()).map_err(|e| Error::hdf5(path, field, e))?;
-    raw.iter()
-        .enumerate()
-        .map(|(k, &v)| {
-            if v < 0 || v as usize >= bound {
-                Err(Error::invalid(
-                    path,
-                    field,
-                    format!("entry {} is {v}, outside 0..{bound}", r.start + k),
-                    REWRITE_FIX,
-                ))
-            } else {
-                Ok(v as u32)
-            }
-        })
-        .collect()
+    if let Some((k, &v)) = raw.iter().enumerate().find(|&(_, &v)| v < 0 || v as usize >= bound) {
+        return Err(out_of_range(k, v));
+    }
+    Ok(raw.iter().map(|&v| v as u32).collect())
 }
 
 /// Reads an anndata data frame group (`obs` or `var`).

@@ -118,6 +118,55 @@ fn shape_mismatches() {
     check(write_h5ad(&p, &a, &BTreeMap::new()), &p, &["obsm/spatial", "5 rows"]);
 }
 
+/// Column indices outside the matrix are errors naming the entry, whatever integer type the
+/// file stores them as (int32 is read as it is, wider types are converted).
+#[test]
+fn column_indices_outside_the_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    fn csr(path: &Path, indices: impl FnOnce(&hdf5::Group)) -> PathBuf {
+        h5(path, |f| {
+            let x = f.create_group("X").unwrap();
+            x.new_attr::<hdf5::types::VarLenUnicode>()
+                .shape(())
+                .create("encoding-type")
+                .unwrap()
+                .write_scalar(&"csr_matrix".parse::<hdf5::types::VarLenUnicode>().unwrap())
+                .unwrap();
+            x.new_attr::<i64>().shape(2).create("shape").unwrap().write_raw(&[2i64, 3]).unwrap();
+            x.new_dataset_builder().with_data(&[1.0f32, 2.0, 3.0]).create("data").unwrap();
+            indices(&x);
+            x.new_dataset_builder().with_data(&[0i64, 2, 3]).create("indptr").unwrap();
+        })
+    }
+    // Indices 0, 2, 1 (valid) or with one bad entry, in the integer type the name says.
+    let write = |x: &hdf5::Group, name: &str| {
+        let b = x.new_dataset_builder();
+        let made = match name {
+            "i32" => b.with_data(&[0i32, 2, 1]).create("indices"),
+            "u16" => b.with_data(&[0u16, 2, 1]).create("indices"),
+            "i64" => b.with_data(&[0i64, 2, 1]).create("indices"),
+            "i32neg" => b.with_data(&[0i32, 1, -4]).create("indices"),
+            "i32big" => b.with_data(&[0i32, 3, 1]).create("indices"),
+            "u32big" => b.with_data(&[0u32, 1, u32::MAX]).create("indices"),
+            "i64neg" => b.with_data(&[0i64, -1, 2]).create("indices"),
+            _ => b.with_data(&[0u16, 1, 7]).create("indices"),
+        };
+        made.unwrap();
+    };
+    for (name, says) in
+        [("i32neg", "is -4"), ("i32big", "is 3"), ("u32big", "entry 2"), ("i64neg", "is -1"), ("u16big", "is 7")]
+    {
+        let p = csr(&dir.path().join(format!("{name}.h5ad")), |x| write(x, name));
+        check(H5adReader::open(&p).unwrap().read_rows(0..2), &p, &["X/indices", says, "outside 0..3"]);
+    }
+    // The same layouts with valid indices read back the same matrix.
+    for name in ["i32", "u16", "i64"] {
+        let p = csr(&dir.path().join(format!("{name}.h5ad")), |x| write(x, name));
+        let m = H5adReader::open(&p).unwrap().read_rows(0..2).unwrap();
+        assert_eq!(m.to_dense(), vec![1.0, 0.0, 2.0, 0.0, 3.0, 0.0], "{name}");
+    }
+}
+
 #[test]
 fn duplicate_gene_names() {
     let dir = tempfile::tempdir().unwrap();

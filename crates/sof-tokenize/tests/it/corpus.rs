@@ -1,7 +1,7 @@
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use sof_io::genes::{GeneTables, Species, Vocabulary};
 use sof_tokenize::corpus::{CorpusInputs, CorpusManifest, CorpusSpec, build_corpus, read_shard_tokens};
-use sof_tokenize::{GeneMap, Modality, TechMeans, Tokenizer, TokenizerConfig, vocabulary_hash};
+use sof_tokenize::{GeneMap, Modality, Scratch, TechMeans, Tokenizer, TokenizerConfig, vocabulary_hash};
 
 use crate::shared;
 
@@ -75,7 +75,7 @@ fn corpus_rows_match_direct_tokenization() {
     assert_eq!(m.context_tokens, [5, 8, 4]);
     assert_eq!(CorpusManifest::load(dir.path()).unwrap(), m);
     let x = sof_io::h5ad::read_h5ad(&sp.input).unwrap().x;
-    let (mut row, mut scratch) = (Vec::new(), Vec::new());
+    let mut scratch = Scratch::default();
     let mut all = Vec::new();
     for (k, sh) in m.shards.iter().enumerate() {
         // Each shard is written block by block; its statistics and row groups still describe
@@ -97,7 +97,7 @@ fn corpus_rows_match_direct_tokenization() {
     assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "input order");
     for (idx, toks) in &all {
         let (c, v) = x.row(*idx as usize);
-        assert_eq!(toks, &s.tok.tokenize(&s.map, c, v, &mut row, &mut scratch).genes, "cell {idx}");
+        assert_eq!(toks, &s.tok.tokenize(&s.map, c, v, &mut scratch).genes, "cell {idx}");
     }
     let lens: Vec<usize> = all.iter().map(|r| r.1.len()).collect();
     let mut sorted = lens.clone();

@@ -2,7 +2,7 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use sof_io::CsrMatrix;
 use sof_io::genes::{GeneTables, Species, Vocabulary};
-use sof_tokenize::{GeneMap, MeansAccumulator, Modality, Mode, TechMeans, Tokenizer, TokenizerConfig};
+use sof_tokenize::{GeneMap, MeansAccumulator, Modality, Mode, Scratch, TechMeans, Tokenizer, TokenizerConfig};
 
 use crate::shared;
 
@@ -55,11 +55,11 @@ fn dense_row(x: &CsrMatrix, i: usize) -> Vec<f32> {
 fn check_matrix(x: &CsrMatrix, map: &[Option<u32>], means: &TechMeans, cfg: &TokenizerConfig, what: &str) -> usize {
     let tok = Tokenizer::new(cfg.clone(), means, Species::Mouse, 7, Modality::Spatial);
     let gm = GeneMap::new(map.to_vec());
-    let (mut row, mut scratch) = (Vec::new(), Vec::new());
+    let mut scratch = Scratch::default();
     let mut tokens = 0;
     for i in 0..x.n_rows() {
         let (c, v) = x.row(i);
-        let got = tok.tokenize(&gm, c, v, &mut row, &mut scratch).genes;
+        let got = tok.tokenize(&gm, c, v, &mut scratch).genes;
         let want = dense_tokens(&dense_row(x, i), map, &means.values, cfg);
         assert_eq!(got, want, "{what}: cell {i}");
         tokens += got.len();

@@ -1,5 +1,5 @@
 use sof_io::genes::{Species, Vocabulary};
-use sof_tokenize::{GeneMap, Modality, Mode, TechMeans, Tokenizer, TokenizerConfig};
+use sof_tokenize::{GeneMap, Modality, Mode, Scratch, TechMeans, Tokenizer, TokenizerConfig};
 
 use crate::shared;
 
@@ -49,14 +49,14 @@ fn tokenize_all(fx: &Fixture, tech: &str, mode: Mode) -> (Vec<Vec<u32>>, TechMea
     let tok = Tokenizer::new(cfg, &means, Species::Human, 9, Modality::Spatial);
     let map = GeneMap::new(fx.genes.iter().map(|g| fx.vocab.get(g)).collect());
     assert_eq!(map.n_mapped(), 35, "every fixture gene is in the vocabulary");
-    let (mut row, mut scratch) = (Vec::new(), Vec::new());
+    let mut scratch = Scratch::default();
     let out = fx
         .cells
         .iter()
         .map(|(_, counts)| {
             let cols: Vec<u32> = (0..counts.len() as u32).filter(|&j| counts[j as usize] != 0.0).collect();
             let vals: Vec<f32> = cols.iter().map(|&j| counts[j as usize]).collect();
-            tok.tokenize(&map, &cols, &vals, &mut row, &mut scratch).genes
+            tok.tokenize(&map, &cols, &vals, &mut scratch).genes
         })
         .collect();
     (out, means)
