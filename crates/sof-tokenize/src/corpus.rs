@@ -25,9 +25,11 @@ use arrow_buffer::OffsetBuffer;
 use arrow_schema::{Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
+use parquet::basic::Encoding;
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -36,7 +38,7 @@ use sof_io::genes::Species;
 use sof_io::h5ad::H5adReader;
 
 use crate::context::Modality;
-use crate::tokenizer::{GeneMap, Scratch, TokenizedCell, Tokenizer, TokenizerConfig};
+use crate::tokenizer::{ColumnTokenizer, GeneMap, Scratch, TokenizedCell, Tokenizer, TokenizerConfig};
 use crate::{Result, TokenizeError};
 
 /// Fixed column names; obs columns asked for may not reuse them.
@@ -244,6 +246,7 @@ pub fn build_corpus(
     // b-1 into its shard's Parquet writer (bounded channels keep at most a few blocks in memory).
     // Blocks, not whole shards, so that the stages overlap even on an input of one shard.
     let block_cells = spec.row_group_cells.min(BLOCK_CELLS);
+    let columns = inputs.tokenizer.for_columns(inputs.map);
     let written = std::thread::scope(|scope| -> Result<Vec<(usize, ShardInfo)>> {
         let (read_tx, read_rx) = std::sync::mpsc::sync_channel::<(Block, Result<sof_io::CsrMatrix>)>(1);
         let (write_tx, write_rx) = std::sync::mpsc::sync_channel::<TokenizedBlock>(1);
@@ -283,7 +286,7 @@ pub fn build_corpus(
         for (block, x) in read_rx {
             let x = x?;
             let n = block.cells.len();
-            if write_tx.send(tokenize_block(inputs.tokenizer, inputs.map, &x, block)).is_err() {
+            if write_tx.send(tokenize_block(&columns, &x, block)).is_err() {
                 break;
             }
             progress(n);
@@ -418,12 +421,12 @@ struct TokenizedBlock {
     keep: Vec<usize>,
 }
 
-fn tokenize_block(tok: &Tokenizer, map: &GeneMap, x: &sof_io::CsrMatrix, block: Block) -> TokenizedBlock {
+fn tokenize_block(tok: &ColumnTokenizer<'_>, x: &sof_io::CsrMatrix, block: Block) -> TokenizedBlock {
     let tokenized: Vec<TokenizedCell> = (0..x.n_rows())
         .into_par_iter()
         .map_init(Scratch::default, |scratch, i| {
             let (c, v) = x.row(i);
-            tok.tokenize(map, c, v, scratch)
+            tok.tokenize(c, v, scratch)
         })
         .collect();
     let keep: Vec<usize> = (0..tokenized.len()).filter(|&i| !tokenized[i].genes.is_empty()).collect();
@@ -446,11 +449,19 @@ impl ShardWriter {
         let tmp = sof_io::AtomicPath::new(&path)?;
         let out = File::create(tmp.path()).map_err(|e| sof_io::Error::Io { path: path.clone(), error: e })?;
         // No dictionary encoding: interning every value cost more time than it saved space
-        // (snappy already shrinks repeated dataset / section names).
+        // (snappy already shrinks repeated dataset / section names). Token lists (most of the
+        // bytes) are delta-encoded instead, without snappy or statistics: gene ids in rank order
+        // are random to snappy (it saved under 1%), but within a cell's tail of equal values they
+        // ascend in small steps — shards are 3x smaller than plain, and as fast to write as plain
+        // with snappy.
+        let tokens = ColumnPath::from(vec!["tokens".to_owned(), "list".to_owned(), "item".to_owned()]);
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(spec.row_group_cells))
             .set_dictionary_enabled(false)
+            .set_column_compression(tokens.clone(), Compression::UNCOMPRESSED)
+            .set_column_encoding(tokens.clone(), Encoding::DELTA_BINARY_PACKED)
+            .set_column_statistics_enabled(tokens, EnabledStatistics::None)
             .build();
         let schema = record_batch(spec, tok, ann, &[], &[], 0).schema();
         let writer = ArrowWriter::try_new(out, schema, Some(props)).map_err(|e| parquet_error(&path, e))?;

@@ -17,11 +17,12 @@
 pub mod context;
 pub mod corpus;
 pub mod means;
+mod rank;
 mod tokenizer;
 
 pub use context::{ContextTable, Modality, TechnologySpec};
 pub use means::{MeansAccumulator, TechMeans};
-pub use tokenizer::{GeneMap, Mode, Scratch, TokenizedCell, Tokenizer, TokenizerConfig};
+pub use tokenizer::{ColumnTokenizer, GeneMap, Mode, Scratch, TokenizedCell, Tokenizer, TokenizerConfig};
 
 /// Errors of the tokenizer and the corpus builder.
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,7 @@ use sof_io::genes::{AlignmentReport, Species};
 
 use crate::context::{Modality, N_CONTEXT, N_SPECIAL, species_token};
 use crate::means::TechMeans;
+use crate::rank::{order_bits, sort_top_k};
 
 /// How mean vectors are interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -149,31 +150,7 @@ impl Tokenizer {
     /// Ranks one cell given as mapped `(vocab index, count)` pairs (each vocabulary gene at most
     /// once).
     pub fn tokenize_mapped(&self, row: &[(u32, f64)], scratch: &mut Scratch) -> TokenizedCell {
-        self.rank(row.iter().copied(), scratch)
-    }
-
-    /// Tokenizes one cell of a dataset (its CSR row) through `map`; `scratch` is reused from
-    /// cell to cell.
-    pub fn tokenize(&self, map: &GeneMap, cols: &[u32], vals: &[f32], scratch: &mut Scratch) -> TokenizedCell {
-        if map.collisions {
-            // Several columns map onto one vocabulary gene: sum them first.
-            let mut row = std::mem::take(&mut scratch.row);
-            map.vocab_row(cols, vals, &mut row);
-            let cell = self.tokenize_mapped(&row, scratch);
-            scratch.row = row;
-            return cell;
-        }
-        // Straight from the CSR row, in its order: the same entries `vocab_row` would list.
-        let entries = cols
-            .iter()
-            .zip(vals)
-            .filter(|&(_, &v)| v != 0.0)
-            .filter_map(|(&c, &v)| Some((map.to_vocab[c as usize]?, f64::from(v))));
-        self.rank(entries, scratch)
-    }
-
-    fn rank(&self, entries: impl Iterator<Item = (u32, f64)> + Clone, scratch: &mut Scratch) -> TokenizedCell {
-        let total: f64 = entries.clone().map(|p| p.1).sum();
+        let total: f64 = row.iter().map(|p| p.1).sum();
         if total <= 0.0 {
             return TokenizedCell::default();
         }
@@ -182,7 +159,7 @@ impl Tokenizer {
         let scale = self.config.target_sum / total;
         let keys = &mut scratch.keys;
         keys.clear();
-        for (g, v) in entries {
+        for &(g, v) in row {
             let d = self.divisor[g as usize];
             if d.is_nan() {
                 continue;
@@ -193,9 +170,97 @@ impl Tokenizer {
                 keys.push((u128::from(!order_bits(x)) << 32) | u128::from(g));
             }
         }
+        self.top_tokens(scratch)
+    }
+
+    /// The ranked tokens from `scratch.keys`.
+    fn top_tokens(&self, scratch: &mut Scratch) -> TokenizedCell {
         let top = sort_top_k(&scratch.keys, self.max_genes(), &mut scratch.sorted, &mut scratch.starts);
         TokenizedCell { genes: top.iter().map(|&key| (key as u32) + N_SPECIAL).collect() }
     }
+
+    /// Tokenizes one cell of a dataset (its CSR row) through `map`; `scratch` is reused from
+    /// cell to cell. The plain path (map, then rank); [`Tokenizer::for_columns`] is the fast one
+    /// for many cells of one dataset, with the same result.
+    pub fn tokenize(&self, map: &GeneMap, cols: &[u32], vals: &[f32], scratch: &mut Scratch) -> TokenizedCell {
+        let mut row = std::mem::take(&mut scratch.row);
+        map.vocab_row(cols, vals, &mut row);
+        let cell = self.tokenize_mapped(&row, scratch);
+        scratch.row = row;
+        cell
+    }
+
+    /// This tokenizer with `map` folded into one table over the dataset's columns (vocabulary
+    /// index and divisor per column), for tokenizing many cells of that dataset.
+    pub fn for_columns<'a>(&'a self, map: &'a GeneMap) -> ColumnTokenizer<'a> {
+        let columns = map
+            .to_vocab
+            .iter()
+            .map(|g| match *g {
+                Some(g) => Column { divisor: self.divisor[g as usize], gene: g, mapped: true },
+                None => Column { divisor: f64::NAN, gene: 0, mapped: false },
+            })
+            .collect();
+        ColumnTokenizer { tokenizer: self, map, columns }
+    }
+}
+
+/// A [`Tokenizer`] bound to one dataset's columns ([`Tokenizer::for_columns`]).
+#[derive(Debug)]
+pub struct ColumnTokenizer<'a> {
+    tokenizer: &'a Tokenizer,
+    map: &'a GeneMap,
+    columns: Vec<Column>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Column {
+    /// NaN: never a token (unmapped, or not measured by the technology in fixed mode).
+    divisor: f64,
+    gene: u32,
+    /// Counts toward the cell's total (mapped into the vocabulary).
+    mapped: bool,
+}
+
+impl ColumnTokenizer<'_> {
+    /// Tokenizes one cell (its CSR row); equal to [`Tokenizer::tokenize`] with the same map.
+    pub fn tokenize(&self, cols: &[u32], vals: &[f32], scratch: &mut Scratch) -> TokenizedCell {
+        let tok = self.tokenizer;
+        if self.map.collisions {
+            // Several columns map onto one vocabulary gene: they are summed first.
+            return tok.tokenize(self.map, cols, vals, scratch);
+        }
+        // The entries `vocab_row` would list, straight from the row: the same total (summed in
+        // the same order) and the same keys.
+        let columns = &self.columns;
+        let total = row_total(columns, cols, vals);
+        if total <= 0.0 {
+            return TokenizedCell::default();
+        }
+        let scale = tok.config.target_sum / total;
+        let keys = &mut scratch.keys;
+        keys.clear();
+        for (&c, &v) in cols.iter().zip(vals) {
+            let col = columns[c as usize];
+            let x = f64::from(v) * scale / col.divisor;
+            // Skips zeros and NaN (unmapped or unmeasured genes).
+            if x.abs() > 0.0 {
+                keys.push((u128::from(!order_bits(x)) << 32) | u128::from(col.gene));
+            }
+        }
+        tok.top_tokens(scratch)
+    }
+}
+
+/// The sum of a row's mapped values, added one by one in row order (as `vocab_row` lists them).
+fn row_total(columns: &[Column], cols: &[u32], vals: &[f32]) -> f64 {
+    let mut total = 0.0;
+    for (&c, &v) in cols.iter().zip(vals) {
+        if columns[c as usize].mapped {
+            total += f64::from(v);
+        }
+    }
+    total
 }
 
 /// Buffers [`Tokenizer::tokenize`] reuses from cell to cell (one per thread).
@@ -205,117 +270,4 @@ pub struct Scratch {
     keys: Vec<u128>,
     sorted: Vec<u128>,
     starts: Vec<u32>,
-}
-
-/// The `k` smallest of `keys`, ascending (all of them when there are fewer), in `out`.
-///
-/// A cell's keys are spread out by their high 64 bits (the value's order bits; the low 32 bits
-/// are the vocabulary index): one stable counting pass distributes them over about one bucket per
-/// key, by the leading bits of their offset from the smallest, and only the buckets that reach
-/// the first `k` are then sorted — most hold one or a few keys (equal values keep the input's
-/// order, usually already by vocabulary index, so sorting them is one pass). Several times faster
-/// than a comparison sort of 2,000 expressed genes; the result is the same (tested against
-/// `sort_unstable`).
-fn sort_top_k<'a>(keys: &[u128], k: usize, out: &'a mut Vec<u128>, starts: &mut Vec<u32>) -> &'a [u128] {
-    const SMALL: usize = 64;
-    let n = keys.len();
-    out.clear();
-    if n <= SMALL {
-        out.extend_from_slice(keys);
-        out.sort_unstable();
-        out.truncate(k);
-        return out;
-    }
-    let high = |key: u128| (key >> 32) as u64;
-    let (lo, hi) = keys.iter().fold((u64::MAX, 0), |(lo, hi), &key| (lo.min(high(key)), hi.max(high(key))));
-    let bits = n.next_power_of_two().trailing_zeros().min(16);
-    let span = 64 - (hi - lo).leading_zeros();
-    let shift = span.saturating_sub(bits);
-    let bucket = |key: u128| ((high(key) - lo) >> shift) as usize;
-    // Counting sort: starts[b] = first slot of bucket b; scattering advances it to the bucket's end.
-    starts.clear();
-    starts.resize((1 << bits) + 1, 0);
-    for &key in keys {
-        starts[bucket(key) + 1] += 1;
-    }
-    for b in 1..starts.len() {
-        starts[b] += starts[b - 1];
-    }
-    out.resize(n, 0);
-    for &key in keys {
-        let slot = &mut starts[bucket(key)];
-        out[*slot as usize] = key;
-        *slot += 1;
-    }
-    // Now starts[b] is the end of bucket b (= the start of bucket b + 1).
-    let mut a = 0;
-    for &b in starts.iter() {
-        let b = b as usize;
-        if a >= k {
-            break;
-        }
-        if b - a > 1 {
-            out[a..b].sort_unstable();
-        }
-        a = b;
-    }
-    out.truncate(k);
-    out
-}
-
-/// Maps an `f64` to a `u64` whose unsigned order is the float's total order (`f64::total_cmp`).
-fn order_bits(x: f64) -> u64 {
-    let b = x.to_bits();
-    if b >> 63 == 1 { !b } else { b | (1 << 63) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{order_bits, sort_top_k};
-
-    #[test]
-    fn sort_top_k_equals_a_full_sort() {
-        // Keys as the tokenizer builds them: inverted value order bits above the gene index.
-        // Values with many exact ties (small counts over a few divisors), a wide range, one
-        // extreme outlier that squeezes everything else into few buckets, and negative values.
-        let mut state = 0x9e3779b97f4a7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for case in 0..400 {
-            let n = (next() % 3000) as usize;
-            let k = [1, 10, 100, 1497, 5000][case % 5];
-            let mut keys: Vec<u128> = (0..n)
-                .map(|g| {
-                    let x = match case % 4 {
-                        0 => (1 + next() % 4) as f64 * 31.0 / (1 + next() % 7) as f64,
-                        1 => (next() % 1_000_000) as f64 / 7.0 + 1e-3,
-                        2 if g == 0 => 1e300,
-                        2 => (1 + next() % 50) as f64 / 3.0,
-                        _ => (next() % 2001) as f64 - 1000.5,
-                    };
-                    (u128::from(!order_bits(x)) << 32) | g as u128
-                })
-                .collect();
-            if case % 8 == 3 {
-                keys.reverse();
-            }
-            let mut expected = keys.clone();
-            expected.sort_unstable();
-            expected.truncate(k);
-            let (mut out, mut starts) = (Vec::new(), Vec::new());
-            assert_eq!(sort_top_k(&keys, k, &mut out, &mut starts), expected, "case {case}: {n} keys, top {k}");
-        }
-    }
-
-    #[test]
-    fn order_bits_preserve_float_order() {
-        let xs = [-1e300, -2.5, -1e-300, -0.0, 0.0, 1e-300, 0.5, 1.0, 61.728395061728385, 61.72839506172839, 1e300];
-        for w in xs.windows(2) {
-            assert!(order_bits(w[0]) < order_bits(w[1]), "{} < {}", w[0], w[1]);
-        }
-    }
 }

@@ -110,11 +110,12 @@ impl Loaded {
     /// Token ids of every cell (context tokens first), as the model reads them.
     pub fn tokenize_all(&self) -> anyhow::Result<Vec<Vec<i64>>> {
         let mut scratch = sof_tokenize::Scratch::default();
+        let columns = self.tokenizer.for_columns(&self.map);
         let x = self.reader.read_rows(0..self.reader.n_obs())?;
         Ok((0..x.n_rows())
             .map(|i| {
                 let (c, v) = x.row(i);
-                let cell = self.tokenizer.tokenize(&self.map, c, v, &mut scratch);
+                let cell = columns.tokenize(c, v, &mut scratch);
                 self.tokenizer.context().iter().chain(&cell.genes).map(|&t| i64::from(t)).collect()
             })
             .collect())
@@ -200,6 +201,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let mut out = Array2::<f32>::zeros((n, cfg.d_model));
     let pb = util::progress(n as u64, "embed", quiet);
     let mut scratch = sof_tokenize::Scratch::default();
+    let columns = tokenizer.for_columns(&map);
     let mut empty = 0;
     // Cells are read in blocks, tokenized, sorted by length and embedded in batches of similar
     // length, so short spatial panels are not padded to the longest cell of a block.
@@ -210,7 +212,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         let seqs: Vec<Vec<i64>> = (0..x.n_rows())
             .map(|i| {
                 let (c, v) = x.row(i);
-                let cell = tokenizer.tokenize(&map, c, v, &mut scratch);
+                let cell = columns.tokenize(c, v, &mut scratch);
                 tokenizer.context().iter().chain(&cell.genes).map(|&t| i64::from(t)).collect()
             })
             .collect();

@@ -55,6 +55,7 @@ fn dense_row(x: &CsrMatrix, i: usize) -> Vec<f32> {
 fn check_matrix(x: &CsrMatrix, map: &[Option<u32>], means: &TechMeans, cfg: &TokenizerConfig, what: &str) -> usize {
     let tok = Tokenizer::new(cfg.clone(), means, Species::Mouse, 7, Modality::Spatial);
     let gm = GeneMap::new(map.to_vec());
+    let columns = tok.for_columns(&gm);
     let mut scratch = Scratch::default();
     let mut tokens = 0;
     for i in 0..x.n_rows() {
@@ -62,6 +63,8 @@ fn check_matrix(x: &CsrMatrix, map: &[Option<u32>], means: &TechMeans, cfg: &Tok
         let got = tok.tokenize(&gm, c, v, &mut scratch).genes;
         let want = dense_tokens(&dense_row(x, i), map, &means.values, cfg);
         assert_eq!(got, want, "{what}: cell {i}");
+        // The corpus builder's path (one table over the columns) gives the same tokens.
+        assert_eq!(columns.tokenize(c, v, &mut scratch).genes, want, "{what}: cell {i}, column path");
         tokens += got.len();
     }
     tokens
