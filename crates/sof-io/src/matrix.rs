@@ -51,7 +51,7 @@ impl CsrMatrix {
         if end as usize != indices.len() || indices.len() != data.len() {
             return Err(CsrError::Lengths { end, indices: indices.len(), data: data.len() });
         }
-        if let Some(pos) = indices.iter().position(|&c| c as usize >= n_cols) {
+        if let Some(pos) = first_where(&indices, |&c| c as usize >= n_cols) {
             let row = indptr.partition_point(|&p| p as usize <= pos) - 1;
             return Err(CsrError::ColumnRange { row, col: indices[pos], n_cols });
         }
@@ -199,10 +199,7 @@ impl CsrMatrix {
 
     /// First entry that is NaN, infinite or negative, as `(row, col, value)`.
     pub fn first_invalid_value(&self) -> Option<(usize, u32, f32)> {
-        // Chunks without an early exit inside vectorize; this runs on every value read.
-        let bad = |v: &f32| !(*v >= 0.0 && *v < f32::INFINITY);
-        let chunk = self.data.chunks(256).position(|c| c.iter().fold(false, |any, v| any | bad(v)))?;
-        let pos = chunk * 256 + self.data[chunk * 256..].iter().position(bad)?;
+        let pos = first_where(&self.data, |v| !(*v >= 0.0 && *v < f32::INFINITY))?;
         let row = self.indptr.partition_point(|&p| p as usize <= pos) - 1;
         Some((row, self.indices[pos], self.data[pos]))
     }
@@ -211,6 +208,15 @@ impl CsrMatrix {
     pub fn into_parts(self) -> (usize, usize, Vec<u64>, Vec<u32>, Vec<f32>) {
         (self.n_rows, self.n_cols, self.indptr, self.indices, self.data)
     }
+}
+
+/// The first position where `bad` holds, like `iter().position(bad)`, but as fast as a scan
+/// without an early exit: chunks are checked whole (that vectorizes), and only the chunk that
+/// fails is searched. For checks that run on every value read.
+pub(crate) fn first_where<T>(xs: &[T], bad: impl Fn(&T) -> bool) -> Option<usize> {
+    const CHUNK: usize = 256;
+    let chunk = xs.chunks(CHUNK).position(|c| c.iter().fold(false, |any, x| any | bad(x)))?;
+    xs[chunk * CHUNK..].iter().position(bad).map(|p| chunk * CHUNK + p)
 }
 
 /// Converts CSC parts (`indptr` over columns, `indices` are rows) into a CSR matrix.

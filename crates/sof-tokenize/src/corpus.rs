@@ -241,15 +241,16 @@ pub fn build_corpus(
             None => todo.push((k, cells)),
         }
     }
-    // A three-stage pipeline over blocks of at most BLOCK_CELLS cells: one thread reads block
-    // b+1 from the .h5ad while the rayon pool tokenizes block b and another thread encodes block
-    // b-1 into its shard's Parquet writer (bounded channels keep at most a few blocks in memory).
-    // Blocks, not whole shards, so that the stages overlap even on an input of one shard.
+    // A three-stage pipeline over blocks of at most BLOCK_CELLS cells: one thread reads the
+    // next blocks from the .h5ad while the rayon pool tokenizes one and another thread encodes
+    // the previous ones into their shard's Parquet writer (bounded channels keep at most a few
+    // blocks in memory). Blocks, not whole shards, so that the stages overlap even on an input
+    // of one shard.
     let block_cells = spec.row_group_cells.min(BLOCK_CELLS);
     let columns = inputs.tokenizer.for_columns(inputs.map);
     let written = std::thread::scope(|scope| -> Result<Vec<(usize, ShardInfo)>> {
-        let (read_tx, read_rx) = std::sync::mpsc::sync_channel::<(Block, Result<sof_io::CsrMatrix>)>(1);
-        let (write_tx, write_rx) = std::sync::mpsc::sync_channel::<TokenizedBlock>(1);
+        let (read_tx, read_rx) = std::sync::mpsc::sync_channel::<(Block, Result<sof_io::CsrMatrix>)>(4);
+        let (write_tx, write_rx) = std::sync::mpsc::sync_channel::<TokenizedBlock>(4);
         let reader = &reader;
         let todo = &todo;
         scope.spawn(move || {
@@ -397,7 +398,8 @@ fn existing_shard(path: &Path, hash: &str) -> Result<Option<ShardInfo>> {
     Ok(Some(info))
 }
 
-/// Cells read and tokenized together; a shard is written block by block.
+/// Cells read and tokenized together; a shard is written block by block. Small enough that a
+/// block of whole-transcriptome cells (~2,000 values each) stays in cache between the stages.
 const BLOCK_CELLS: usize = 256;
 
 /// Shard `k`'s file name.

@@ -41,6 +41,13 @@ pub struct H5adReader {
 
 /// Opens an HDF5 file, turning every failure into an error that names the file.
 pub(crate) fn open_hdf5(path: &Path) -> Result<File> {
+    open_hdf5_with(path, true)
+}
+
+/// [`open_hdf5`], with or without HDF5's raw-data chunk cache. Without it, reads that span
+/// uncompressed chunks go straight into the caller's buffer (one memory copy less per value);
+/// compressed chunks need the cache, or a chunk read in two requests is inflated twice.
+fn open_hdf5_with(path: &Path, chunk_cache: bool) -> Result<File> {
     match std::fs::metadata(path) {
         Err(e) => return Err(Error::io(path, e)),
         Ok(m) if m.len() == 0 => {
@@ -53,7 +60,12 @@ pub(crate) fn open_hdf5(path: &Path) -> Result<File> {
     // before reporting it.
     let mut wait = std::time::Duration::from_millis(20);
     loop {
-        match File::open(path) {
+        let opened = if chunk_cache {
+            File::open(path)
+        } else {
+            File::with_options().with_fapl(|p| p.chunk_cache(0, 0, 1.0)).open(path)
+        };
+        match opened {
             Ok(f) => return Ok(f),
             Err(e) if e.to_string().contains("unable to lock file") && wait.as_millis() < 1_000 => {
                 std::thread::sleep(wait);
@@ -73,6 +85,21 @@ impl H5adReader {
     /// Opens `path` and reads the layout of X.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        // Cells are read once, in order, in requests spanning many chunks: no chunk cache unless
+        // X is compressed.
+        {
+            let file = open_hdf5_with(&path, false)?;
+            let (x, n_obs, n_vars) = read_x_layout(&path, &file)?;
+            let compressed = match &x {
+                XLayout::Dense(ds) => !ds.filters().is_empty(),
+                XLayout::Sparse { data, indices, .. } => !data.filters().is_empty() || !indices.filters().is_empty(),
+            };
+            if !compressed {
+                return Ok(Self { path, file, x, n_obs, n_vars });
+            }
+        }
+        // Every handle on the first opening is closed here: HDF5 shares one open file between
+        // its handles, with the first one's cache settings.
         let file = open_hdf5(&path)?;
         let (x, n_obs, n_vars) = read_x_layout(&path, &file)?;
         Ok(Self { path, file, x, n_obs, n_vars })
@@ -345,7 +372,7 @@ fn read_index_range(path: &Path, ds: &Dataset, field: &str, r: Range<usize>, bou
     if narrow {
         let raw = ds.read_slice_1d::<i32, _>(r.clone()).map_err(|e| Error::hdf5(path, field, e))?;
         let raw = raw.into_raw_vec_and_offset().0;
-        if let Some(k) = raw.iter().position(|&v| v < 0 || v as usize >= bound) {
+        if let Some(k) = crate::matrix::first_where(&raw, |&v| v < 0 || v as usize >= bound) {
             return Err(out_of_range(k, i64::from(raw[k])));
         }
         return Ok(bytemuck::cast_vec(raw));
