@@ -35,6 +35,19 @@ fn h5(path: &Path, build: impl FnOnce(&hdf5::File)) -> PathBuf {
     path.to_path_buf()
 }
 
+/// An `X` group tagged as a CSR matrix of `shape`, for the test to fill.
+fn csr_group(f: &hdf5::File, shape: [i64; 2]) -> hdf5::Group {
+    let x = f.create_group("X").unwrap();
+    x.new_attr::<hdf5::types::VarLenUnicode>()
+        .shape(())
+        .create("encoding-type")
+        .unwrap()
+        .write_scalar(&"csr_matrix".parse::<hdf5::types::VarLenUnicode>().unwrap())
+        .unwrap();
+    x.new_attr::<i64>().shape(2).create("shape").unwrap().write_raw(&shape).unwrap();
+    x
+}
+
 #[test]
 fn missing_file_empty_file_and_not_hdf5() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,14 +111,7 @@ fn shape_mismatches() {
     check(read_h5ad(&p), &p, &["'obs'", "3 cells", "2 rows"]);
     // CSR indptr of the wrong length.
     let p = h5(&dir.path().join("indptr.h5ad"), |f| {
-        let x = f.create_group("X").unwrap();
-        x.new_attr::<hdf5::types::VarLenUnicode>()
-            .shape(())
-            .create("encoding-type")
-            .unwrap()
-            .write_scalar(&"csr_matrix".parse::<hdf5::types::VarLenUnicode>().unwrap())
-            .unwrap();
-        x.new_attr::<i64>().shape(2).create("shape").unwrap().write_raw(&[3i64, 2]).unwrap();
+        let x = csr_group(f, [3, 2]);
         x.new_dataset_builder().with_data(&[1.0f32]).create("data").unwrap();
         x.new_dataset_builder().with_data(&[0i32]).create("indices").unwrap();
         x.new_dataset_builder().with_data(&[0i64, 1]).create("indptr").unwrap();
@@ -125,14 +131,7 @@ fn column_indices_outside_the_matrix() {
     let dir = tempfile::tempdir().unwrap();
     fn csr(path: &Path, indices: impl FnOnce(&hdf5::Group)) -> PathBuf {
         h5(path, |f| {
-            let x = f.create_group("X").unwrap();
-            x.new_attr::<hdf5::types::VarLenUnicode>()
-                .shape(())
-                .create("encoding-type")
-                .unwrap()
-                .write_scalar(&"csr_matrix".parse::<hdf5::types::VarLenUnicode>().unwrap())
-                .unwrap();
-            x.new_attr::<i64>().shape(2).create("shape").unwrap().write_raw(&[2i64, 3]).unwrap();
+            let x = csr_group(f, [2, 3]);
             x.new_dataset_builder().with_data(&[1.0f32, 2.0, 3.0]).create("data").unwrap();
             indices(&x);
             x.new_dataset_builder().with_data(&[0i64, 2, 3]).create("indptr").unwrap();
