@@ -2,11 +2,16 @@
 numba on one thread, on the same cells as sof. Then checks that sof's tokens (Parquet shards)
 are identical.
 
-The reference first aligns every dataset to its whole gene vocabulary (genes a dataset lacks are
-zero columns), then, per chunk of cells: densify, scale each cell to 10,000, divide by the
-technology's means, rank with an argsort over the vocabulary. `--panel-only` is a faster variant
-the reference does not do: it densifies only the file's own genes (for a 400-gene spatial panel,
-400 columns instead of the vocabulary's 20,310), to show what an optimized dense peer reaches.
+The reference (Nicheformer's `NicheformerDataset._process_chunk` and `_sub_tokenize_data`) first
+aligns every dataset to its whole gene vocabulary (genes a dataset lacks are zero columns), then,
+per chunk of cells: densify, scale each cell to 10,000 and divide by the technology's means
+(vectorized numpy over the chunk), then per cell in numba: `np.nonzero`, and an argsort of the
+non-zero values only. Here the argsort is stable (mergesort), so ties keep ascending gene order
+as sof's do (the reference's default quicksort leaves ties arbitrary), and genes the technology
+does not measure (NaN or negative means, sof's default "fixed" mode) are zeroed after the
+division. `--panel-only` is a faster variant the reference does not do: it densifies only the
+file's own genes (for a 400-gene spatial panel, 400 columns instead of the vocabulary's 20,310),
+to show what an optimized dense peer reaches.
 
 Usage: python tokenize_peer.py --write-vocab <input.h5ad> <vocab.tsv>   (the file's genes as a vocabulary)
        python tokenize_peer.py <input.h5ad> <vocab.tsv> <means.tsv (vocabulary order)>
@@ -55,26 +60,26 @@ tokens_of_col = (cols + 30).astype(np.int32)
 
 
 @numba.njit(cache=False)
-def rank_chunk(dense, m, skip, token_of, max_genes, out_tok, out_len):
-    for r in range(dense.shape[0]):
-        row = dense[r]
-        total = row.sum()
-        if total <= 0:
-            out_len[r] = 0
-            continue
-        scale = 10000.0 / total
-        vals = np.zeros(row.shape[0])
-        for g in range(row.shape[0]):
-            if row[g] != 0 and not skip[g]:
-                vals[g] = row[g] * scale / m[g]
-        order = np.argsort(-vals, kind="mergesort")
-        k = 0
-        for g in order:
-            if vals[g] == 0 or k == max_genes:
-                break
-            out_tok[r, k] = token_of[g]
-            k += 1
+def rank_rows(x, token_of, max_genes, out_tok, out_len):
+    """The reference's `_sub_tokenize_data`: per cell, argsort of its non-zero values only."""
+    for r in range(x.shape[0]):
+        cell = x[r]
+        nonzero = np.nonzero(cell)[0]
+        order = np.argsort(-cell[nonzero], kind="mergesort")
+        k = min(len(nonzero), max_genes)
+        for j in range(k):
+            out_tok[r, j] = token_of[nonzero[order[j]]]
         out_len[r] = k
+
+
+def normalize(dense):
+    """The reference's `sf_normalize` and division by the technology's means, on a dense chunk."""
+    counts = dense.sum(axis=1)
+    counts += counts == 0.0
+    np.multiply(dense, (10000.0 / counts).reshape((-1, 1)), out=dense)
+    dense /= m_cols.reshape((1, -1))
+    dense[:, skip_cols] = 0.0
+    return dense
 
 
 def densify(s, e):
@@ -93,15 +98,14 @@ CHUNK = 2048
 max_genes = 1497
 results = []
 # Warm up the JIT outside the timed region.
-rank_chunk(np.zeros((1, len(cols))), m_cols, skip_cols, tokens_of_col, max_genes,
-           np.zeros((1, max_genes), np.int32), np.zeros(1, np.int32))
+rank_rows(np.ones((1, len(cols))), tokens_of_col, max_genes, np.zeros((1, max_genes), np.int32), np.zeros(1, np.int32))
 t0 = time.perf_counter()
 for s in range(0, a.n_obs, CHUNK):
     e = min(s + CHUNK, a.n_obs)
-    dense = densify(s, e)
+    dense = normalize(densify(s, e))
     tok = np.zeros((e - s, max_genes), np.int32)
     ln = np.zeros(e - s, np.int32)
-    rank_chunk(dense, m_cols, skip_cols, tokens_of_col, max_genes, tok, ln)
+    rank_rows(dense, tokens_of_col, max_genes, tok, ln)
     results.extend(tok[i, : ln[i]] for i in range(e - s))
 compute_s = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
