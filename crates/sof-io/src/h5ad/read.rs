@@ -55,30 +55,20 @@ fn open_hdf5_with(path: &Path, chunk_cache: bool) -> Result<File> {
         }
         Ok(_) => {}
     }
-    // HDF5 locks files while they are open; a writer that has just finished (another process,
-    // or a handle the library is still closing) can hold the lock for a moment. Retry briefly
-    // before reporting it.
-    let mut wait = std::time::Duration::from_millis(20);
-    loop {
-        let opened = if chunk_cache {
-            File::open(path)
-        } else {
-            File::with_options().with_fapl(|p| p.chunk_cache(0, 0, 1.0)).open(path)
-        };
-        match opened {
-            Ok(f) => return Ok(f),
-            Err(e) if e.to_string().contains("unable to lock file") && wait.as_millis() < 1_000 => {
-                std::thread::sleep(wait);
-                wait *= 2;
+    // Read-only opens take no HDF5 file lock. HDF5 opens files without close-on-exec, so a
+    // process started meanwhile (by any thread) inherits the descriptor and with it the lock of
+    // a file being written — a just-written file could then not be opened until that process
+    // ended ("unable to lock file, errno = 11"). Our writers rename complete files into place,
+    // so a reader never sees a half-written one under its name.
+    File::with_options()
+        .with_fapl(|p| {
+            if !chunk_cache {
+                p.chunk_cache(0, 0, 1.0);
             }
-            Err(e) => {
-                return Err(Error::Open {
-                    path: path.into(),
-                    reason: format!("{e} (if another program has it open for writing, wait for it to finish)"),
-                });
-            }
-        }
-    }
+            p.file_locking(false)
+        })
+        .open(path)
+        .map_err(|e| Error::Open { path: path.into(), reason: e.to_string() })
 }
 
 impl H5adReader {

@@ -56,9 +56,14 @@ pub fn write_h5ad(path: impl AsRef<Path>, adata: &AnnData, uns: &BTreeMap<String
 }
 
 /// Creates (or opens read-write) a file whose close is strong: dropping the `File` closes every
-/// object still open in it, so the file is complete and unlocked before it is renamed into place.
+/// object still open in it, so the file is complete before it is renamed into place. No HDF5
+/// file lock: we write temporary files no one else writes, and a lock would outlive us in any
+/// process started meanwhile (HDF5's descriptors are inherited across fork and exec), blocking
+/// the next open of the finished file.
 fn strong(create: bool, path: &Path) -> hdf5::Result<File> {
-    let b = File::with_options().with_fapl(|p| p.fclose_degree(hdf5::file::FileCloseDegree::Strong)).clone();
+    let b = File::with_options()
+        .with_fapl(|p| p.fclose_degree(hdf5::file::FileCloseDegree::Strong).file_locking(false))
+        .clone();
     if create { b.create(path) } else { b.open_rw(path) }
 }
 

@@ -42,6 +42,28 @@ fn toy() -> AnnData {
     AnnData { x, obs, var, obsm }
 }
 
+/// A process started while a file was open in HDF5 inherits its descriptor, and with it HDF5's
+/// file lock; our reads and writes must not need that lock (this was a rare CI failure:
+/// "unable to lock file, errno = 11", when another test started Python at the wrong moment).
+#[test]
+fn files_locked_by_a_child_process_still_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("toy.h5ad");
+    write_h5ad(&path, &toy(), &BTreeMap::new()).unwrap();
+    let mut child = {
+        // HDF5's default: an exclusive lock while open for writing.
+        let _held = hdf5::File::open_rw(&path).unwrap();
+        std::process::Command::new("sleep").arg("30").spawn().unwrap()
+    };
+    let read = read_h5ad(&path);
+    let rewritten = write_h5ad(&path, &toy(), &BTreeMap::new());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(read.unwrap().x, toy().x);
+    rewritten.unwrap();
+    assert_eq!(read_h5ad(&path).unwrap().x, toy().x);
+}
+
 #[test]
 fn written_file_reads_back_identically() {
     let dir = tempfile::tempdir().unwrap();
