@@ -75,6 +75,11 @@ fn insertion_sort(s: &mut [u128]) {
     }
 }
 
+/// A gene's sort key: ascending keys are descending values, ties by ascending vocabulary index.
+pub(crate) fn rank_key(x: f64, gene: u32) -> u128 {
+    (u128::from(!order_bits(x)) << 32) | u128::from(gene)
+}
+
 /// Maps an `f64` to a `u64` whose unsigned order is the float's total order (`f64::total_cmp`).
 pub(crate) fn order_bits(x: f64) -> u64 {
     let b = x.to_bits();
@@ -83,7 +88,7 @@ pub(crate) fn order_bits(x: f64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{order_bits, sort_top_k};
+    use super::{order_bits, rank_key, sort_top_k};
 
     #[test]
     fn sort_top_k_equals_a_full_sort() {
@@ -109,7 +114,7 @@ mod tests {
                         2 => (1 + next() % 50) as f64 / 3.0,
                         _ => (next() % 2001) as f64 - 1000.5,
                     };
-                    (u128::from(!order_bits(x)) << 32) | g as u128
+                    rank_key(x, g as u32)
                 })
                 .collect();
             if case % 8 == 3 {

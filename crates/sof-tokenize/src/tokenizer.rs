@@ -5,7 +5,7 @@ use sof_io::genes::{AlignmentReport, Species};
 
 use crate::context::{Modality, N_CONTEXT, N_SPECIAL, species_token};
 use crate::means::TechMeans;
-use crate::rank::{order_bits, sort_top_k};
+use crate::rank::{rank_key, sort_top_k};
 
 /// How mean vectors are interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -166,8 +166,7 @@ impl Tokenizer {
             }
             let x = v * scale / d;
             if x != 0.0 {
-                // Sort key: descending value, then ascending vocabulary index, as one integer.
-                keys.push((u128::from(!order_bits(x)) << 32) | u128::from(g));
+                keys.push(rank_key(x, g));
             }
         }
         self.top_tokens(scratch)
@@ -245,7 +244,7 @@ impl ColumnTokenizer<'_> {
             let x = f64::from(v) * scale / col.divisor;
             // Skips zeros and NaN (unmapped or unmeasured genes).
             if x.abs() > 0.0 {
-                keys.push((u128::from(!order_bits(x)) << 32) | u128::from(col.gene));
+                keys.push(rank_key(x, col.gene));
             }
         }
         tok.top_tokens(scratch)

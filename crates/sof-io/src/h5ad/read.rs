@@ -368,8 +368,9 @@ fn read_index_range(path: &Path, ds: &Dataset, field: &str, r: Range<usize>, bou
         return Ok(bytemuck::cast_vec(raw));
     }
     let raw = ds.read_slice_1d::<i64, _>(r.clone()).map_err(|e| Error::hdf5(path, field, e))?;
-    if let Some((k, &v)) = raw.iter().enumerate().find(|&(_, &v)| v < 0 || v as usize >= bound) {
-        return Err(out_of_range(k, v));
+    let raw = raw.into_raw_vec_and_offset().0;
+    if let Some(k) = crate::matrix::first_where(&raw, |&v| v < 0 || v as usize >= bound) {
+        return Err(out_of_range(k, raw[k]));
     }
     Ok(raw.iter().map(|&v| v as u32).collect())
 }
