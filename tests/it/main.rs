@@ -343,6 +343,103 @@ fn tokenize_writes_a_resumable_corpus() {
     assert!(e.contains("no mean vector 'merfish.tsv'") && e.contains("sof tech-means"), "{e}");
 }
 
+/// `sof tokenize` reads the same osmFISH cells from the .h5ad, the original .loom and the
+/// original text tables (expression genes x cells, coordinates, metadata) into the same tokens,
+/// cell for cell, with the same coordinates and labels carried into the corpus.
+#[test]
+fn tokenize_reads_loom_and_tables_like_h5ad() {
+    let Some(shared) = sof_io::shared::for_tests(Path::new(env!("CARGO_MANIFEST_DIR"))) else { return };
+    let d = tempfile::tempdir().unwrap();
+    let h5ad = shared.join("data/osmfish_sscortex.h5ad");
+    let orig = shared.join("data/osmfish_sscortex_original");
+    let (vocab, genes) = (shared.join("nicheformer/vocab.tsv"), shared.join("genes"));
+    // One mean vector for all three (the tables hold a subset of the cells).
+    let means = d.path().join("means");
+    std::fs::create_dir_all(&means).unwrap();
+    let m = means.join("merfish.tsv");
+    let (v, g) = (vocab.to_str().unwrap(), genes.to_str().unwrap());
+    sof(&[
+        "-q",
+        "tech-means",
+        "--input",
+        h5ad.to_str().unwrap(),
+        "--species",
+        "mouse",
+        "--vocab",
+        v,
+        "--genes-dir",
+        g,
+        "--output",
+        m.to_str().unwrap(),
+    ])
+    .unwrap();
+    let tokenize = |input: &Path, name: &str, extra: &[&str]| -> Vec<(i64, Vec<u32>)> {
+        let out = d.path().join(name);
+        let mut args = vec!["-q", "tokenize", "--input", input.to_str().unwrap(), "--technology", "merfish"];
+        args.extend(["--species", "mouse", "--modality", "spatial", "--vocab", v, "--genes-dir", g]);
+        args.extend([
+            "--tech-means",
+            means.to_str().unwrap(),
+            "--keep-obs",
+            "Region",
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        args.extend_from_slice(extra);
+        sof(&args).unwrap();
+        let manifest = sof_tokenize::corpus::CorpusManifest::load(&out).unwrap();
+        manifest
+            .shards
+            .iter()
+            .flat_map(|s| sof_tokenize::corpus::read_shard_tokens(&out.join(&s.file)).unwrap())
+            .collect()
+    };
+    let from_h5ad = tokenize(&h5ad, "h5ad", &[]);
+    assert!(from_h5ad.len() > 5_000 && from_h5ad.iter().all(|(_, t)| !t.is_empty()));
+    let loom = orig.join("osmFISH_SScortex_mouse_all_cells.loom");
+    assert_eq!(tokenize(&loom, "loom", &[]), from_h5ad, "the .loom holds the same cells in the same order");
+
+    let expression = orig.join("osmFISH_prep_expression.txt");
+    let coordinates = orig.join("osmFISH_prep_cell_coordinates.txt");
+    let metadata = orig.join("osmFISH_prep_cell_metadata.txt");
+    let extra = ["--coordinates", coordinates.to_str().unwrap(), "--metadata", metadata.to_str().unwrap()];
+    let from_tables = tokenize(&expression, "tables", &extra);
+    // The tables hold 5,328 of the cells, in their own order: match them by cell id.
+    let table_cells =
+        sof_io::table::read_tables(&expression, None, None, &sof_io::table::TableOptions::default()).unwrap();
+    let h = sof_io::h5ad::read_h5ad(&h5ad).unwrap();
+    let row_of: std::collections::HashMap<&str, i64> =
+        h.obs_names().iter().enumerate().map(|(i, n)| (n.as_str(), i as i64)).collect();
+    let by_row: std::collections::HashMap<i64, &Vec<u32>> = from_h5ad.iter().map(|(i, t)| (*i, t)).collect();
+    assert!(from_tables.len() > 5_000);
+    for (i, tokens) in &from_tables {
+        let name = &table_cells.obs_names()[*i as usize];
+        assert_eq!(Some(tokens), by_row.get(&row_of[name.as_str()]).copied(), "cell {name}");
+    }
+    // Labels reach the corpus from the metadata table (--keep-obs Region needs them).
+    let manifest = sof_tokenize::corpus::CorpusManifest::load(&d.path().join("tables")).unwrap();
+    assert_eq!(manifest.label_columns, ["Region"]);
+    assert_eq!(manifest.cells_written, from_tables.len());
+    let e = format!(
+        "{:#}",
+        sof(&[
+            "tokenize",
+            "--input",
+            d.path().join("x.zarr").to_str().unwrap(),
+            "--technology",
+            "merfish",
+            "--species",
+            "mouse",
+            "--modality",
+            "spatial",
+            "--output",
+            d.path().to_str().unwrap()
+        ])
+        .unwrap_err()
+    );
+    assert!(e.contains("x.zarr") && e.contains(".loom"), "{e}");
+}
+
 /// Symbols that cannot be matched without gene tables: a clear error that says what to pass.
 #[test]
 fn tokenize_without_mappable_genes_says_what_to_pass() {
@@ -448,7 +545,12 @@ fn embed_from_a_checkpoint_folder() {
     let cfg = sof_model::EncoderConfig::tiny(80);
     let vocab = sof_io::genes::Vocabulary::new(genes.clone()).unwrap();
     let run = sof_model::checkpoint::RunInfo {
-        tokenizer: serde_json::json!({"technology": "merfish", "species": "mouse", "modality": "spatial", "mode": "fixed"}),
+        tokenizer: sof_tokenize::TokenizerSpec {
+            technology: Some("merfish".into()),
+            species: Some(sof_io::genes::Species::Mouse),
+            modality: Some(sof_tokenize::Modality::Spatial),
+            ..Default::default()
+        },
         vocabulary_hash: sof_tokenize::vocabulary_hash(&vocab),
         step: None,
     };
@@ -585,7 +687,11 @@ fn pretrain_on_demo_corpora_then_embed() {
     let probe: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("probe.json")).unwrap()).unwrap();
     let results = probe["results"].as_array().unwrap();
     let names: Vec<&str> = results.iter().map(|r| r["features"].as_str().unwrap()).collect();
-    assert_eq!(names, ["embedding (X_sof)", "PCA-50", "PCA-best", "raw log-normalized"]);
+    assert_eq!(
+        names,
+        ["embedding (X_sof)", "PCA-50", "PCA-best", "raw log-normalized", "NichePCA-best", "BANKSY-best"],
+        "the file has coordinates: the neighbourhood baselines join"
+    );
     assert_eq!(probe["classes"].as_array().unwrap().len(), 6);
     let pca_f1 = results[1]["mean"]["macro_f1"].as_f64().unwrap();
     assert!(pca_f1 > 0.4, "layers are recoverable from expression on held-out sections: {pca_f1}");
@@ -681,9 +787,9 @@ fn pretrain_on_demo_corpora_then_embed() {
         .iter()
         .map(|r| (r["features"].as_str().unwrap().to_owned(), r["head"].as_str().unwrap().to_owned()))
         .collect();
-    assert_eq!(rows.len(), 9, "4 feature sets x 2 heads + fine-tuned: {rows:?}");
-    assert_eq!(rows[4], ("embedding (X_sof)".to_owned(), "mlp".to_owned()));
-    assert!(rows[8].0.starts_with("fine-tuned") && rows[8].1 == "linear", "{rows:?}");
+    assert_eq!(rows.len(), 13, "6 feature sets (neighbourhood baselines included) x 2 heads + fine-tuned: {rows:?}");
+    assert_eq!(rows[6], ("embedding (X_sof)".to_owned(), "mlp".to_owned()));
+    assert!(rows[12].0.starts_with("fine-tuned") && rows[12].1 == "linear", "{rows:?}");
     for r in probe["results"].as_array().unwrap() {
         for m in ["macro_f1", "accuracy", "spearman"] {
             let v = r["mean"][m].as_f64().unwrap_or(f64::NAN);

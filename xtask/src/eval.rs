@@ -383,9 +383,11 @@ fn row_name(r: &Value) -> String {
     format!("{f} · {head}")
 }
 
+/// The expression baselines, the neighbourhood ones (NichePCA, BANKSY) included: "best baseline"
+/// is the best of all of them.
 fn is_baseline(r: &Value) -> bool {
     let f = r["features"].as_str().unwrap_or("");
-    f.starts_with("PCA") || f.starts_with("raw")
+    ["PCA", "raw", "NichePCA", "BANKSY"].iter().any(|b| f.starts_with(b))
 }
 
 fn results_markdown(
@@ -415,7 +417,11 @@ fn results_markdown(
          gets the same folds and the same heads: the linear probe (logistic regression on whitened features; ridge \
          for values; softmax-linear for proportions) and a one-hidden-layer MLP. Baselines: PCA of log1p \
          10k-normalized expression fitted on the training cells (50 components, and the best of 10/20/50/100 on the \
-         test folds — optimistic on purpose) and the raw log-normalized expression. Fine-tuned: the whole encoder \
+         test folds — optimistic on purpose), the raw log-normalized expression and, on the spatial datasets, the \
+         neighbourhood baselines: NichePCA (expression averaged over each cell and its k nearest neighbours in its \
+         section, then PCA-50; best of k = 10/20/50) and BANKSY-style (own and 20-neighbour mean expression side by \
+         side, weighted sqrt(1 - lambda) / sqrt(lambda), then PCA-50; best of lambda = 0.2/0.5/0.8), both picked on \
+         the test folds too (docs/SPATIAL.md). Fine-tuned: the whole encoder \
          plus a linear head, {} epochs per fold (encoder learning rate 3e-4, head 3e-3). Values are mean ± sd over \
          folds (and seeds).\n",
         a.seeds, a.seeds, a.finetune_epochs

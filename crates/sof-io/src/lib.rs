@@ -5,6 +5,8 @@
 //! - [`h5ad`]: AnnData `.h5ad` reading (dense, CSR, CSC X; streamed by row range) and writing
 //!   (new files, streamed files, results added to a copy of the input).
 //! - [`loom`] and [`table`]: the `.loom` format and delimited text tables.
+//! - [`CellSource`]: cells by row block from any of these (and from a generator), what the
+//!   tokenizer and the downstream tools consume; [`open_cells`] opens a file of any format.
 //! - [`genes`]: a gene vocabulary and the alignment of a dataset's gene names into it.
 //!
 //! Every reader validates what it returns and reports problems as [`Error`]s that name the
@@ -20,6 +22,7 @@ pub mod loom;
 pub mod manifest;
 mod matrix;
 pub mod shared;
+mod source;
 pub mod table;
 
 pub use anndata::AnnData;
@@ -27,6 +30,7 @@ pub use atomic::AtomicPath;
 pub use error::{Error, Result};
 pub use frame::{Column, Frame};
 pub use matrix::{CsrError, CsrMatrix};
+pub use source::{CellFile, CellFormat, CellSource, TableInput, open_cells};
 
 /// Reads any supported cell file by extension: `.h5ad` or `.loom` (with default loom names).
 pub fn read_cells(path: impl AsRef<std::path::Path>) -> Result<AnnData> {

@@ -2,8 +2,9 @@
 //! - `model.safetensors` + `config.json`: the weights in the reference layout (so the folder also
 //!   loads wherever reference weights do),
 //! - `sof_model.json`: our [`EncoderConfig`] (including options the reference lacks, e.g. pre-LN),
-//! - `run.json`: what the model was trained with — tokenizer settings (opaque JSON, owned by the
-//!   tokenizer crate) and the vocabulary hash — so data is tokenized the same way at inference.
+//! - `run.json`: what the model was trained with — the tokenizer spec (settings, technology,
+//!   species, modality: [`TokenizerSpec`]) and the vocabulary hash — so data is tokenized the
+//!   same way at inference.
 //!
 //! Every file is written under a temporary name and renamed; `run.json` is written last, so a
 //! folder without it is an interrupted save and is refused on load.
@@ -12,6 +13,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
+use sof_tokenize::TokenizerSpec;
 
 use crate::import::{ReferenceConfig, export_reference, load_safetensors};
 use crate::{Encoder, EncoderConfig, ModelError};
@@ -19,8 +21,8 @@ use crate::{Encoder, EncoderConfig, ModelError};
 /// What a checkpoint records besides the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
-    /// Tokenizer settings (mode, context length, technology, species, modality...).
-    pub tokenizer: serde_json::Value,
+    /// How the training cells were tokenized.
+    pub tokenizer: TokenizerSpec,
     /// SHA-256 of the vocabulary the model was trained with.
     pub vocabulary_hash: String,
     /// Training step of this checkpoint, if any.

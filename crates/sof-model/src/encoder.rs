@@ -78,7 +78,7 @@ impl Encoder {
     /// - output: `[batch, length, d_model]`
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let [batch, length] = tokens.dims();
-        let pad = tokens.clone().equal_elem(PAD); // [batch, length]
+        let pad = tokens.clone().equal_elem(i64::from(PAD)); // [batch, length]
         let x = self.embeddings.forward(tokens); // [batch, length, d_model]
         let pos = self.positional_embedding.weight.val().slice(s![0..length, ..]).unsqueeze::<3>(); // [1, length, d_model]
         let x = x + pos;
@@ -115,7 +115,7 @@ impl Encoder {
         match pooling {
             Pooling::Reference => genes.mean_dim(1).reshape([batch, d]),
             Pooling::PadExcluded => {
-                let keep = tokens.slice(s![.., N_CONTEXT..length]).not_equal_elem(PAD).float(); // [batch, genes]
+                let keep = tokens.slice(s![.., N_CONTEXT..length]).not_equal_elem(i64::from(PAD)).float(); // [batch, genes]
                 let count = keep.clone().sum_dim(1).clamp_min(1.0); // [batch, 1]
                 let summed = (genes * keep.unsqueeze_dim::<3>(2)).sum_dim(1).reshape([batch, d]); // [batch, d]
                 summed / count

@@ -20,10 +20,9 @@ pub mod import;
 pub use config::EncoderConfig;
 pub use encoder::{Encoder, Pooling};
 
-/// Token id of padding (the reference's).
-pub const PAD: i64 = 1;
-/// Context positions before the gene tokens (species, assay, modality).
-pub const N_CONTEXT: usize = 3;
+/// Token id of padding and the context positions before the gene tokens (species, assay,
+/// modality): the tokenizer's, which owns every token id.
+pub use sof_tokenize::context::{N_CONTEXT, PAD};
 
 /// Errors of model construction and weight import.
 #[derive(Debug, thiserror::Error)]

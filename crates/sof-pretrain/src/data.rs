@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 
 use rand::Rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
-use sof_tokenize::context::PAD;
 use sof_tokenize::corpus::{CorpusManifest, ShardRow, read_shard_rows};
 
 use crate::masking::rng;
@@ -222,9 +221,5 @@ impl SequenceStream {
 /// Pads sequences to the longest (`batch x length`, row-major, PAD = 1).
 pub fn pad(seqs: &[Sequence]) -> (Vec<i64>, usize) {
     let length = seqs.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
-    let mut flat = vec![i64::from(PAD); seqs.len() * length];
-    for (i, q) in seqs.iter().enumerate() {
-        flat[i * length..i * length + q.tokens.len()].copy_from_slice(&q.tokens);
-    }
-    (flat, length)
+    (sof_tokenize::pad_rows(seqs.iter().map(|s| s.tokens.as_slice()), length), length)
 }

@@ -15,27 +15,9 @@ use burn::tensor::activation::{log_softmax, softmax};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_xoshiro::Xoshiro256PlusPlus;
-use sof_model::{Encoder, PAD, Pooling};
-
-/// What the head learns.
-#[derive(Debug, Clone)]
-pub enum Targets {
-    /// A class per cell (indexed like the sequences).
-    Classes { y: Vec<usize>, n_classes: usize, class_balanced: bool },
-    /// `width` values per cell, row-major.
-    Values { values: Vec<f32>, width: usize },
-    /// A distribution per cell (rows summing to 1; all-zero rows are ignored).
-    Proportions { values: Vec<f32>, width: usize },
-}
-
-impl Targets {
-    fn width(&self) -> usize {
-        match self {
-            Targets::Classes { n_classes, .. } => *n_classes,
-            Targets::Values { width, .. } | Targets::Proportions { width, .. } => *width,
-        }
-    }
-}
+use sof_model::{Encoder, Pooling};
+use sof_tasks::Target;
+use sof_tasks::probe::{CellModel, CellPredictor};
 
 /// Settings of [`finetune`].
 #[derive(Debug, Clone)]
@@ -84,10 +66,7 @@ enum Kind {
 /// Token ids `[batch, longest]`, PAD-filled.
 fn batch_tokens(seqs: &[Vec<i64>], rows: &[usize], device: &Device) -> Tensor<2, Int> {
     let len = rows.iter().map(|&i| seqs[i].len()).max().unwrap_or(4).max(4);
-    let mut flat = vec![PAD; rows.len() * len];
-    for (r, &i) in rows.iter().enumerate() {
-        flat[r * len..r * len + seqs[i].len()].copy_from_slice(&seqs[i]);
-    }
+    let flat = sof_tokenize::pad_rows(rows.iter().map(|&i| seqs[i].as_slice()), len);
     Tensor::from_data(TensorData::new(flat, [rows.len(), len]), device)
 }
 
@@ -102,18 +81,20 @@ fn schedule(step: usize, total: usize, peak: f64) -> f64 {
 
 /// Fine-tunes `encoder` (moved onto `device`, which must track gradients, e.g.
 /// `Device::flex().autodiff()`) with a new head on the cells `train` of `seqs` (token ids with
-/// the context tokens first, as `sof embed` builds them). `on_step(step, total, loss)` reports
-/// progress.
+/// the context tokens first, as `sof embed` builds them); `target` is indexed like `seqs`.
+/// `on_step(step, total, loss)` reports progress.
 pub fn finetune(
     encoder: Encoder,
     seqs: &[Vec<i64>],
     train: &[usize],
-    targets: &Targets,
+    target: &Target,
     cfg: &FinetuneConfig,
     device: &Device,
     on_step: &mut dyn FnMut(usize, usize, f64),
 ) -> FineTuned {
-    let width = targets.width();
+    let width = target.width();
+    // Values and proportions as f32 rows, row-major.
+    let flat = |y: &ndarray::Array2<f64>| -> Vec<f32> { y.iter().map(|&v| v as f32).collect() };
     let d = encoder.embeddings.weight.dims()[1];
     let mut encoder = encoder.fork(device);
     // The head's initial weights from the seed (burn's generator is process-wide).
@@ -125,8 +106,8 @@ pub fn finetune(
     head.bias = Some(burn::module::Param::from_tensor(Tensor::<1>::zeros([width], device)));
 
     // Per-cell targets (standardized values), weights.
-    let (kind, rows, mean, scale, class_w): (Kind, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) = match targets {
-        Targets::Classes { y, n_classes, class_balanced } => {
+    let (kind, rows, mean, scale, class_w): (Kind, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) = match target {
+        Target::Classes { y, n_classes, class_balanced } => {
             let mut counts = vec![0usize; *n_classes];
             train.iter().for_each(|&i| counts[y[i]] += 1);
             let w = counts
@@ -135,7 +116,8 @@ pub fn finetune(
                 .collect();
             (Kind::Classes, Vec::new(), Vec::new(), Vec::new(), w)
         }
-        Targets::Values { values, width } => {
+        Target::Values(y) => {
+            let (values, width) = (&flat(y), &width);
             let (mut mean, mut scale) = (vec![0f32; *width], vec![0f32; *width]);
             for c in 0..*width {
                 let col: Vec<f64> = train.iter().map(|&i| f64::from(values[i * width + c])).collect();
@@ -147,7 +129,7 @@ pub fn finetune(
             let rows = values.chunks(*width).flat_map(|r| r.iter().enumerate().map(|(c, v)| (v - mean[c]) / scale[c]));
             (Kind::Values, rows.collect(), mean, scale, Vec::new())
         }
-        Targets::Proportions { values, .. } => (Kind::Proportions, values.clone(), Vec::new(), Vec::new(), Vec::new()),
+        Target::Proportions(y) => (Kind::Proportions, flat(y), Vec::new(), Vec::new(), Vec::new()),
     };
     let train: Vec<usize> = match kind {
         Kind::Proportions => {
@@ -178,7 +160,7 @@ pub fn finetune(
             let n = chunk.len();
             let loss = match kind {
                 Kind::Classes => {
-                    let Targets::Classes { y, .. } = targets else { unreachable!() };
+                    let Target::Classes { y, .. } = target else { unreachable!() };
                     let class_w = &class_w;
                     let onehot: Vec<f32> = chunk
                         .iter()
@@ -243,6 +225,61 @@ impl FineTuned {
     }
 }
 
+/// Fine-tuning as a [`CellModel`] for probes: on each fold, the encoder (a fresh copy) and a new
+/// head are trained on the fold's training cells and predict its test cells.
+#[derive(Debug)]
+pub struct FineTuneModel<'a> {
+    pub name: String,
+    pub encoder: Encoder,
+    /// Token ids of the probe's cells (context tokens first), indexed like its cells.
+    pub seqs: &'a [Vec<i64>],
+    /// Settings; the seed comes from the probe.
+    pub config: FinetuneConfig,
+    /// An autodiff device.
+    pub device: Device,
+}
+
+struct FineTunedCells<'a> {
+    model: FineTuned,
+    seqs: &'a [Vec<i64>],
+    width: usize,
+}
+
+impl CellModel for FineTuneModel<'_> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn fit(
+        &self,
+        train: &[usize],
+        target: &Target,
+        seed: u64,
+    ) -> Result<Box<dyn CellPredictor + '_>, sof_tasks::TaskError> {
+        // `target` holds the training cells in `train` order: train on those sequences.
+        let seqs: Vec<Vec<i64>> = train.iter().map(|&i| self.seqs[i].clone()).collect();
+        let rows: Vec<usize> = (0..train.len()).collect();
+        let cfg = FinetuneConfig { seed, ..self.config.clone() };
+        let started = std::time::Instant::now();
+        let model =
+            finetune(self.encoder.clone(), &seqs, &rows, target, &cfg, &self.device, &mut |step, total, loss| {
+                if step % 20 == 0 || step == total {
+                    tracing::info!(step, total, loss, "fine-tuning");
+                }
+            });
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), losses = ?model.epoch_losses, "fine-tuned");
+        Ok(Box::new(FineTunedCells { model, seqs: self.seqs, width: target.width() }))
+    }
+}
+
+impl CellPredictor for FineTunedCells<'_> {
+    fn predict(&self, rows: &[usize]) -> Result<ndarray::Array2<f64>, sof_tasks::TaskError> {
+        let out = self.model.predict(self.seqs, rows, 64);
+        ndarray::Array2::from_shape_vec((rows.len(), self.width), out.into_iter().map(f64::from).collect())
+            .map_err(|e| sof_tasks::TaskError::Invalid(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +304,7 @@ mod tests {
         let y: Vec<usize> = (0..n).map(|i| i % 2).collect();
         let train: Vec<usize> = (0..120).collect();
         let test: Vec<usize> = (120..n).collect();
-        let targets = Targets::Classes { y: y.clone(), n_classes: 2, class_balanced: false };
+        let targets = Target::Classes { y: y.clone(), n_classes: 2, class_balanced: false };
         let fcfg =
             FinetuneConfig { epochs: 15, encoder_learning_rate: 2e-3, head_learning_rate: 1e-2, ..Default::default() };
         let mut steps = 0;
@@ -288,7 +325,7 @@ mod tests {
         let n = 96;
         let seqs: Vec<Vec<i64>> = (0..n).map(|i| vec![5, 10, 15, 40 + (i % 4) as i64, 60]).collect();
         let values: Vec<f32> = (0..n).map(|i| 1000.0 + 100.0 * (i % 4) as f32).collect();
-        let targets = Targets::Values { values: values.clone(), width: 1 };
+        let targets = Target::Values(ndarray::Array2::from_shape_fn((n, 1), |(i, _)| f64::from(values[i])));
         let train: Vec<usize> = (0..n).collect();
         let fcfg =
             FinetuneConfig { epochs: 15, encoder_learning_rate: 1e-3, head_learning_rate: 1e-2, ..Default::default() };

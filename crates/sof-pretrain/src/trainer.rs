@@ -224,7 +224,7 @@ impl Trainer {
         let n_tokens = first.vocabulary_size + N_SPECIAL as usize;
         let (model_cfg, vocabulary_hash) = match &cfg.init_from {
             Some(ckpt) => {
-                let (_, mcfg, run) = sof_model::checkpoint::load(ckpt, &Device::flex())?;
+                let (_, mcfg, run) = sof_model::checkpoint::load(ckpt, &devices[0])?;
                 (mcfg, run.vocabulary_hash)
             }
             None => {
@@ -266,20 +266,16 @@ impl Trainer {
             .collect::<Result<Vec<_>, TrainError>>()?;
         // What `sof embed` needs to tokenize new data like the training data: the tokenizer
         // settings, plus technology / species / modality where every corpus agrees.
-        let mut tokenizer = serde_json::to_value(&first.tokenizer).expect("tokenizer config serializes");
-        let same = |f: &dyn Fn(&CorpusManifest) -> serde_json::Value| {
-            let v = f(first);
-            manifests.iter().all(|m| f(m) == v).then_some(v)
-        };
-        for (key, value) in [
-            ("technology", same(&|m| serde_json::json!(m.technology))),
-            ("species", same(&|m| serde_json::json!(m.species))),
-            ("modality", same(&|m| serde_json::json!(m.modality))),
-        ] {
-            if let (Some(v), Some(obj)) = (value, tokenizer.as_object_mut()) {
-                obj.insert(key.into(), v);
-            }
+        fn agreed<T: PartialEq + Clone>(all: &[CorpusManifest], f: impl Fn(&CorpusManifest) -> T) -> Option<T> {
+            let v = f(&all[0]);
+            all.iter().all(|m| f(m) == v).then_some(v)
         }
+        let tokenizer = sof_tokenize::TokenizerSpec {
+            config: first.tokenizer.clone(),
+            technology: agreed(&manifests, |m| m.technology.clone()),
+            species: agreed(&manifests, |m| m.species),
+            modality: agreed(&manifests, |m| m.modality),
+        };
         let vocab = cfg.vocab.clone().or_else(|| {
             let p = cfg.corpora[0].path.join("vocab.tsv");
             p.exists().then_some(p)

@@ -23,7 +23,7 @@ use rand_distr::{Distribution, LogNormal, Normal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use sof_io::h5ad::{H5adStreamWriter, UnsValue};
-use sof_io::{AnnData, Column, CsrMatrix, Frame};
+use sof_io::{AnnData, CellSource, Column, CsrMatrix, Frame};
 
 use alias::AliasTable;
 pub use config::{CellTypeSpec, FocalSpec, LayerSpec, SynthConfig, TechSpec};
@@ -482,6 +482,19 @@ impl Generator {
         AnnData { x, obs, var: Frame::new(self.panel_names(&tech.spec.name).unwrap()), obsm }
     }
 
+    /// One output (samples of one technology, e.g. from [`Generator::outputs`]) as a
+    /// [`CellSource`] that generates blocks of cells when their rows are read: the same cells
+    /// as [`Generator::anndata`] and [`Generator::write_all`], for any number of cells, with
+    /// memory bounded by the blocks asked for (and the ground truth once obs is read).
+    pub fn cells(&self, name: &str, samples: &[Sample]) -> SynthCells<'_> {
+        SynthCells {
+            generator: self,
+            name: name.to_owned(),
+            samples: samples.to_vec(),
+            truth: std::sync::OnceLock::new(),
+        }
+    }
+
     /// obs columns and obsm['spatial'] for cells with this ground truth.
     pub fn annotations(&self, truth: &[CellTruth], tech: &TechSpec) -> (Frame, BTreeMap<String, Array2<f64>>) {
         let spatial = tech.modality == "spatial";
@@ -558,6 +571,107 @@ impl Generator {
             paths.push(path);
         }
         Ok(paths)
+    }
+}
+
+/// Synthetic cells as a [`CellSource`] (see [`Generator::cells`]).
+#[derive(Debug)]
+pub struct SynthCells<'a> {
+    generator: &'a Generator,
+    name: String,
+    samples: Vec<Sample>,
+    truth: std::sync::OnceLock<Vec<CellTruth>>,
+}
+
+impl SynthCells<'_> {
+    /// (sample, block) pairs covering cells `rows`, with each block's first cell.
+    fn blocks(&self, rows: &std::ops::Range<usize>) -> Vec<(Sample, usize, usize)> {
+        let mut out = Vec::new();
+        let mut first = 0;
+        for &s in &self.samples {
+            let n = self.generator.n_cells(s);
+            for b in 0..n.div_ceil(BLOCK_CELLS) {
+                let start = first + b * BLOCK_CELLS;
+                let end = first + ((b + 1) * BLOCK_CELLS).min(n);
+                if start < rows.end && end > rows.start {
+                    out.push((s, b, start));
+                }
+            }
+            first += n;
+        }
+        out
+    }
+
+    fn truth(&self) -> &[CellTruth] {
+        self.truth.get_or_init(|| {
+            let all = self.blocks(&(0..CellSource::n_obs(self)));
+            let blocks: Vec<Block> = all.par_iter().map(|&(s, b, _)| self.generator.block(s, b)).collect();
+            blocks.into_iter().flat_map(|b| b.truth).collect()
+        })
+    }
+
+    fn annotations(&self) -> (Frame, BTreeMap<String, Array2<f64>>) {
+        let tech = &self.generator.tech_tables(self.samples[0]).spec;
+        self.generator.annotations(self.truth(), tech)
+    }
+}
+
+impl CellSource for SynthCells<'_> {
+    fn name(&self) -> String {
+        format!("synthetic {} (seed {})", self.name, self.generator.cfg.seed)
+    }
+
+    fn n_obs(&self) -> usize {
+        self.samples.iter().map(|&s| self.generator.n_cells(s)).sum()
+    }
+
+    fn n_vars(&self) -> usize {
+        self.generator.tech_tables(self.samples[0]).panel.len()
+    }
+
+    fn var_names(&self) -> sof_io::Result<Vec<String>> {
+        let tech = &self.generator.tech_tables(self.samples[0]).spec.name;
+        Ok(self.generator.panel_names(tech).unwrap_or_default())
+    }
+
+    fn obs(&self) -> sof_io::Result<Frame> {
+        Ok(self.annotations().0)
+    }
+
+    fn obsm_keys(&self) -> Vec<String> {
+        let spatial = self.generator.tech_tables(self.samples[0]).spec.modality == "spatial";
+        if spatial { vec!["spatial".to_owned()] } else { Vec::new() }
+    }
+
+    fn obsm(&self, key: &str) -> sof_io::Result<Array2<f64>> {
+        let mut obsm = self.annotations().1;
+        obsm.remove(key).ok_or_else(|| sof_io::Error::MissingField {
+            path: PathBuf::from(self.name()),
+            field: format!("obsm/{key}"),
+            fix: format!("available obsm arrays: [{}]", self.obsm_keys().join(", ")),
+        })
+    }
+
+    fn read_rows(&self, rows: std::ops::Range<usize>) -> sof_io::Result<CsrMatrix> {
+        let n = CellSource::n_obs(self);
+        if rows.start > rows.end || rows.end > n {
+            return Err(sof_io::Error::Invalid {
+                path: PathBuf::from(self.name()),
+                field: "X".into(),
+                problem: format!("row range {rows:?} is outside 0..{n}"),
+                fix: "ask for rows inside the matrix".into(),
+            });
+        }
+        let parts = self.blocks(&rows);
+        let blocks: Vec<(Block, usize)> =
+            parts.par_iter().map(|&(s, b, start)| (self.generator.block(s, b), start)).collect();
+        let mut out = CsrMatrix::empty(CellSource::n_vars(self));
+        for (b, start) in blocks {
+            let lo = rows.start.max(start) - start;
+            let hi = rows.end.min(start + b.x.n_rows()) - start;
+            out.append_rows(&b.x.slice_rows(lo..hi));
+        }
+        Ok(out)
     }
 }
 

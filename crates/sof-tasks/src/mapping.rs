@@ -32,7 +32,7 @@ pub struct Mapping {
     pub targets: Option<Array2<f64>>,
 }
 
-fn normalize_rows(x: ArrayView2<f64>) -> Array2<f64> {
+pub(crate) fn normalize_rows(x: ArrayView2<f64>) -> Array2<f64> {
     let mut y = x.to_owned();
     for mut r in y.rows_mut() {
         let n = r.dot(&r).sqrt();
@@ -41,6 +41,22 @@ fn normalize_rows(x: ArrayView2<f64>) -> Array2<f64> {
         }
     }
     y
+}
+
+/// The `k` most similar reference cells of one query cell (`sims`: its cosine similarity to
+/// every reference cell) and their softmax weights over similarity / temperature, summing to 1.
+pub(crate) fn top_k_weights(sims: ndarray::ArrayView1<f64>, cfg: &MapConfig) -> Vec<(usize, f64)> {
+    let k = cfg.k.clamp(1, sims.len().max(1));
+    let mut idx: Vec<usize> = (0..sims.len()).collect();
+    if idx.is_empty() {
+        return Vec::new();
+    }
+    idx.select_nth_unstable_by(k - 1, |&a, &b| sims[b].total_cmp(&sims[a]));
+    idx.truncate(k);
+    let top = idx.iter().map(|&j| sims[j]).fold(f64::MIN, f64::max);
+    let w: Vec<f64> = idx.iter().map(|&j| ((sims[j] - top) / cfg.temperature).exp()).collect();
+    let total: f64 = w.iter().sum();
+    idx.into_iter().zip(w).map(|(j, w)| (j, w / total)).collect()
 }
 
 /// Maps `query` embeddings onto `reference` ones. `labels[i]` is reference cell i's label code
@@ -57,7 +73,6 @@ pub fn map_cells(
     let r = normalize_rows(reference);
     let q = normalize_rows(query);
     let nq = q.nrows();
-    let k = cfg.k.clamp(1, r.nrows().max(1));
     let mut probs = Array2::<f64>::zeros((nq, n_labels));
     let mut loc = Array2::<f64>::zeros((nq, 2));
     let mut spread = Array1::<f64>::zeros(nq);
@@ -66,15 +81,9 @@ pub fn map_cells(
         let sims = block.dot(&r.t()); // [block, n_ref]
         for (i, row) in sims.rows().into_iter().enumerate() {
             let qi = start + i;
-            let mut idx: Vec<usize> = (0..row.len()).collect();
-            idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
-            idx.truncate(k);
-            let top = idx.iter().map(|&j| row[j]).fold(f64::MIN, f64::max);
-            let w: Vec<f64> = idx.iter().map(|&j| ((row[j] - top) / cfg.temperature).exp()).collect();
-            let total: f64 = w.iter().sum();
+            let weights = top_k_weights(row, cfg);
             let (mut mx, mut my) = (0.0, 0.0);
-            for (&j, &wj) in idx.iter().zip(&w) {
-                let wj = wj / total;
+            for &(j, wj) in &weights {
                 probs[[qi, labels[j]]] += wj;
                 mx += wj * xy[[j, 0]];
                 my += wj * xy[[j, 1]];
@@ -82,17 +91,49 @@ pub fn map_cells(
                     tg.row_mut(qi).scaled_add(wj, &t.row(j));
                 }
             }
-            let var: f64 = idx
-                .iter()
-                .zip(&w)
-                .map(|(&j, &wj)| wj / total * ((xy[[j, 0]] - mx).powi(2) + (xy[[j, 1]] - my).powi(2)))
-                .sum();
+            let var: f64 =
+                weights.iter().map(|&(j, wj)| wj * ((xy[[j, 0]] - mx).powi(2) + (xy[[j, 1]] - my).powi(2))).sum();
             loc[[qi, 0]] = mx;
             loc[[qi, 1]] = my;
             spread[qi] = var.sqrt();
         }
     }
     Mapping { label_probabilities: probs, location: loc, spread, targets: tg }
+}
+
+/// Replaces the neighbour vote's label probabilities and targets in `m` with those of a head
+/// trained on the reference cells (`None` keeps the vote). `targets` columns: composition
+/// (`n_comp`, proportions) then single values (density, transferred columns), each fitted on the
+/// reference rows where it is finite. Locations always stay the neighbours'.
+#[allow(clippy::too_many_arguments)]
+pub fn predict_with_head(
+    head: Option<&dyn crate::Head>,
+    ref_x: ArrayView2<f64>,
+    codes: &[usize],
+    n_classes: usize,
+    targets: Option<ArrayView2<f64>>,
+    n_comp: usize,
+    query_x: ArrayView2<f64>,
+    m: &mut Mapping,
+) {
+    use crate::Target;
+    let Some(head) = head else { return };
+    let classes = Target::Classes { y: codes.to_vec(), n_classes, class_balanced: false };
+    m.label_probabilities = head.fit(ref_x, &classes).predict(query_x);
+    let (Some(t), Some(out)) = (targets, m.targets.as_mut()) else { return };
+    if n_comp > 0 {
+        let comp = Target::Proportions(t.slice(ndarray::s![.., 0..n_comp]).to_owned());
+        out.slice_mut(ndarray::s![.., 0..n_comp]).assign(&head.fit(ref_x, &comp).predict(query_x));
+    }
+    for j in n_comp..t.ncols() {
+        let rows: Vec<usize> = (0..t.nrows()).filter(|&i| t[[i, j]].is_finite()).collect();
+        if rows.len() < 2 {
+            continue;
+        }
+        let x = ref_x.select(Axis(0), &rows);
+        let y = Target::Values(t.slice(ndarray::s![.., j..j + 1]).select(Axis(0), &rows));
+        out.column_mut(j).assign(&head.fit(x.view(), &y).predict(query_x).column(0));
+    }
 }
 
 #[cfg(test)]

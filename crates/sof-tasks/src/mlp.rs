@@ -11,18 +11,8 @@ use rand::seq::SliceRandom;
 use rand_distr::{Distribution, Normal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use crate::Target;
 use crate::linear::{Whitener, softmax_rows};
-
-/// What the head predicts.
-#[derive(Debug, Clone, Copy)]
-pub enum MlpTarget<'a> {
-    /// Class codes `0..n_classes`.
-    Classes { y: &'a [usize], n_classes: usize, class_balanced: bool },
-    /// Real values, `n x k` (MSE).
-    Values(ArrayView2<'a, f64>),
-    /// Rows that are distributions (non-negative, summing to 1; all-zero rows are ignored).
-    Proportions(ArrayView2<'a, f64>),
-}
 
 /// Settings of [`Mlp::fit`].
 #[derive(Debug, Clone)]
@@ -82,13 +72,14 @@ struct Adam {
 }
 
 impl Mlp {
-    pub fn fit(x: ArrayView2<f64>, target: MlpTarget<'_>, cfg: &MlpConfig) -> Self {
+    pub fn fit(x: ArrayView2<f64>, target: &Target, cfg: &MlpConfig) -> Self {
         let scaler = Whitener::fit(x);
         let xs = scaler.transform(x);
         let (n, d) = xs.dim();
         // Targets as an `n x k` matrix plus a weight per row.
         let (output, y, row_w, y_mean, y_scale) = match target {
-            MlpTarget::Classes { y, n_classes, class_balanced } => {
+            Target::Classes { y, n_classes, class_balanced } => {
+                let (n_classes, class_balanced) = (*n_classes, *class_balanced);
                 let mut counts = vec![0usize; n_classes];
                 for &c in y {
                     counts[c] += 1;
@@ -104,13 +95,13 @@ impl Mlp {
                 let k = n_classes;
                 (Output::Classes, onehot, y.iter().map(|&c| w[c]).collect(), Array1::zeros(k), Array1::ones(k))
             }
-            MlpTarget::Values(y) => {
+            Target::Values(y) => {
                 let mean = y.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(y.ncols()));
                 let scale = y.std_axis(Axis(0), 0.0).mapv(|s| if s > 1e-12 { s } else { 1.0 });
-                let ys = (&y - &mean) / &scale;
+                let ys = (y - &mean) / &scale;
                 (Output::Values, ys, Array1::ones(n), mean, scale)
             }
-            MlpTarget::Proportions(y) => {
+            Target::Proportions(y) => {
                 let w = y.rows().into_iter().map(|r| if r.sum() > 0.0 { 1.0 } else { 0.0 }).collect();
                 let k = y.ncols();
                 (Output::Proportions, y.to_owned(), w, Array1::zeros(k), Array1::ones(k))
@@ -262,7 +253,7 @@ mod tests {
         });
         let y: Vec<usize> = (0..n).map(|i| i % 2).collect();
         let cfg = MlpConfig { max_epochs: 300, patience: 300, learning_rate: 1e-2, ..MlpConfig::default() };
-        let m = Mlp::fit(x.view(), MlpTarget::Classes { y: &y, n_classes: 2, class_balanced: false }, &cfg);
+        let m = Mlp::fit(x.view(), &Target::Classes { y: y.clone(), n_classes: 2, class_balanced: false }, &cfg);
         let acc = crate::metrics::accuracy(&y, &argmax_rows(&m.predict(x.view())));
         assert!(acc > 0.97, "accuracy {acc}");
         let lin = crate::linear::LogisticRegression::fit(x.view(), &y, 2, &Default::default());
@@ -275,13 +266,13 @@ mod tests {
         let x = Array2::from_shape_fn((n, 3), |(i, j)| ((i * (j + 5)) % 17) as f64 / 17.0);
         let yv = Array2::from_shape_fn((n, 1), |(i, _)| (3.0 * x[[i, 0]]).sin() + x[[i, 1]] * 2.0);
         let cfg = MlpConfig { max_epochs: 400, patience: 50, learning_rate: 3e-3, ..MlpConfig::default() };
-        let m = Mlp::fit(x.view(), MlpTarget::Values(yv.view()), &cfg);
+        let m = Mlp::fit(x.view(), &Target::Values(yv.clone()), &cfg);
         let p = m.predict(x.view());
         let r2 = crate::metrics::r2_columns(&yv, &p);
         assert!(r2 > 0.95, "r2 {r2}");
         // Proportions: a softmax of a linear function of x; predictions are distributions.
         let yp = softmax_rows(Array2::from_shape_fn((n, 3), |(i, k)| 3.0 * x[[i, k]]));
-        let m = Mlp::fit(x.view(), MlpTarget::Proportions(yp.view()), &cfg);
+        let m = Mlp::fit(x.view(), &Target::Proportions(yp.clone()), &cfg);
         let p = m.predict(x.view());
         assert!(p.rows().into_iter().all(|r| (r.sum() - 1.0).abs() < 1e-9 && r.iter().all(|&v| v >= 0.0)));
         let mae = crate::metrics::mae(yp.as_slice().unwrap(), p.as_slice().unwrap());
@@ -292,9 +283,9 @@ mod tests {
     fn same_seed_same_model() {
         let x = Array2::from_shape_fn((60, 4), |(i, j)| ((i * 7 + j * 3) % 11) as f64);
         let y: Vec<usize> = (0..60).map(|i| (i * 7 % 11) % 3).collect();
-        let t = MlpTarget::Classes { y: &y, n_classes: 3, class_balanced: true };
-        let a = Mlp::fit(x.view(), t, &MlpConfig::default()).predict(x.view());
-        let b = Mlp::fit(x.view(), t, &MlpConfig::default()).predict(x.view());
+        let t = Target::Classes { y, n_classes: 3, class_balanced: true };
+        let a = Mlp::fit(x.view(), &t, &MlpConfig::default()).predict(x.view());
+        let b = Mlp::fit(x.view(), &t, &MlpConfig::default()).predict(x.view());
         assert_eq!(a, b);
     }
 }

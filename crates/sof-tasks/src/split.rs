@@ -70,6 +70,38 @@ pub fn random_folds(n: usize, folds: usize, seed: u64) -> Vec<Fold> {
         .collect()
 }
 
+/// How a probe's cells are split into folds.
+#[derive(Debug, Clone)]
+pub enum FoldPlan {
+    /// Leave one group (section, slice, field of view) out: one fold per group value.
+    Groups(Vec<String>),
+    /// Spatial blocks: the tissue cut into `grid x grid` blocks dealt into `folds` folds.
+    SpatialBlocks { xy: Vec<(f64, f64)>, grid: usize, folds: usize },
+    /// Shuffled cell folds: only for data without sections or coordinates (dissociated cells).
+    Random { cells: usize, folds: usize },
+}
+
+impl FoldPlan {
+    /// `(seed, folds)` for seeds `0..seeds`; leave-one-group-out folds do not depend on the seed,
+    /// so they come once. Fewer than two folds is an error.
+    pub fn fold_sets(&self, seeds: u64) -> Result<Vec<(u64, Vec<Fold>)>, crate::TaskError> {
+        let seeds = if matches!(self, FoldPlan::Groups(_)) { 1 } else { seeds.max(1) };
+        (0..seeds)
+            .map(|seed| {
+                let folds = match self {
+                    FoldPlan::Groups(g) => by_group(g),
+                    FoldPlan::SpatialBlocks { xy, grid, folds } => spatial_blocks(xy, *grid, *folds, seed),
+                    FoldPlan::Random { cells, folds } => random_folds(*cells, *folds, seed),
+                };
+                if folds.len() < 2 {
+                    return Err(crate::TaskError::Invalid("only one fold: the split column has one value".into()));
+                }
+                Ok((seed, folds))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,24 @@ pub const N_SPECIAL: u32 = 30;
 /// Context positions before the gene tokens: species, assay, modality.
 pub const N_CONTEXT: usize = 3;
 
+/// Token sequences padded with [`PAD`] to `length` each (at least every row's length),
+/// row-major: the `batch x length` layout every model input uses.
+///
+/// ```
+/// let rows = [vec![6i64, 7, 4, 40], vec![6, 7, 4]];
+/// let flat = sof_tokenize::pad_rows(rows.iter().map(Vec::as_slice), 5);
+/// assert_eq!(flat, [6, 7, 4, 40, 1, 6, 7, 4, 1, 1]);
+/// ```
+pub fn pad_rows<'a>(rows: impl IntoIterator<Item = &'a [i64]>, length: usize) -> Vec<i64> {
+    let mut flat = Vec::new();
+    for row in rows {
+        assert!(row.len() <= length, "a row of {} tokens does not fit a length of {length}", row.len());
+        flat.extend_from_slice(row);
+        flat.resize(flat.len() + length - row.len(), i64::from(PAD));
+    }
+    flat
+}
+
 /// Dissociated (scRNA-seq) or spatial measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,4 +1,5 @@
-//! Streaming corpus builder: one `.h5ad` -> Parquet token shards plus a JSON manifest.
+//! Streaming corpus builder: one source of cells (an `.h5ad` streamed from disk, a `.loom` or a
+//! table in memory, a generator: any [`CellSource`]) -> Parquet token shards plus a JSON manifest.
 //!
 //! - One row per non-empty cell, in the input's cell order (shuffling is the training loader's
 //!   job): `cell_index` (row in the input), `cell_id`, `dataset`, `section`, `species`, `assay`,
@@ -32,9 +33,8 @@ use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sof_io::Column;
 use sof_io::genes::Species;
-use sof_io::h5ad::H5adReader;
+use sof_io::{CellSource, Column};
 
 use crate::context::Modality;
 use crate::tokenizer::{ColumnTokenizer, GeneMap, Scratch, TokenizedCell, Tokenizer, TokenizerConfig};
@@ -61,7 +61,6 @@ pub const FIXED_COLUMNS: [&str; 14] = [
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct CorpusSpec {
-    pub input: PathBuf,
     pub output: PathBuf,
     /// Dataset name stored in every row.
     pub dataset: String,
@@ -146,8 +145,8 @@ struct Annotations {
     labels: Vec<(String, Vec<Option<String>>)>,
 }
 
-fn read_annotations(reader: &H5adReader, spec: &CorpusSpec) -> Result<Annotations> {
-    let path = reader.path().display().to_string();
+fn read_annotations(reader: &dyn CellSource, spec: &CorpusSpec) -> Result<Annotations> {
+    let path = reader.name();
     let obs = reader.obs()?;
     let column = |name: &str| -> Result<&Column> {
         obs.get(name).ok_or_else(|| {
@@ -173,32 +172,41 @@ fn read_annotations(reader: &H5adReader, spec: &CorpusSpec) -> Result<Annotation
     let keys = reader.obsm_keys();
     let has = |k: &str| keys.iter().any(|x| x == k);
     let xy = if has("spatial") { Some(reader.obsm("spatial")?) } else { None };
+    if let Some(xy) = xy.as_ref().filter(|xy| xy.ncols() < 2) {
+        return Err(TokenizeError::invalid(
+            &path,
+            format!("obsm['spatial'] has {} column(s)", xy.ncols()),
+            "coordinates need x and y columns (cells x 2)",
+        ));
+    }
     let composition = if has("sof_composition") { Some(reader.obsm("sof_composition")?) } else { None };
     let density = obs.get("sof_density").and_then(Column::as_f64);
     let niche = obs.get("sof_niche").map(Column::labels);
     Ok(Annotations { cell_ids: obs.index.clone(), section, xy, composition, density, niche, labels })
 }
 
-fn config_hash(spec: &CorpusSpec, inputs: &CorpusInputs<'_>, n_obs: usize) -> String {
+fn config_hash(spec: &CorpusSpec, inputs: &CorpusInputs<'_>, source: &str, n_obs: usize) -> String {
     let t = inputs.tokenizer;
     let key = serde_json::json!({
         "format": FORMAT, "tokenizer": t.config(), "context": t.context(), "vocab": inputs.vocabulary_hash,
         "shard_cells": spec.shard_cells, "keep_obs": spec.keep_obs, "section_key": spec.section_key,
         "dataset": spec.dataset, "n_obs": n_obs,
-        "source": spec.input.file_name().map(|f| f.to_string_lossy().into_owned()),
+        "source": Path::new(source).file_name().map(|f| f.to_string_lossy().into_owned()),
     });
     Sha256::digest(key.to_string().as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Builds (or resumes) a corpus. `progress` is called with the number of input cells done.
+/// Builds (or resumes) a corpus from the cells of `source`. `progress` is called with the number
+/// of input cells done.
 pub fn build_corpus(
+    source: &dyn CellSource,
     spec: &CorpusSpec,
     inputs: &CorpusInputs<'_>,
     mut progress: impl FnMut(usize),
 ) -> Result<CorpusManifest> {
-    let reader = H5adReader::open(&spec.input)?;
+    let reader = source;
     let n_obs = reader.n_obs();
-    let src = spec.input.display().to_string();
+    let src = reader.name();
     if inputs.map.n_columns() != reader.n_vars() {
         return Err(TokenizeError::invalid(
             &src,
@@ -217,13 +225,10 @@ pub fn build_corpus(
         return Err(TokenizeError::invalid(&src, "shard and row-group sizes must be positive", "pass sizes >= 1"));
     }
     std::fs::create_dir_all(&spec.output).map_err(|e| sof_io::Error::Io { path: spec.output.clone(), error: e })?;
-    let ann = read_annotations(&reader, spec)?;
-    let composition_columns = if ann.composition.is_some() {
-        sof_io::h5ad::read_uns_strings(&spec.input, "sof_composition_columns")?
-    } else {
-        None
-    };
-    let hash = config_hash(spec, inputs, n_obs);
+    let ann = read_annotations(reader, spec)?;
+    let composition_columns =
+        if ann.composition.is_some() { reader.uns_strings("sof_composition_columns")? } else { None };
+    let hash = config_hash(spec, inputs, &src, n_obs);
     let n_shards = n_obs.div_ceil(spec.shard_cells);
     let mut shards: Vec<Option<ShardInfo>> = vec![None; n_shards];
     let mut todo = Vec::new();
@@ -250,7 +255,6 @@ pub fn build_corpus(
     let written = std::thread::scope(|scope| -> Result<Vec<(usize, ShardInfo)>> {
         let (read_tx, read_rx) = std::sync::mpsc::sync_channel::<(Block, Result<sof_io::CsrMatrix>)>(4);
         let (write_tx, write_rx) = std::sync::mpsc::sync_channel::<TokenizedBlock>(4);
-        let reader = &reader;
         let todo = &todo;
         scope.spawn(move || {
             for (k, cells) in todo {

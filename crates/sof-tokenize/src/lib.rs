@@ -20,9 +20,12 @@ pub mod means;
 mod rank;
 mod tokenizer;
 
+pub use context::pad_rows;
 pub use context::{ContextTable, Modality, TechnologySpec};
 pub use means::{MeansAccumulator, TechMeans};
-pub use tokenizer::{ColumnTokenizer, GeneMap, Mode, Scratch, TokenizedCell, Tokenizer, TokenizerConfig};
+pub use tokenizer::{
+    ColumnTokenizer, GeneMap, Mode, Scratch, TokenizedCell, Tokenizer, TokenizerConfig, TokenizerSpec,
+};
 
 /// Errors of the tokenizer and the corpus builder.
 #[derive(Debug, thiserror::Error)]

@@ -39,6 +39,22 @@ impl Default for TokenizerConfig {
     }
 }
 
+/// How a model's training cells were tokenized, saved in every checkpoint so that new data is
+/// tokenized the same way: the tokenizer settings, plus the technology, species and modality
+/// where every training corpus agreed (`None` where they differed, or for imported weights).
+/// Serialized flat: the settings' fields beside `technology`, `species`, `modality`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TokenizerSpec {
+    #[serde(flatten)]
+    pub config: TokenizerConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub technology: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub species: Option<sof_io::genes::Species>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modality: Option<crate::Modality>,
+}
+
 /// Maps a dataset's gene columns into vocabulary indices (from a gene alignment).
 #[derive(Debug, Clone)]
 pub struct GeneMap {

@@ -249,6 +249,8 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 softmax_counts: None,
                 embedding: "X_sof".into(),
                 split_key: Some(section_key.clone()),
+                section_key: None,
+                no_neighbourhood_baselines: false,
                 spatial_blocks: None,
                 random_folds: false,
                 folds: 5,
@@ -269,17 +271,8 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 device: args.device,
                 output: out.clone(),
             })?;
-            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
-            let mut per = BTreeMap::new();
-            for r in v["results"].as_array().into_iter().flatten() {
-                let means: BTreeMap<String, f64> = r["mean"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|(k, x)| x.as_f64().map(|x| (k.clone(), x)))
-                    .collect();
-                per.insert(r["features"].as_str().unwrap_or("?").to_owned(), means);
-            }
+            let report: sof_tasks::probe::ProbeReport = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+            let per = report.results.into_iter().map(|r| (r.features, r.mean)).collect();
             probes.insert(name, per);
         }
 
@@ -393,10 +386,12 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         let metric = if per.values().any(|m| m.contains_key("macro_f1")) { "macro_f1" } else { "r2" };
         let get = |f: &str| per.iter().find(|(k, _)| k.starts_with(f)).and_then(|(_, m)| m.get(metric)).copied();
         util::say(format!(
-            "  probe {task:<12} {metric}: embedding {:.3} | PCA-50 {:.3} | PCA-best {:.3} (held-out sections)",
+            "  probe {task:<12} {metric}: embedding {:.3} | PCA-50 {:.3} | PCA-best {:.3} | NichePCA {:.3} | BANKSY {:.3}",
             get("embedding").unwrap_or(f64::NAN),
             get("PCA-50").unwrap_or(f64::NAN),
-            get("PCA-best").unwrap_or(f64::NAN)
+            get("PCA-best").unwrap_or(f64::NAN),
+            get("NichePCA").unwrap_or(f64::NAN),
+            get("BANKSY").unwrap_or(f64::NAN)
         ));
     }
     if let Some(a) = summary.mapping.get("layer_accuracy") {
@@ -505,6 +500,7 @@ fn prepare_synthetic(args: &Args, data_dir: &std::path::Path, quiet: bool) -> an
         tokenize::run(
             tokenize::Args {
                 input,
+                tables: Default::default(),
                 technology: tech.clone(),
                 species: SpeciesArg::Mouse,
                 modality: modality.into(),
@@ -618,6 +614,7 @@ fn prepare_data(args: &Args, data: &std::path::Path, quiet: bool) -> anyhow::Res
     tokenize::run(
         tokenize::Args {
             input: targets.clone(),
+            tables: Default::default(),
             technology: args.technology.clone(),
             species: args.species,
             modality: "spatial".into(),

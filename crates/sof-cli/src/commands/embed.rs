@@ -75,15 +75,6 @@ pub struct TokenizerArgs {
     pub context_config: Option<PathBuf>,
 }
 
-/// Tokenizer settings a sof checkpoint records in run.json (`tokenizer`), read by `sof embed`.
-#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
-pub struct CheckpointTokenizer {
-    pub technology: Option<String>,
-    pub species: Option<String>,
-    pub modality: Option<String>,
-    pub mode: Option<String>,
-}
-
 fn need<T>(flag: Option<T>, name: &str) -> anyhow::Result<T> {
     flag.with_context(|| format!("pass --{name}: the checkpoint does not record it"))
 }
@@ -133,23 +124,26 @@ pub fn load(
 ) -> anyhow::Result<Loaded> {
     let (model, cfg, recorded, vocab_path) = if checkpoint.is_dir() {
         let (m, c, run) = sof_model::checkpoint::load(checkpoint, dev)?;
-        let saved: CheckpointTokenizer = serde_json::from_value(run.tokenizer.clone()).unwrap_or_default();
         let vocab = tok.vocab.clone().unwrap_or_else(|| checkpoint.join("vocab.tsv"));
-        (m, c, Some((saved, run.vocabulary_hash)), vocab)
+        (m, c, Some((run.tokenizer, run.vocabulary_hash)), vocab)
     } else {
         let (m, c) = sof_model::import::load_reference(checkpoint, model_config, dev)?;
         (m, c, None, need(tok.vocab.clone(), "vocab")?)
     };
     let rec = recorded.as_ref().map(|r| &r.0);
     let technology = need(tok.technology.clone().or_else(|| rec.and_then(|t| t.technology.clone())), "technology")?;
-    let species = match (tok.species, rec.and_then(|t| t.species.as_deref())) {
+    let species = match (tok.species, rec.and_then(|t| t.species)) {
         (Some(s), _) => species(s),
-        (None, Some(s)) => sof_tokenize::context::parse_species(s)?,
+        (None, Some(s)) => s,
         (None, None) => need(None, "species")?,
     };
-    let modality = need(tok.modality.clone().or_else(|| rec.and_then(|t| t.modality.clone())), "modality")?;
-    let mode = match (tok.mode, rec.and_then(|t| t.mode.as_deref())) {
-        (Some(ModeArg::Nicheformer), _) | (None, Some("nicheformer")) => Mode::Nicheformer,
+    let modality = match (&tok.modality, rec.and_then(|t| t.modality)) {
+        (Some(m), _) => Modality::parse(m)?,
+        (None, Some(m)) => m,
+        (None, None) => need(None, "modality")?,
+    };
+    let mode = match (tok.mode, rec.map(|t| t.config.mode)) {
+        (Some(ModeArg::Nicheformer), _) | (None, Some(Mode::Nicheformer)) => Mode::Nicheformer,
         _ => Mode::Fixed,
     };
     let reader = H5adReader::open(input)?;
@@ -181,7 +175,7 @@ pub fn load(
     let tech = table.get(&technology)?.clone();
     let means = load_means(tok.tech_means.as_deref(), &tech.means, &reader, &vocab, &map)?;
     let tcfg = TokenizerConfig { mode, context_length: cfg.context_length, ..TokenizerConfig::default() };
-    let tokenizer = Tokenizer::new(tcfg, &means, species, tech.token, Modality::parse(&modality)?);
+    let tokenizer = Tokenizer::new(tcfg, &means, species, tech.token, modality);
     Ok(Loaded { model, config: cfg, reader, tokenizer, map, technology, mode })
 }
 
@@ -226,10 +220,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 Pooling::Reference => cfg.context_length,
                 Pooling::PadExcluded => batch.iter().map(|&i| seqs[i].len()).max().unwrap_or(3).max(4),
             };
-            let mut flat = vec![sof_model::PAD; batch.len() * len];
-            for (r, &i) in batch.iter().enumerate() {
-                flat[r * len..r * len + seqs[i].len()].copy_from_slice(&seqs[i]);
-            }
+            let flat = sof_tokenize::pad_rows(batch.iter().map(|&i| seqs[i].as_slice()), len);
             let tokens = Tensor::<2, Int>::from_data(TensorData::new(flat, [batch.len(), len]), &dev);
             let emb =
                 model.embed(tokens, pooling).into_data().try_to_vec::<f32>().context("reading embeddings back")?;

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use ndarray::{Array2, Axis};
 use sof_io::Column;
 use sof_io::h5ad::{H5adEditor, H5adReader, UnsValue};
-use sof_tasks::mapping::{MapConfig, map_cells};
+use sof_tasks::mapping::{MapConfig, map_cells, predict_with_head};
 
 use crate::util;
 
@@ -90,54 +90,16 @@ pub enum MapHead {
     Mlp,
 }
 
-/// Replaces the neighbour-based label probabilities and targets of `m` with trained heads'
-/// predictions (`--head linear|mlp`). `targets` columns: composition (`n_comp`, proportions)
-/// then single values (density, --transfer columns), each fitted on the reference rows where it
-/// is finite.
-#[allow(clippy::too_many_arguments)]
-fn predict_with_head(
-    head: MapHead,
-    seed: u64,
-    ref_x: ndarray::ArrayView2<f64>,
-    codes: &[usize],
-    n_classes: usize,
-    targets: Option<ndarray::ArrayView2<f64>>,
-    n_comp: usize,
-    query_x: ndarray::ArrayView2<f64>,
-    m: &mut sof_tasks::mapping::Mapping,
-) {
-    use sof_tasks::linear::{LogisticConfig, LogisticRegression, Ridge};
-    use sof_tasks::mlp::{Mlp, MlpConfig, MlpTarget};
-    let mlp = MlpConfig { seed, ..MlpConfig::default() };
-    let linear = LogisticConfig::default();
-    m.label_probabilities = match head {
-        MapHead::Knn => return,
-        MapHead::Linear => LogisticRegression::fit(ref_x, codes, n_classes, &linear).predict_proba(query_x),
-        MapHead::Mlp => {
-            Mlp::fit(ref_x, MlpTarget::Classes { y: codes, n_classes, class_balanced: false }, &mlp).predict(query_x)
+impl MapHead {
+    /// The trained head, or None for the neighbour vote (`map_cells` already gives it).
+    fn head(self, seed: u64) -> Option<Box<dyn sof_tasks::Head>> {
+        match self {
+            MapHead::Knn => None,
+            MapHead::Linear => Some(Box::new(sof_tasks::LinearHead::default())),
+            MapHead::Mlp => {
+                Some(Box::new(sof_tasks::MlpHead(sof_tasks::mlp::MlpConfig { seed, ..Default::default() })))
+            }
         }
-    };
-    let (Some(t), Some(out)) = (targets, m.targets.as_mut()) else { return };
-    if n_comp > 0 {
-        let comp = t.slice(ndarray::s![.., 0..n_comp]);
-        let pred = match head {
-            MapHead::Mlp => Mlp::fit(ref_x, MlpTarget::Proportions(comp), &mlp).predict(query_x),
-            _ => LogisticRegression::fit_proportions(ref_x, comp, &linear).predict_proba(query_x),
-        };
-        out.slice_mut(ndarray::s![.., 0..n_comp]).assign(&pred);
-    }
-    for j in n_comp..t.ncols() {
-        let rows: Vec<usize> = (0..t.nrows()).filter(|&i| t[[i, j]].is_finite()).collect();
-        if rows.len() < 2 {
-            continue;
-        }
-        let x = ref_x.select(Axis(0), &rows);
-        let y = t.slice(ndarray::s![.., j..j + 1]).select(Axis(0), &rows);
-        let pred = match head {
-            MapHead::Mlp => Mlp::fit(x.view(), MlpTarget::Values(y.view()), &mlp).predict(query_x),
-            _ => Ridge::fit(x.view(), y.view(), 1e-3).predict(query_x),
-        };
-        out.column_mut(j).assign(&pred.column(0));
     }
 }
 
@@ -228,9 +190,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         emb_q.view(),
         &cfg,
     );
+    let head = args.head.head(args.seed);
     predict_with_head(
-        args.head,
-        args.seed,
+        head.as_deref(),
         emb_r.view(),
         &codes,
         classes.len(),
@@ -345,8 +307,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut mp =
             map_cells(fr.view(), &codes, classes.len(), xy.view(), targets.as_ref().map(|t| t.view()), fq.view(), &cfg);
         predict_with_head(
-            args.head,
-            args.seed,
+            head.as_deref(),
             fr.view(),
             &codes,
             classes.len(),

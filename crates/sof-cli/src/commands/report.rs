@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde_json::Value;
 use sof_io::h5ad::H5adReader;
 use sof_plot::{CategoricalMaps, ConfusionMatrix, LineChart, PALETTE, Series};
+use sof_tasks::probe::{FeatureResult, ProbeReport};
 
 use crate::util;
 
@@ -33,13 +34,13 @@ struct Figure {
     caption: String,
 }
 
-fn load(path: &Path) -> anyhow::Result<Value> {
+fn load<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
-        .with_context(|| format!("{} is not JSON", path.display()))
+        .with_context(|| format!("{} is not the JSON expected here", path.display()))
 }
 
-fn feature<'a>(probe: &'a Value, prefix: &str) -> Option<&'a Value> {
-    probe["results"].as_array()?.iter().find(|r| r["features"].as_str().is_some_and(|f| f.starts_with(prefix)))
+fn feature<'a>(probe: &'a ProbeReport, prefix: &str) -> Option<&'a FeatureResult> {
+    probe.results.iter().find(|r| r.features.starts_with(prefix))
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -70,12 +71,11 @@ fn label_maps(inputs: &Inputs, task: &str, xy: &ndarray::Array2<f64>, dir: &Path
     if !path.exists() {
         return Ok(None);
     }
-    let probe = load(&path)?;
+    let probe: ProbeReport = load(&path)?;
     let Some(emb) = feature(&probe, "embedding") else { return Ok(None) };
-    let cells: Vec<usize> = serde_json::from_value(probe["cell_index"].clone())?;
-    let truth: Vec<usize> = serde_json::from_value(probe["truth_classes"].clone())?;
-    let pred: Vec<i64> = serde_json::from_value(emb["predicted_classes"].clone())?;
-    let classes: Vec<String> = serde_json::from_value(probe["classes"].clone())?;
+    let cells = &probe.cell_index;
+    let (Some(truth), Some(pred)) = (&probe.truth_classes, &emb.predicted_classes) else { return Ok(None) };
+    let classes = probe.classes.clone();
     let pts: Vec<(f64, f64)> = cells.iter().map(|&i| (xy[[i, 0]], xy[[i, 1]])).collect();
     let tested: Vec<usize> = (0..cells.len()).filter(|&k| pred[k] >= 0).collect();
     let file = format!("{task}_map.png");
@@ -91,7 +91,7 @@ fn label_maps(inputs: &Inputs, task: &str, xy: &ndarray::Array2<f64>, dir: &Path
         ],
     }
     .write_png(&dir.join(&file), 520, 480)?;
-    let f1 = emb["mean"]["macro_f1"].as_f64().unwrap_or(f64::NAN);
+    let f1 = emb.mean.get("macro_f1").copied().unwrap_or(f64::NAN);
     Ok(Some(Figure {
         file,
         title: format!("{task}: truth and prediction in space"),
@@ -124,11 +124,11 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
         figures.extend(label_maps(inputs, task, &xy, dir)?);
     }
     // 4. Layer confusion matrix.
-    if let Ok(probe) = load(&inputs.probes_dir.join("layer.json"))
+    if let Ok(probe) = load::<ProbeReport>(&inputs.probes_dir.join("layer.json"))
         && let Some(emb) = feature(&probe, "embedding")
+        && let Some(counts) = emb.confusion.clone()
     {
-        let counts: Vec<Vec<u64>> = serde_json::from_value(emb["confusion"].clone())?;
-        let classes: Vec<String> = serde_json::from_value(probe["classes"].clone())?;
+        let classes = probe.classes.clone();
         ConfusionMatrix { title: "layer: truth (rows) vs embedding probe".into(), classes, counts }
             .write_png(&dir.join("layer_confusion.png"), 420)?;
         figures.push(Figure {
@@ -138,13 +138,12 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
         });
     }
     // 5. Density: predicted vs true.
-    if let Ok(probe) = load(&inputs.probes_dir.join("density.json"))
+    if let Ok(probe) = load::<ProbeReport>(&inputs.probes_dir.join("density.json"))
         && let Some(emb) = feature(&probe, "embedding")
+        && let (Some(truth), Some(pred)) = (&probe.truth_values, &emb.predicted_values)
     {
-        let truth: Vec<Vec<f64>> = serde_json::from_value(probe["truth_values"].clone())?;
-        let pred: Vec<Vec<f64>> = serde_json::from_value(emb["predicted_values"].clone())?;
         let pts: Vec<(f64, f64)> =
-            truth.iter().zip(&pred).filter(|(_, p)| p[0].is_finite()).map(|(t, p)| (t[0], p[0])).collect();
+            truth.iter().zip(pred.iter()).filter(|(_, p)| p[0].is_finite()).map(|(t, p)| (t[0], p[0])).collect();
         let (lo, hi) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
         LineChart {
             title: "Local density: predicted vs true".into(),
@@ -156,7 +155,7 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
             ],
         }
         .write_png(&dir.join("density.png"), 620, 520)?;
-        let r2 = emb["mean"]["r2"].as_f64().unwrap_or(f64::NAN);
+        let r2 = emb.mean.get("r2").copied().unwrap_or(f64::NAN);
         figures.push(Figure {
             file: "density.png".into(),
             title: "Density".into(),
@@ -199,31 +198,34 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
 
     // Tables: every probe beside its baselines, and composition error per cell type.
     let mut table = String::from(
-        "<table><tr><th>task</th><th>metric</th><th>embedding</th><th>PCA-50</th><th>PCA-best</th><th>raw expression</th></tr>",
+        "<table><tr><th>task</th><th>metric</th><th>embedding</th><th>PCA-50</th><th>PCA-best</th><th>raw expression</th>\
+         <th>NichePCA-best</th><th>BANKSY-best</th></tr>",
     );
     let mut composition_rows = String::new();
     for task in ["layer", "niche", "cell_type", "density", "composition"] {
-        let Ok(probe) = load(&inputs.probes_dir.join(format!("{task}.json"))) else { continue };
-        let metric = if probe["task"].as_str().is_some_and(|t| t.starts_with("classify")) { "macro_f1" } else { "r2" };
+        let Ok(probe) = load::<ProbeReport>(&inputs.probes_dir.join(format!("{task}.json"))) else { continue };
+        let metric = if probe.is_classification() { "macro_f1" } else { "r2" };
         let cell = |prefix: &str| {
             feature(&probe, prefix)
-                .and_then(|r| r["mean"][metric].as_f64())
+                .and_then(|r| r.mean.get(metric).copied())
                 .map_or("–".to_owned(), |v| format!("{v:.3}"))
         };
         let _ = write!(
             table,
-            "<tr><td>{task}</td><td>{metric}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{task}</td><td>{metric}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             cell("embedding"),
             cell("PCA-50"),
             cell("PCA-best"),
-            cell("raw")
+            cell("raw"),
+            cell("NichePCA"),
+            cell("BANKSY")
         );
         if task == "composition" {
-            let names: Vec<String> = serde_json::from_value(probe["target_columns"].clone()).unwrap_or_default();
-            let truth: Vec<Vec<f64>> = serde_json::from_value(probe["truth_values"].clone()).unwrap_or_default();
+            let names = probe.target_columns.clone();
+            let truth = probe.truth_values.clone().unwrap_or_default();
             let mae = |prefix: &str| -> Vec<f64> {
                 let Some(r) = feature(&probe, prefix) else { return Vec::new() };
-                let pred: Vec<Vec<f64>> = serde_json::from_value(r["predicted_values"].clone()).unwrap_or_default();
+                let pred = r.predicted_values.clone().unwrap_or_default();
                 (0..names.len())
                     .map(|c| {
                         let e: Vec<f64> = truth
@@ -250,7 +252,7 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
     }
     table.push_str("</table>");
 
-    let pretrain = load(&inputs.run_dir.join("summary.json")).ok();
+    let pretrain = load::<Value>(&inputs.run_dir.join("summary.json")).ok();
     let mut html = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>SpatialOmics-Foundation demo report</title>\
          <style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}figure{margin:2em 0}\

@@ -6,6 +6,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use sof_io::genes::{AlignmentReport, GeneTables, Species, Vocabulary};
 use sof_io::h5ad::H5adReader;
+use sof_io::table::TableOptions;
+use sof_io::{CellSource, TableInput};
 use sof_tokenize::corpus::{CorpusInputs, CorpusSpec, build_corpus};
 use sof_tokenize::{
     ContextTable, GeneMap, MeansAccumulator, Modality, Mode, TechMeans, Tokenizer, TokenizerConfig, vocabulary_hash,
@@ -18,6 +20,10 @@ use crate::util;
 /// technology's gene means, expressed genes ranked (ties by vocabulary index), behind the
 /// context tokens [species, assay, modality]. Streams the input; a rerun resumes.
 ///
+/// The input is an .h5ad (streamed), a .loom, or a delimited expression table (.tsv / .csv /
+/// .txt; genes in rows unless --cells-in-rows) with optional --coordinates and --metadata tables
+/// keyed by cell id.
+///
 /// Without --vocab, the vocabulary is the file's own genes (written to <output>/vocab.tsv);
 /// without --tech-means, the technology's means are computed from the input itself.
 ///
@@ -26,9 +32,11 @@ use crate::util;
 ///          --tech-means nicheformer/tech_means --keep-obs cell_type,layer --output corpus/starmap
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Input .h5ad.
+    /// Input cells: .h5ad, .loom, or an expression table (.tsv, .csv, .txt).
     #[arg(short, long)]
     pub input: PathBuf,
+    #[command(flatten)]
+    pub tables: TableArgs,
     /// Technology (merfish, xenium, cosmx, iss, dissociated, 10x_3p_v3, ... or one added with
     /// --context-config).
     #[arg(long)]
@@ -74,6 +82,44 @@ pub struct Args {
     pub output: PathBuf,
 }
 
+/// The tables that go with an expression-table input.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TableArgs {
+    /// With a table input: a table of cell coordinates (cell id, then columns named by
+    /// --coordinate-columns), copied into obsm['spatial'].
+    #[arg(long)]
+    pub coordinates: Option<PathBuf>,
+    /// With a table input: a table of per-cell annotations keyed by cell id (becomes obs).
+    #[arg(long)]
+    pub metadata: Option<PathBuf>,
+    /// With a table input: the x and y column names of --coordinates.
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values = ["X", "Y"])]
+    pub coordinate_columns: Vec<String>,
+    /// With a table input: the expression table has one row per cell (default: one row per gene).
+    #[arg(long)]
+    pub cells_in_rows: bool,
+    /// With a table input: the field separator (default: ',' for .csv, else tab).
+    #[arg(long)]
+    pub delimiter: Option<char>,
+}
+
+impl TableArgs {
+    /// Opens `input` (any supported format) with these table settings.
+    pub fn open(&self, input: &Path) -> anyhow::Result<Box<dyn CellSource>> {
+        let csv = input.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        let options = TableOptions {
+            delimiter: self.delimiter.unwrap_or(if csv { ',' } else { '\t' }),
+            genes_in_rows: !self.cells_in_rows,
+            coordinate_columns: match self.coordinate_columns.as_slice() {
+                [x, y] => (x.clone(), y.clone()),
+                _ => ("X".into(), "Y".into()),
+            },
+        };
+        let tables = TableInput { coordinates: self.coordinates.clone(), metadata: self.metadata.clone(), options };
+        Ok(sof_io::open_cells(input, &tables)?)
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ModeArg {
     Fixed,
@@ -89,15 +135,15 @@ pub fn species(s: SpeciesArg) -> Species {
 
 /// The vocabulary and how the file's genes map into it.
 pub fn align(
-    reader: &H5adReader,
+    reader: &dyn CellSource,
     vocab: Option<&Path>,
     genes_dir: Option<&Path>,
     species: Species,
 ) -> anyhow::Result<(Vocabulary, AlignmentReport)> {
-    let genes = reader.var()?.index;
+    let genes = reader.var_names()?;
     let vocab = match vocab {
         Some(p) => Vocabulary::load_tsv(p)?,
-        None => Vocabulary::new(genes.clone()).map_err(|e| anyhow::anyhow!("{}: {e}", reader.path().display()))?,
+        None => Vocabulary::new(genes.clone()).map_err(|e| anyhow::anyhow!("{}: {e}", reader.name()))?,
     };
     let tables = match genes_dir {
         Some(d) => GeneTables::load(d)?,
@@ -107,7 +153,7 @@ pub fn align(
     if report.n_mapped() == 0 {
         bail!(
             "{}: none of its {} genes maps into the vocabulary ({} genes); {}",
-            reader.path().display(),
+            reader.name(),
             genes.len(),
             vocab.len(),
             if genes_dir.is_none() {
@@ -134,7 +180,7 @@ fn context_table(path: Option<&Path>) -> anyhow::Result<ContextTable> {
 pub fn load_means(
     dir: Option<&Path>,
     name: &str,
-    reader: &H5adReader,
+    reader: &dyn CellSource,
     vocab: &Vocabulary,
     map: &GeneMap,
 ) -> anyhow::Result<TechMeans> {
@@ -166,15 +212,16 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let tech = table.get(&args.technology)?.clone();
     let modality = Modality::parse(&args.modality)?;
     let species = species(args.species);
-    let reader = H5adReader::open(&args.input)?;
-    let (vocab, report) = align(&reader, args.vocab.as_deref(), args.genes_dir.as_deref(), species)?;
+    let reader = args.tables.open(&args.input)?;
+    let reader = reader.as_ref();
+    let (vocab, report) = align(reader, args.vocab.as_deref(), args.genes_dir.as_deref(), species)?;
     let map = GeneMap::from_report(&report);
     std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
     util::write_atomic(&args.output.join("gene_mapping.tsv"), &report.to_tsv(&vocab))?;
     if args.vocab.is_none() {
         util::write_atomic(&args.output.join("vocab.tsv"), &vocab.to_tsv())?;
     }
-    let means = load_means(args.tech_means.as_deref(), &tech.means, &reader, &vocab, &map)?;
+    let means = load_means(args.tech_means.as_deref(), &tech.means, reader, &vocab, &map)?;
     let mode = match args.mode {
         ModeArg::Fixed => Mode::Fixed,
         ModeArg::Nicheformer => Mode::Nicheformer,
@@ -187,7 +234,6 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
     let spec = CorpusSpec {
-        input: args.input.clone(),
         output: args.output.clone(),
         dataset,
         technology: args.technology.to_ascii_lowercase(),
@@ -207,7 +253,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         unmapped_genes: unmapped.clone(),
     };
     let pb = util::progress(reader.n_obs() as u64, "tokenize", quiet);
-    let m = build_corpus(&spec, &inputs, |n| pb.inc(n as u64))?;
+    let m = build_corpus(reader, &spec, &inputs, |n| pb.inc(n as u64))?;
     pb.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     util::say(format!(

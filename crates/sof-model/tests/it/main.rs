@@ -208,7 +208,11 @@ fn checkpoints_round_trip() {
         let cfg = EncoderConfig::tiny(80).with_norm_first(norm_first);
         let enc = cfg.init(&device);
         let run = RunInfo {
-            tokenizer: serde_json::json!({"mode": "fixed", "context_length": 64}),
+            tokenizer: sof_tokenize::TokenizerSpec {
+                config: sof_tokenize::TokenizerConfig { context_length: 64, ..Default::default() },
+                technology: Some("merfish".into()),
+                ..Default::default()
+            },
             vocabulary_hash: "abc".into(),
             step: Some(7),
         };

@@ -34,7 +34,6 @@ pub(crate) fn corpora(dir: &std::path::Path) -> (Vec<PathBuf>, String) {
         );
         let corpus = dir.join(format!("corpus_{tech}"));
         let spec = CorpusSpec {
-            input: file.clone(),
             output: corpus.clone(),
             dataset: tech.into(),
             technology: tech.into(),
@@ -52,7 +51,7 @@ pub(crate) fn corpora(dir: &std::path::Path) -> (Vec<PathBuf>, String) {
             vocabulary_size: vocab.len(),
             unmapped_genes: vec![],
         };
-        build_corpus(&spec, &inputs, |_| {}).unwrap();
+        build_corpus(&a, &spec, &inputs, |_| {}).unwrap();
         out.push(corpus);
     }
     (out, hash)

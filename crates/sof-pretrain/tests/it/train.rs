@@ -22,7 +22,7 @@ fn initial_checkpoint(dir: &Path, corpus: &Path) -> PathBuf {
     let enc = cfg.init(&device);
     let out = dir.join("init");
     let run = RunInfo {
-        tokenizer: serde_json::to_value(&m.tokenizer).unwrap(),
+        tokenizer: sof_tokenize::TokenizerSpec { config: m.tokenizer.clone(), ..Default::default() },
         vocabulary_hash: m.vocabulary_hash.clone(),
         step: None,
     };

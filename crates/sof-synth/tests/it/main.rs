@@ -227,3 +227,31 @@ fn bad_configs_are_refused_with_reasons() {
     c.n_genes = 10;
     assert!(Generator::new(c).unwrap_err().to_string().contains("fewer than"));
 }
+
+/// The generator as a cell source streams the same cells as its in-memory AnnData, whatever the
+/// row blocks asked for (they cross generator blocks and sections).
+#[test]
+fn synthetic_cell_source_equals_the_anndata() {
+    use sof_io::CellSource;
+    let mut c = SynthConfig::default();
+    c.cells_per_section = 9_000; // two generator blocks per section
+    c.dissociated_cells = 0;
+    let g = Generator::new(c).unwrap();
+    let (name, samples) = g.outputs().into_iter().next().unwrap();
+    let whole = g.anndata(&samples);
+    let cells = g.cells(&name, &samples);
+    assert_eq!(CellSource::n_obs(&cells), whole.n_obs());
+    assert_eq!(cells.var_names().unwrap(), whole.var_names());
+    assert_eq!(cells.obs().unwrap(), whole.obs);
+    assert_eq!(cells.obsm("spatial").unwrap(), whole.obsm["spatial"]);
+    let mut streamed = sof_io::CsrMatrix::empty(whole.n_vars());
+    let n = whole.n_obs();
+    let mut start = 0;
+    while start < n {
+        let end = (start + 5_001).min(n);
+        streamed.append_rows(&cells.read_rows(start..end).unwrap());
+        start = end;
+    }
+    assert_eq!(streamed, whole.x);
+    assert!(cells.read_rows(0..n + 1).unwrap_err().to_string().contains("outside"));
+}

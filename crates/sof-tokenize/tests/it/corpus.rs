@@ -37,7 +37,6 @@ fn spec(
     keep: &[&str],
 ) -> CorpusSpec {
     CorpusSpec {
-        input: shared().unwrap().join("data").join(file),
         output: out.to_path_buf(),
         dataset: file.trim_end_matches(".h5ad").to_owned(),
         technology: "t".into(),
@@ -65,8 +64,10 @@ fn corpus_rows_match_direct_tokenization() {
         vocabulary_size: s.vocab.len(),
         unmapped_genes: s.unmapped.clone(),
     };
+    let input = shared().unwrap().join("data/cosmx_human_lung.h5ad");
+    let reader = sof_io::h5ad::H5adReader::open(&input).unwrap();
     let mut done = 0;
-    let m = build_corpus(&sp, &inputs, |n| done += n).unwrap();
+    let m = build_corpus(&reader, &sp, &inputs, |n| done += n).unwrap();
     assert_eq!(done, 9233);
     assert_eq!(m.shards.len(), 10);
     assert_eq!(m.cells_in, 9233);
@@ -74,7 +75,7 @@ fn corpus_rows_match_direct_tokenization() {
     assert_eq!(m.cells_written + m.empty_cells, 9233);
     assert_eq!(m.context_tokens, [5, 8, 4]);
     assert_eq!(CorpusManifest::load(dir.path()).unwrap(), m);
-    let x = sof_io::h5ad::read_h5ad(&sp.input).unwrap().x;
+    let x = sof_io::h5ad::read_h5ad(&input).unwrap().x;
     let mut scratch = Scratch::default();
     let mut all = Vec::new();
     for (k, sh) in m.shards.iter().enumerate() {
@@ -128,14 +129,15 @@ fn corpus_resumes_and_refuses_bad_shards() {
         vocabulary_size: s.vocab.len(),
         unmapped_genes: s.unmapped.clone(),
     };
-    let first = build_corpus(&sp, &inputs, |_| {}).unwrap();
+    let reader = sof_io::h5ad::H5adReader::open(shared().unwrap().join("data/starmap_mpfc.h5ad")).unwrap();
+    let first = build_corpus(&reader, &sp, &inputs, |_| {}).unwrap();
     assert_eq!(first.shards.len(), 4);
     let shard = |k: usize| dir.path().join(format!("shard-{k:05}.parquet"));
     let before: Vec<Vec<u8>> = (0..4).map(|k| std::fs::read(shard(k)).unwrap()).collect();
     let mtime0 = std::fs::metadata(shard(0)).unwrap().modified().unwrap();
     std::fs::remove_file(shard(2)).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
-    let again = build_corpus(&sp, &inputs, |_| {}).unwrap();
+    let again = build_corpus(&reader, &sp, &inputs, |_| {}).unwrap();
     assert_eq!(again, first);
     assert_eq!(std::fs::metadata(shard(0)).unwrap().modified().unwrap(), mtime0, "finished shards are never rewritten");
     for k in 0..4 {
@@ -146,17 +148,17 @@ fn corpus_resumes_and_refuses_bad_shards() {
 
     let bytes = std::fs::read(shard(1)).unwrap();
     std::fs::write(shard(1), &bytes[..bytes.len() / 2]).unwrap();
-    let e = build_corpus(&sp, &inputs, |_| {}).unwrap_err().to_string();
+    let e = build_corpus(&reader, &sp, &inputs, |_| {}).unwrap_err().to_string();
     assert!(e.contains("shard-00001.parquet") && e.contains("corrupt shard") && e.contains("delete"), "{e}");
     std::fs::write(shard(1), &bytes).unwrap();
 
     let mut other = sp.clone();
     other.keep_obs = vec!["layer".into()];
-    let e = build_corpus(&other, &inputs, |_| {}).unwrap_err().to_string();
+    let e = build_corpus(&reader, &other, &inputs, |_| {}).unwrap_err().to_string();
     assert!(e.contains("other tokenizer settings"), "{e}");
 
     let mut clash = sp.clone();
     clash.keep_obs = vec!["x".into()];
-    let e = build_corpus(&clash, &inputs, |_| {}).unwrap_err().to_string();
+    let e = build_corpus(&reader, &clash, &inputs, |_| {}).unwrap_err().to_string();
     assert!(e.contains("clashes"), "{e}");
 }

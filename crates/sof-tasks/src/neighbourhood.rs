@@ -1,0 +1,167 @@
+//! The neighbourhood baselines a spatial embedding must beat: each cell's log-normalized
+//! expression averaged over its spatial neighbours in its own section, then PCA fitted on the
+//! training cells — NichePCA (Schaub et al., Bioinformatics 2025: the mean over the cell and its
+//! k nearest neighbours) and BANKSY-style features (Singhal et al., Nature Genetics 2024: own and
+//! neighbour-mean expression side by side, weighted by sqrt(1 - lambda) and sqrt(lambda); BANKSY
+//! weights neighbours by a Gaussian kernel and adds an azimuthal gradient term, here the
+//! neighbours count equally and the gradient is left out).
+
+use ndarray::Array2;
+use sof_io::CsrMatrix;
+use sof_spatial::KnnGraph;
+
+use crate::pca::Pca;
+use crate::{Cells, Embedder, TaskError};
+
+/// Mean of `x`'s rows over each cell's first `k` neighbours in `graph` (nearest first; fewer in
+/// a smaller section; a cell without neighbours gets zeros), as CSR.
+pub fn neighbour_mean(x: &CsrMatrix, graph: &KnnGraph, k: usize) -> CsrMatrix {
+    let n = x.n_rows();
+    let mut row = vec![0f64; x.n_cols()];
+    let (mut indptr, mut indices, mut data) = (vec![0u64], Vec::new(), Vec::new());
+    for i in 0..n {
+        let nb = &graph.neighbors(i)[..graph.neighbors(i).len().min(k)];
+        for &j in nb {
+            let (c, v) = x.row(j as usize);
+            for (&c, &v) in c.iter().zip(v) {
+                row[c as usize] += f64::from(v);
+            }
+        }
+        let m = nb.len().max(1) as f64;
+        for (c, r) in row.iter_mut().enumerate() {
+            if *r != 0.0 {
+                indices.push(c as u32);
+                data.push((*r / m) as f32);
+                *r = 0.0;
+            }
+        }
+        indptr.push(indices.len() as u64);
+    }
+    CsrMatrix::new(n, x.n_cols(), indptr, indices, data).expect("rows built in column order")
+}
+
+/// `a * x + b * y` for two CSR matrices of the same shape, or `[a * x, b * y]` side by side.
+fn combine(x: &CsrMatrix, y: &CsrMatrix, a: f64, b: f64, side_by_side: bool) -> CsrMatrix {
+    let width = if side_by_side { x.n_cols() + y.n_cols() } else { x.n_cols() };
+    let mut row = vec![0f64; width];
+    let (mut indptr, mut indices, mut data) = (vec![0u64], Vec::new(), Vec::new());
+    let offset = if side_by_side { x.n_cols() } else { 0 };
+    for i in 0..x.n_rows() {
+        let ((cx, vx), (cy, vy)) = (x.row(i), y.row(i));
+        for (&c, &v) in cx.iter().zip(vx) {
+            row[c as usize] += a * f64::from(v);
+        }
+        for (&c, &v) in cy.iter().zip(vy) {
+            row[offset + c as usize] += b * f64::from(v);
+        }
+        for (c, r) in row.iter_mut().enumerate() {
+            if *r != 0.0 {
+                indices.push(c as u32);
+                data.push(*r as f32);
+                *r = 0.0;
+            }
+        }
+        indptr.push(indices.len() as u64);
+    }
+    CsrMatrix::new(x.n_rows(), width, indptr, indices, data).expect("rows built in column order")
+}
+
+/// Which neighbourhood features.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Neighbourhood {
+    /// NichePCA: the mean over the cell and its `k` nearest neighbours.
+    NichePca { k: usize },
+    /// BANKSY-style: own expression and the mean over the `k` nearest neighbours side by side,
+    /// weighted sqrt(1 - lambda) and sqrt(lambda).
+    Banksy { k: usize, lambda: f64 },
+}
+
+/// PCA (`components`, fitted on the training cells) of neighbourhood-smoothed expression. Needs
+/// [`Cells::neighbour_means`] for its `k`.
+#[derive(Debug, Clone)]
+pub struct NeighbourhoodPca {
+    pub kind: Neighbourhood,
+    pub components: usize,
+    pub seed: u64,
+    fitted: Option<(Pca, CsrMatrix)>,
+}
+
+impl NeighbourhoodPca {
+    pub fn new(kind: Neighbourhood, components: usize, seed: u64) -> Self {
+        Self { kind, components, seed, fitted: None }
+    }
+
+    fn features(&self, cells: &Cells) -> Result<CsrMatrix, TaskError> {
+        let k = match self.kind {
+            Neighbourhood::NichePca { k } | Neighbourhood::Banksy { k, .. } => k,
+        };
+        let nm = cells.neighbour_means.get(&k).ok_or_else(|| {
+            TaskError::Invalid(format!("no neighbour means for k = {k}: the cells carry no coordinates for them"))
+        })?;
+        Ok(match self.kind {
+            // (own + k * mean of the k neighbours) / (k + 1): the mean over the cell and them.
+            Neighbourhood::NichePca { k } => {
+                let w = 1.0 / (k + 1) as f64;
+                combine(&cells.normalized, nm, w, k as f64 * w, false)
+            }
+            Neighbourhood::Banksy { lambda, .. } => {
+                combine(&cells.normalized, nm, (1.0 - lambda).sqrt(), lambda.sqrt(), true)
+            }
+        })
+    }
+}
+
+impl Embedder for NeighbourhoodPca {
+    fn name(&self) -> String {
+        match self.kind {
+            Neighbourhood::NichePca { k } => format!("NichePCA (k {k})"),
+            Neighbourhood::Banksy { k, lambda } => format!("BANKSY (k {k}, lambda {lambda})"),
+        }
+    }
+
+    fn fit(&mut self, cells: &Cells, train: &[usize]) -> Result<(), TaskError> {
+        let x = self.features(cells)?;
+        let pca = Pca::fit(&x, train, self.components.min(x.n_cols()).min(train.len()), self.seed);
+        self.fitted = Some((pca, x));
+        Ok(())
+    }
+
+    fn embed(&self, _: &Cells, rows: &[usize]) -> Result<Array2<f64>, TaskError> {
+        let (pca, x) = self
+            .fitted
+            .as_ref()
+            .ok_or_else(|| TaskError::Invalid("neighbourhood PCA used before it was fitted".into()))?;
+        Ok(pca.transform(x, rows))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sof_spatial::SectionedPoints;
+
+    use super::*;
+
+    #[test]
+    fn neighbour_means_stay_in_their_section() {
+        // Two sections on the same coordinates: neighbours never cross.
+        let xy: Vec<[f64; 2]> = (0..6).map(|i| [(i % 3) as f64, 0.0]).collect();
+        let points = SectionedPoints::new(xy, &[0, 0, 0, 1, 1, 1]).unwrap();
+        let graph = KnnGraph::build(&points, 2).unwrap();
+        let x = CsrMatrix::from_dense(6, 2, &[1.0, 0.0, 3.0, 0.0, 5.0, 0.0, 0.0, 2.0, 0.0, 4.0, 0.0, 6.0]);
+        let m = neighbour_mean(&x, &graph, 2);
+        let d = m.to_dense();
+        // Cell 1 (middle of section 0): mean of cells 0 and 2 = 3 in gene 0, nothing in gene 1.
+        assert_eq!(&d[2..4], &[3.0, 0.0]);
+        // Cell 4 (middle of section 1): mean of cells 3 and 5.
+        assert_eq!(&d[8..10], &[0.0, 4.0]);
+        // First neighbour only: the nearest one.
+        let m1 = neighbour_mean(&x, &graph, 1).to_dense();
+        assert!(m1[0] == 3.0 && m1[1] == 0.0, "{m1:?}");
+        // NichePCA smoothing includes the cell itself; BANKSY puts both side by side.
+        let s = combine(&x, &m, 1.0 / 3.0, 2.0 / 3.0, false).to_dense();
+        assert!((s[2] - 3.0).abs() < 1e-6, "(3 + 2 * 3) / 3");
+        let b = combine(&x, &m, 0.5, 2.0, true);
+        assert_eq!(b.n_cols(), 4);
+        assert_eq!(&b.to_dense()[4..8], &[1.5, 0.0, 6.0, 0.0]);
+    }
+}
