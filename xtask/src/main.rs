@@ -3,6 +3,9 @@
 //! xtask depends on none of the project's crates: it shells out to cargo and the `sof` binary,
 //! so it builds in seconds and can install what the build needs first.
 
+// Doc comments are also the `--help` text, where `<output>` is meant literally.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;

@@ -1,6 +1,10 @@
 //! `sof`: the SpatialOmics-Foundation command line (the logic lives in the `sof_cli` library so
 //! end-to-end tests can run it in-process).
 
+// Doc comments here are also the `--help` text, where `<output>` and `<name>` are meant
+// literally (rustdoc would read them as HTML tags).
+#![allow(rustdoc::invalid_html_tags)]
+
 pub mod commands;
 mod device;
 mod util;
