@@ -139,30 +139,37 @@ impl CellSource for CellFile {
     }
 
     fn var_names(&self) -> Result<Vec<String>> {
-        Ok(self.data.var.index.clone())
+        CellSource::var_names(&self.data)
     }
 
     fn obs(&self) -> Result<Frame> {
-        Ok(self.data.obs.clone())
+        CellSource::obs(&self.data)
     }
 
     fn obsm_keys(&self) -> Vec<String> {
-        self.data.obsm.keys().cloned().collect()
+        CellSource::obsm_keys(&self.data)
     }
 
+    // The AnnData's own errors, named by the file.
     fn obsm(&self, key: &str) -> Result<Array2<f64>> {
-        self.data.obsm.get(key).cloned().ok_or_else(|| {
-            Error::missing(
-                &self.path,
-                format!("obsm/{key}"),
-                format!("available obsm arrays: [{}]", self.obsm_keys().join(", ")),
-            )
-        })
+        CellSource::obsm(&self.data, key).map_err(|e| self.named(e))
     }
 
     fn read_rows(&self, rows: Range<usize>) -> Result<CsrMatrix> {
-        check_range(&self.name(), &rows, self.data.n_obs())?;
-        Ok(self.data.x.slice_rows(rows))
+        CellSource::read_rows(&self.data, rows).map_err(|e| self.named(e))
+    }
+}
+
+impl CellFile {
+    /// An error about the in-memory data, naming this file instead.
+    fn named(&self, e: Error) -> Error {
+        match e {
+            Error::MissingField { field, fix, .. } => Error::MissingField { path: self.path.clone(), field, fix },
+            Error::Invalid { field, problem, fix, .. } => {
+                Error::Invalid { path: self.path.clone(), field, problem, fix }
+            }
+            other => other,
+        }
     }
 }
 

@@ -13,6 +13,19 @@ use sof_spatial::KnnGraph;
 use crate::pca::Pca;
 use crate::{Cells, Embedder, TaskError};
 
+/// Appends the non-zero entries of a dense scratch row to CSR arrays (in column order) and
+/// clears the row: how both builders below emit their rows.
+fn push_row(row: &mut [f64], indices: &mut Vec<u32>, data: &mut Vec<f32>, indptr: &mut Vec<u64>) {
+    for (c, r) in row.iter_mut().enumerate() {
+        if *r != 0.0 {
+            indices.push(c as u32);
+            data.push(*r as f32);
+            *r = 0.0;
+        }
+    }
+    indptr.push(indices.len() as u64);
+}
+
 /// Mean of `x`'s rows over each cell's first `k` neighbours in `graph` (nearest first; fewer in
 /// a smaller section; a cell without neighbours gets zeros), as CSR.
 pub fn neighbour_mean(x: &CsrMatrix, graph: &KnnGraph, k: usize) -> CsrMatrix {
@@ -28,14 +41,8 @@ pub fn neighbour_mean(x: &CsrMatrix, graph: &KnnGraph, k: usize) -> CsrMatrix {
             }
         }
         let m = nb.len().max(1) as f64;
-        for (c, r) in row.iter_mut().enumerate() {
-            if *r != 0.0 {
-                indices.push(c as u32);
-                data.push((*r / m) as f32);
-                *r = 0.0;
-            }
-        }
-        indptr.push(indices.len() as u64);
+        row.iter_mut().for_each(|r| *r /= m);
+        push_row(&mut row, &mut indices, &mut data, &mut indptr);
     }
     CsrMatrix::new(n, x.n_cols(), indptr, indices, data).expect("rows built in column order")
 }
@@ -54,14 +61,7 @@ fn combine(x: &CsrMatrix, y: &CsrMatrix, a: f64, b: f64, side_by_side: bool) -> 
         for (&c, &v) in cy.iter().zip(vy) {
             row[offset + c as usize] += b * f64::from(v);
         }
-        for (c, r) in row.iter_mut().enumerate() {
-            if *r != 0.0 {
-                indices.push(c as u32);
-                data.push(*r as f32);
-                *r = 0.0;
-            }
-        }
-        indptr.push(indices.len() as u64);
+        push_row(&mut row, &mut indices, &mut data, &mut indptr);
     }
     CsrMatrix::new(x.n_rows(), width, indptr, indices, data).expect("rows built in column order")
 }

@@ -357,8 +357,9 @@ pub fn standard_features(
         next += 1;
     }
     if spatial {
-        sets.push(FeatureSet { name: "NichePCA-best".into(), members: (next..next + 3).collect() });
-        sets.push(FeatureSet { name: "BANKSY-best".into(), members: (next + 3..next + 6).collect() });
+        let banksy = next + NICHE_PCA_K.len();
+        sets.push(FeatureSet { name: "NichePCA-best".into(), members: (next..banksy).collect() });
+        sets.push(FeatureSet { name: "BANKSY-best".into(), members: (banksy..banksy + BANKSY_LAMBDA.len()).collect() });
     }
     (embedders, sets)
 }
