@@ -3,7 +3,12 @@
 //! similarity / temperature, give a distribution over reference cells — hence label
 //! probabilities, expected coordinates and their spread.
 
+use std::collections::BTreeMap;
+
 use ndarray::{Array1, Array2, ArrayView2, Axis};
+use serde::{Deserialize, Serialize};
+
+use crate::TaskError;
 
 /// Settings of [`map_cells`].
 #[derive(Debug, Clone)]
@@ -136,6 +141,344 @@ pub fn predict_with_head(
     }
 }
 
+/// The reference side of [`transfer`]: the reference cells' embeddings, label codes (into
+/// `classes`), coordinates and the per-cell values to carry over to the query.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub embedding: Array2<f64>,
+    pub labels: Vec<usize>,
+    pub classes: Vec<String>,
+    /// `cells x 2`.
+    pub xy: Array2<f64>,
+    /// Neighbourhood composition (`cells x cell types`, proportions), from `sof spatial`.
+    pub composition: Option<Array2<f64>>,
+    /// Local density (neighbour count).
+    pub density: Option<Vec<f64>>,
+    /// Numeric columns to transfer, by name (may hold NaN where unknown).
+    pub transfer: Vec<(String, Vec<f64>)>,
+}
+
+impl Reference {
+    /// A reference from each cell's embedding row, label and coordinates (the first two
+    /// columns of `xy`); classes are the labels' distinct values, sorted.
+    pub fn new(embedding: Array2<f64>, labels: &[String], xy: ArrayView2<f64>) -> Result<Self, TaskError> {
+        let n = embedding.nrows();
+        if labels.len() != n || xy.nrows() != n {
+            return Err(TaskError::Invalid(format!(
+                "the reference has {n} embedded cells, {} labels and {} positions",
+                labels.len(),
+                xy.nrows()
+            )));
+        }
+        if n == 0 {
+            return Err(TaskError::Invalid("the reference has no labelled cell".into()));
+        }
+        if xy.ncols() < 2 {
+            return Err(TaskError::Invalid(format!(
+                "the reference coordinates have {} column(s); mapping needs x and y",
+                xy.ncols()
+            )));
+        }
+        let mut classes = labels.to_vec();
+        classes.sort();
+        classes.dedup();
+        let labels = labels.iter().map(|l| classes.binary_search(l).expect("a class")).collect();
+        Ok(Self {
+            embedding,
+            labels,
+            classes,
+            xy: xy.slice(ndarray::s![.., 0..2]).to_owned(),
+            composition: None,
+            density: None,
+            transfer: Vec::new(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Every per-cell value to transfer as one matrix: composition, density, then the transfer
+    /// columns (None when there is none).
+    fn targets(&self) -> Result<Option<Array2<f64>>, TaskError> {
+        let n = self.len();
+        let mut cols: Vec<ndarray::Array1<f64>> = Vec::new();
+        if let Some(c) = &self.composition {
+            if c.nrows() != n {
+                return Err(TaskError::Invalid(format!("composition has {} rows for {n} cells", c.nrows())));
+            }
+            cols.extend(c.columns().into_iter().map(|c| c.to_owned()));
+        }
+        let singles = self.density.iter().map(|d| ("density", d)).chain(self.transfer.iter().map(|(c, v)| (c.as_str(), v)));
+        for (name, v) in singles {
+            if v.len() != n {
+                return Err(TaskError::Invalid(format!("'{name}' has {} values for {n} cells", v.len())));
+            }
+            cols.push(ndarray::Array1::from(v.clone()));
+        }
+        if cols.is_empty() {
+            return Ok(None);
+        }
+        let views: Vec<_> = cols.iter().map(|c| c.view().insert_axis(Axis(1))).collect();
+        Ok(Some(ndarray::concatenate(Axis(1), &views).expect("same rows")))
+    }
+}
+
+/// Query cells placed on a [`Reference`] by [`transfer`].
+#[derive(Debug, Clone)]
+pub struct Transferred {
+    /// Label probabilities (classes of the reference), expected location and its spread.
+    pub mapping: Mapping,
+    /// The most probable class per query cell, and its probability.
+    pub predicted: Vec<usize>,
+    pub confidence: Vec<f64>,
+    pub composition: Option<Array2<f64>>,
+    pub density: Option<Vec<f64>>,
+    /// Per reference transfer column, in its order.
+    pub transferred: Vec<Vec<f64>>,
+}
+
+/// Maps `query` embeddings onto `reference`: locations from the softmax-weighted neighbours,
+/// labels and values from them too, or from `head` trained on the reference cells.
+pub fn transfer(
+    reference: &Reference,
+    query: ArrayView2<f64>,
+    cfg: &MapConfig,
+    head: Option<&dyn crate::Head>,
+) -> Result<Transferred, TaskError> {
+    if !(cfg.temperature > 0.0) || cfg.k == 0 {
+        return Err(TaskError::Invalid("the temperature must be > 0 and k at least 1".into()));
+    }
+    if reference.embedding.ncols() != query.ncols() {
+        return Err(TaskError::Invalid(format!(
+            "the reference has {}-d embeddings but the query {}-d: embed both with the same model",
+            reference.embedding.ncols(),
+            query.ncols()
+        )));
+    }
+    let targets = reference.targets()?;
+    let n_classes = reference.classes.len();
+    let mut m = map_cells(
+        reference.embedding.view(),
+        &reference.labels,
+        n_classes,
+        reference.xy.view(),
+        targets.as_ref().map(|t| t.view()),
+        query,
+        cfg,
+    );
+    let n_comp = reference.composition.as_ref().map_or(0, |c| c.ncols());
+    predict_with_head(
+        head,
+        reference.embedding.view(),
+        &reference.labels,
+        n_classes,
+        targets.as_ref().map(|t| t.view()),
+        n_comp,
+        query,
+        &mut m,
+    );
+    let predicted = crate::linear::argmax_rows(&m.label_probabilities);
+    let confidence = predicted.iter().enumerate().map(|(i, &c)| m.label_probabilities[[i, c]]).collect();
+    let (mut composition, mut density, mut transferred) = (None, None, Vec::new());
+    if let Some(t) = m.targets.take() {
+        let mut j = n_comp;
+        if n_comp > 0 {
+            composition = Some(t.slice(ndarray::s![.., 0..n_comp]).to_owned());
+        }
+        if reference.density.is_some() {
+            density = Some(t.column(j).to_vec());
+            j += 1;
+        }
+        transferred = (j..t.ncols()).map(|c| t.column(c).to_vec()).collect();
+    }
+    Ok(Transferred { mapping: m, predicted, confidence, composition, density, transferred })
+}
+
+/// PCA-50 of log-normalized expression fitted on the reference cells `reference_rows`, for
+/// mapping with expression instead of embeddings (both matrices need the same genes):
+/// `(reference features, query features)`.
+pub fn pca_features(
+    reference: &sof_io::CsrMatrix,
+    reference_rows: &[usize],
+    query: &sof_io::CsrMatrix,
+    query_rows: &[usize],
+    seed: u64,
+) -> Result<(Array2<f64>, Array2<f64>), TaskError> {
+    if reference.n_cols() != query.n_cols() {
+        return Err(TaskError::Invalid(format!(
+            "the reference has {} genes and the query {}: the expression baseline needs the same panel",
+            reference.n_cols(),
+            query.n_cols()
+        )));
+    }
+    let (xr, xq) = (crate::pca::log_normalize(reference), crate::pca::log_normalize(query));
+    let pca = crate::pca::Pca::fit(&xr, reference_rows, 50.min(xr.n_cols()).min(reference_rows.len()), seed);
+    Ok((pca.transform(&xr, reference_rows), pca.transform(&xq, query_rows)))
+}
+
+/// Which mapper a score is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapper {
+    /// The model's embeddings.
+    Ours,
+    /// The reference's most frequent class; its mean value.
+    Prior,
+    /// The same mapper on PCA-50 of expression ([`pca_features`]).
+    Pca50,
+}
+
+impl Mapper {
+    /// The suffix of this mapper's keys in a [`MapReport`].
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Mapper::Ours => "",
+            Mapper::Prior => "_prior",
+            Mapper::Pca50 => "_pca50",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mapper::Ours => "ours",
+            Mapper::Prior => "prior",
+            Mapper::Pca50 => "PCA-50",
+        }
+    }
+}
+
+/// The query's own labels and values (a held-out section used as ground truth), per query cell.
+#[derive(Debug, Clone, Default)]
+pub struct QueryTruth {
+    /// The query's value of the reference's label column.
+    pub labels: Option<Vec<Option<String>>>,
+    /// The query's own values of transferred columns, by column name.
+    pub values: BTreeMap<String, Vec<f64>>,
+}
+
+/// One score of one mapper against the query's truth.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Score {
+    pub mapper: Mapper,
+    /// The label column or the transferred column.
+    pub column: String,
+    /// `(metric, value)`: accuracy and macro F1 for labels, MAE and Spearman for values.
+    pub metrics: Vec<(&'static str, f64)>,
+    /// Query cells with a truth (and, for values, a finite prediction).
+    pub cells: usize,
+}
+
+/// A mapping's scores against the query's truth, what `sof map --report` writes: keys
+/// `<column>_<metric><suffix>` (see [`Mapper::suffix`]), e.g. `layer_accuracy_pca50`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MapReport {
+    pub query_cells: usize,
+    pub reference_cells: usize,
+    /// NaN (written as `null`) where a score is undefined, e.g. Spearman's rho of a constant.
+    #[serde(flatten, deserialize_with = "crate::probe::nan::map")]
+    pub scores: BTreeMap<String, f64>,
+}
+
+impl MapReport {
+    pub fn get(&self, column: &str, metric: &str, mapper: Mapper) -> Option<f64> {
+        self.scores.get(&format!("{column}_{metric}{}", mapper.suffix())).copied()
+    }
+
+    pub fn insert(&mut self, score: &Score) {
+        for (metric, v) in &score.metrics {
+            self.scores.insert(format!("{}_{metric}{}", score.column, score.mapper.suffix()), *v);
+        }
+    }
+}
+
+/// Scores a mapper's predictions (`predicted` classes and `transferred` columns, per query
+/// cell) against `truth`; `label` names the reference label column, `transfer_names` the
+/// transferred columns.
+pub fn score(
+    mapper: Mapper,
+    reference: &Reference,
+    label: &str,
+    truth: &QueryTruth,
+    predicted: &[usize],
+    transferred: &[Vec<f64>],
+) -> Vec<Score> {
+    let mut out = Vec::new();
+    if let Some(t) = &truth.labels {
+        let (tt, pp): (Vec<usize>, Vec<usize>) = t
+            .iter()
+            .zip(predicted)
+            .filter_map(|(l, &p)| l.as_ref().and_then(|l| reference.classes.binary_search(l).ok()).map(|c| (c, p)))
+            .unzip();
+        if !tt.is_empty() {
+            let n = reference.classes.len();
+            out.push(Score {
+                mapper,
+                column: label.to_owned(),
+                metrics: vec![
+                    ("accuracy", crate::metrics::accuracy(&tt, &pp)),
+                    ("macro_f1", crate::metrics::macro_f1(&tt, &pp, n)),
+                ],
+                cells: tt.len(),
+            });
+        }
+    }
+    for ((name, _), col) in reference.transfer.iter().zip(transferred) {
+        let Some(t) = truth.values.get(name) else { continue };
+        let (tt, pp): (Vec<f64>, Vec<f64>) =
+            t.iter().zip(col).filter(|(t, p)| t.is_finite() && p.is_finite()).map(|(&t, &p)| (t, p)).unzip();
+        if tt.is_empty() {
+            continue;
+        }
+        out.push(Score {
+            mapper,
+            column: name.clone(),
+            metrics: vec![("mae", crate::metrics::mae(&tt, &pp)), ("spearman", crate::metrics::spearman(&tt, &pp))],
+            cells: tt.len(),
+        });
+    }
+    out
+}
+
+/// The prior mapper's predictions for `n` query cells: the reference's most frequent class,
+/// and each transfer column's mean over its finite values.
+pub fn prior(reference: &Reference, n: usize) -> (Vec<usize>, Vec<Vec<f64>>) {
+    let mut counts = vec![0usize; reference.classes.len()];
+    reference.labels.iter().for_each(|&c| counts[c] += 1);
+    let majority = (0..counts.len()).max_by_key(|&c| counts[c]).unwrap_or(0);
+    let means = reference
+        .transfer
+        .iter()
+        .map(|(_, t)| {
+            let v: Vec<f64> = t.iter().copied().filter(|v| v.is_finite()).collect();
+            vec![v.iter().sum::<f64>() / v.len().max(1) as f64; n]
+        })
+        .collect();
+    (vec![majority; n], means)
+}
+
+/// Median and mean distance between predicted and true locations (`n x 2` each).
+pub fn location_error(predicted: ArrayView2<f64>, truth: ArrayView2<f64>) -> (f64, f64) {
+    let mut err: Vec<f64> = predicted
+        .rows()
+        .into_iter()
+        .zip(truth.rows())
+        .map(|(p, t)| ((t[0] - p[0]).powi(2) + (t[1] - p[1]).powi(2)).sqrt())
+        .filter(|e| e.is_finite())
+        .collect();
+    if err.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = err.iter().sum::<f64>() / err.len() as f64;
+    err.sort_by(f64::total_cmp);
+    let m = err.len() / 2;
+    let median = if err.len() % 2 == 1 { err[m] } else { 0.5 * (err[m - 1] + err[m]) };
+    (median, mean)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +515,54 @@ mod tests {
             assert!(m.spread[l] < 20.0, "spread {}", m.spread[l]);
             assert!((m.targets.as_ref().unwrap()[[l, 0]] - l as f64).abs() < 0.1);
         }
+    }
+
+    /// The library mapping end to end: a reference of 4 layers with density and a transferred
+    /// depth; the query's truth scores ours above the prior, and the report's keys are the
+    /// flat `<column>_<metric><suffix>` ones.
+    #[test]
+    fn transfer_scores_against_the_query_truth() {
+        let n = 200;
+        let layer = |i: usize| i % 4;
+        let emb = Array2::from_shape_fn((n, 4), |(i, j)| if j == layer(i) { 1.0 } else { 0.05 * ((i * 31 + j) % 7) as f64 });
+        let labels: Vec<String> = (0..n).map(|i| format!("L{}", layer(i))).collect();
+        let xy = Array2::from_shape_fn((n, 3), |(i, c)| if c == 1 { 100.0 * layer(i) as f64 } else { (i % 9) as f64 });
+        let mut reference = Reference::new(emb.clone(), &labels, xy.view()).unwrap();
+        assert_eq!(reference.xy.ncols(), 2);
+        reference.density = Some((0..n).map(|i| layer(i) as f64).collect());
+        reference.transfer.push(("depth".into(), (0..n).map(|i| layer(i) as f64 * 10.0).collect()));
+        let rows: Vec<usize> = (0..40).collect();
+        let query = emb.select(Axis(0), &rows);
+        let t = transfer(&reference, query.view(), &MapConfig::default(), None).unwrap();
+        assert_eq!(t.predicted, rows.iter().map(|&i| layer(i)).collect::<Vec<_>>());
+        let d = t.density.as_ref().unwrap();
+        assert!(rows.iter().all(|&i| (d[i] - layer(i) as f64).abs() < 0.1), "{d:?}");
+        let truth = QueryTruth {
+            labels: Some(rows.iter().map(|&i| Some(labels[i].clone())).collect()),
+            values: [("depth".to_owned(), rows.iter().map(|&i| layer(i) as f64 * 10.0).collect())].into(),
+        };
+        let mut report = MapReport { query_cells: 40, reference_cells: n, ..Default::default() };
+        let (pc, pv) = prior(&reference, rows.len());
+        for s in score(Mapper::Ours, &reference, "layer", &truth, &t.predicted, &t.transferred)
+            .iter()
+            .chain(&score(Mapper::Prior, &reference, "layer", &truth, &pc, &pv))
+        {
+            report.insert(s);
+        }
+        assert_eq!(report.get("layer", "accuracy", Mapper::Ours), Some(1.0));
+        assert!(report.get("layer", "accuracy", Mapper::Prior).unwrap() < 0.3);
+        assert!(report.get("depth", "mae", Mapper::Ours).unwrap() < 0.5);
+        assert!(report.get("depth", "mae", Mapper::Prior).unwrap() > 5.0);
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json["layer_accuracy_prior"].is_number() && json["query_cells"] == 40, "{json}");
+        let back: MapReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back.scores.keys().collect::<Vec<_>>(), report.scores.keys().collect::<Vec<_>>());
+        assert!(back.get("depth", "spearman", Mapper::Prior).unwrap().is_nan(), "a constant has no rank correlation");
+        assert_eq!(back.get("depth", "mae", Mapper::Ours), report.get("depth", "mae", Mapper::Ours));
+        // Mismatched inputs are errors, not panics.
+        assert!(transfer(&reference, Array2::zeros((2, 3)).view(), &MapConfig::default(), None).is_err());
+        assert!(Reference::new(emb, &labels[..5], xy.view()).is_err());
+        let (median, mean) = location_error(t.mapping.location.view(), xy.select(Axis(0), &rows).view());
+        assert!(median < 10.0 && mean < 10.0, "{median} {mean}");
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use ndarray::{Array2, Axis};
 use sof_io::Column;
 use sof_io::h5ad::{H5adEditor, H5adReader, UnsValue};
-use sof_tasks::mapping::{MapConfig, map_cells, predict_with_head};
+use sof_tasks::mapping::{self, MapConfig, MapReport, Mapper, QueryTruth, Reference};
 
 use crate::util;
 
@@ -124,11 +124,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let ok = util::filter_rows(&q_obs, &args.query, &args.query_where)?;
         (0..q.n_obs()).filter(|&i| ok[i]).collect()
     };
-    let mut classes: Vec<String> = keep.iter().filter_map(|&i| labels[i].clone()).collect();
-    classes.sort();
-    classes.dedup();
-    let codes: Vec<usize> =
-        keep.iter().map(|&i| classes.binary_search(labels[i].as_ref().expect("kept")).expect("a class")).collect();
     let emb_r = r
         .obsm(&args.embedding)
         .with_context(|| format!("{}: embed it first (sof embed)", args.reference.display()))?
@@ -147,62 +142,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let xy = r.obsm(&args.spatial_key)?.select(Axis(0), &keep);
-    let xy = xy.slice(ndarray::s![.., 0..2]).to_owned();
-    // Targets to transfer: composition (obsm) and density (obs), when present.
-    let composition =
-        r.obsm_keys().contains(&"sof_composition".to_owned()).then(|| r.obsm("sof_composition")).transpose()?;
-    let density = obs.get("sof_density").and_then(Column::as_f64);
-    let transfer: Vec<Vec<f64>> = args
-        .transfer
-        .iter()
-        .map(|c| {
-            obs.get(c)
-                .with_context(|| format!("{}: obs has no column '{c}' to transfer", args.reference.display()))?
-                .as_f64()
-                .with_context(|| {
-                    format!("{}: obs '{c}' is not numeric; --transfer takes numbers", args.reference.display())
-                })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let mut targets: Vec<Vec<f64>> = vec![Vec::new(); keep.len()];
-    let n_comp = composition.as_ref().map_or(0, |c| c.ncols());
-    for (k, &i) in keep.iter().enumerate() {
-        if let Some(c) = &composition {
-            targets[k].extend(c.row(i).iter());
-        }
-        if let Some(d) = &density {
-            targets[k].push(d[i]);
-        }
-        targets[k].extend(transfer.iter().map(|t| t[i]));
+    let kept_labels: Vec<String> = keep.iter().map(|&i| labels[i].clone().expect("kept")).collect();
+    let mut reference = Reference::new(emb_r, &kept_labels, xy.view())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.reference.display()))?;
+    // Values to transfer: composition (obsm) and density (obs), when present.
+    if r.obsm_keys().contains(&"sof_composition".to_owned()) {
+        reference.composition = Some(r.obsm("sof_composition")?.select(Axis(0), &keep));
     }
-    let width = targets.first().map_or(0, Vec::len);
-    let targets = (width > 0)
-        .then(|| Array2::from_shape_vec((keep.len(), width), targets.into_iter().flatten().collect()))
-        .transpose()?;
-
+    reference.density = obs.get("sof_density").and_then(Column::as_f64).map(|d| keep.iter().map(|&i| d[i]).collect());
+    for c in &args.transfer {
+        let v = obs
+            .get(c)
+            .with_context(|| format!("{}: obs has no column '{c}' to transfer", args.reference.display()))?
+            .as_f64()
+            .with_context(|| format!("{}: obs '{c}' is not numeric; --transfer takes numbers", args.reference.display()))?;
+        reference.transfer.push((c.clone(), keep.iter().map(|&i| v[i]).collect()));
+    }
+    let classes = reference.classes.clone();
     let cfg = MapConfig { k: args.k, temperature: args.temperature };
-    let mut m = map_cells(
-        emb_r.view(),
-        &codes,
-        classes.len(),
-        xy.view(),
-        targets.as_ref().map(|t| t.view()),
-        emb_q.view(),
-        &cfg,
-    );
     let head = args.head.head(args.seed);
-    predict_with_head(
-        head.as_deref(),
-        emb_r.view(),
-        &codes,
-        classes.len(),
-        targets.as_ref().map(|t| t.view()),
-        n_comp,
-        emb_q.view(),
-        &mut m,
-    );
-    let pred = sof_tasks::linear::argmax_rows(&m.label_probabilities);
-    let confidence: Vec<f64> = pred.iter().enumerate().map(|(i, &c)| m.label_probabilities[[i, c]]).collect();
+    let t = mapping::transfer(&reference, emb_q.view(), &cfg, head.as_deref())?;
 
     // Results for the mapped query rows, missing for the others.
     let n_q = q.n_obs();
@@ -221,34 +180,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         out
     };
     let mut codes_out = vec![-1i32; n_q];
-    for (&i, &c) in q_rows.iter().zip(&pred) {
+    for (&i, &c) in q_rows.iter().zip(&t.predicted) {
         codes_out[i] = c as i32;
     }
     let mut ed = H5adEditor::copy_of(&args.query, &args.output)?;
     let name = format!("sof_{}", args.label);
     ed.put_obs(&name, &Column::Categorical { codes: codes_out, categories: classes.clone(), ordered: false })?;
-    ed.put_obs(&format!("{name}_confidence"), &Column::Float(full(&confidence)))?;
-    ed.put_obsm(&format!("{name}_probabilities"), &full_rows(&m.label_probabilities))?;
+    ed.put_obs(&format!("{name}_confidence"), &Column::Float(full(&t.confidence)))?;
+    ed.put_obsm(&format!("{name}_probabilities"), &full_rows(&t.mapping.label_probabilities))?;
     ed.put_uns(&format!("{name}_classes"), &UnsValue::Strings(classes.clone()))?;
-    ed.put_obsm("sof_location", &full_rows(&m.location))?;
-    ed.put_obs("sof_location_spread", &Column::Float(full(&m.spread.to_vec())))?;
-    let n_extra = usize::from(density.is_some()) + transfer.len();
-    if let Some(t) = &m.targets {
-        if n_comp > 0 {
-            ed.put_obsm("sof_composition_predicted", &full_rows(&t.slice(ndarray::s![.., 0..n_comp]).to_owned()))?;
-            if let Ok(Some(cols)) = sof_io::h5ad::read_uns_strings(&args.reference, "sof_composition_columns") {
-                ed.put_uns("sof_composition_columns", &UnsValue::Strings(cols))?;
-            }
+    ed.put_obsm("sof_location", &full_rows(&t.mapping.location))?;
+    ed.put_obs("sof_location_spread", &Column::Float(full(&t.mapping.spread.to_vec())))?;
+    if let Some(c) = &t.composition {
+        ed.put_obsm("sof_composition_predicted", &full_rows(c))?;
+        if let Ok(Some(cols)) = sof_io::h5ad::read_uns_strings(&args.reference, "sof_composition_columns") {
+            ed.put_uns("sof_composition_columns", &UnsValue::Strings(cols))?;
         }
-        if density.is_some() {
-            ed.put_obs("sof_density_predicted", &Column::Float(full(&t.column(width - n_extra).to_vec())))?;
-        }
-        for (j, c) in args.transfer.iter().enumerate() {
-            ed.put_obs(
-                &format!("sof_{c}_predicted"),
-                &Column::Float(full(&t.column(width - transfer.len() + j).to_vec())),
-            )?;
-        }
+    }
+    if let Some(d) = &t.density {
+        ed.put_obs("sof_density_predicted", &Column::Float(full(d)))?;
+    }
+    for (c, v) in args.transfer.iter().zip(&t.transferred) {
+        ed.put_obs(&format!("sof_{c}_predicted"), &Column::Float(full(v)))?;
     }
     let mut info = BTreeMap::new();
     info.insert("reference".to_owned(), UnsValue::Str(args.reference.display().to_string()));
@@ -261,38 +214,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     util::say(format!(
         "{} query cells mapped onto {} reference cells ({} classes of '{}'); mean confidence {:.3}; written to {}",
-        emb_q.nrows(),
+        q_rows.len(),
         keep.len(),
         classes.len(),
         args.label,
-        confidence.iter().sum::<f64>() / confidence.len().max(1) as f64,
+        t.confidence.iter().sum::<f64>() / t.confidence.len().max(1) as f64,
         args.output.display()
     ));
-    // Ground truth, when the query has it: ours, the prior (the reference's most frequent class;
-    // its mean value) and, with --pca-baseline, the same mapper on PCA-50 of expression.
-    let mut report = BTreeMap::<String, f64>::new();
-    report.insert("query_cells".into(), q_rows.len() as f64);
-    report.insert("reference_cells".into(), keep.len() as f64);
-    let truth = Truth { args: &args, q_obs: &q_obs, q_rows: &q_rows, classes: &classes };
-    let transfer_cols = |t: &Option<Array2<f64>>| -> Vec<Vec<f64>> {
-        t.as_ref().map_or_else(Vec::new, |t| {
-            (0..transfer.len()).map(|j| t.column(width - transfer.len() + j).to_vec()).collect()
-        })
+    // Ground truth, when the query has it: ours, the prior and, with --pca-baseline, the same
+    // mapper on PCA-50 of expression.
+    let truth = QueryTruth {
+        labels: q_obs.get(&args.label).map(|c| {
+            let l = c.labels();
+            q_rows.iter().map(|&i| l[i].clone()).collect()
+        }),
+        values: args
+            .transfer
+            .iter()
+            .filter_map(|c| q_obs.get(c).and_then(Column::as_f64).map(|v| (c.clone(), q_rows.iter().map(|&i| v[i]).collect())))
+            .collect(),
     };
-    truth.score(&pred, &transfer_cols(&m.targets), "", &mut report);
-    let mut counts = vec![0usize; classes.len()];
-    codes.iter().for_each(|&c| counts[c] += 1);
-    let majority = (0..classes.len()).max_by_key(|&c| counts[c]).unwrap_or(0);
-    let means: Vec<Vec<f64>> = transfer
-        .iter()
-        .map(|t| {
-            let v: Vec<f64> = keep.iter().map(|&i| t[i]).filter(|v| v.is_finite()).collect();
-            vec![v.iter().sum::<f64>() / v.len().max(1) as f64; q_rows.len()]
-        })
-        .collect();
-    truth.score(&vec![majority; q_rows.len()], &means, "_prior", &mut report);
+    let mut report = MapReport { query_cells: q_rows.len(), reference_cells: keep.len(), ..Default::default() };
+    let mut scores = mapping::score(Mapper::Ours, &reference, &args.label, &truth, &t.predicted, &t.transferred);
+    let (prior_classes, prior_values) = mapping::prior(&reference, q_rows.len());
+    scores.extend(mapping::score(Mapper::Prior, &reference, &args.label, &truth, &prior_classes, &prior_values));
     if args.pca_baseline {
-        let (xr, xq) = (r.read_rows(0..r.n_obs())?, q.read_rows(0..q.n_obs())?);
         let (vr, vq) = (r.var()?.index, q.var()?.index);
         if vr != vq {
             bail!(
@@ -301,107 +247,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 args.query.display()
             );
         }
-        let (xr, xq) = (sof_tasks::pca::log_normalize(&xr), sof_tasks::pca::log_normalize(&xq));
-        let pca = sof_tasks::pca::Pca::fit(&xr, &keep, 50.min(xr.n_cols()).min(keep.len()), 0);
-        let (fr, fq) = (pca.transform(&xr, &keep), pca.transform(&xq, &q_rows));
-        let mut mp =
-            map_cells(fr.view(), &codes, classes.len(), xy.view(), targets.as_ref().map(|t| t.view()), fq.view(), &cfg);
-        predict_with_head(
-            head.as_deref(),
-            fr.view(),
-            &codes,
-            classes.len(),
-            targets.as_ref().map(|t| t.view()),
-            n_comp,
-            fq.view(),
-            &mut mp,
-        );
-        truth.score(
-            &sof_tasks::linear::argmax_rows(&mp.label_probabilities),
-            &transfer_cols(&mp.targets),
-            "_pca50",
-            &mut report,
-        );
+        let (xr, xq) = (r.read_rows(0..r.n_obs())?, q.read_rows(0..q.n_obs())?);
+        let (fr, fq) = mapping::pca_features(&xr, &keep, &xq, &q_rows, 0)?;
+        let expression = Reference { embedding: fr, ..reference.clone() };
+        let tp = mapping::transfer(&expression, fq.view(), &cfg, head.as_deref())?;
+        scores.extend(mapping::score(Mapper::Pca50, &reference, &args.label, &truth, &tp.predicted, &tp.transferred));
+    }
+    for s in &scores {
+        report.insert(s);
+        let (what, (m1, v1), (m2, v2)) = (s.mapper.name(), s.metrics[0], s.metrics[1]);
+        let m = |m: &str| match m {
+            "mae" => "mean absolute error",
+            "macro_f1" => "macro F1",
+            other => other,
+        }
+        .to_owned();
+        let prec = if m1 == "mae" { 4 } else { 3 };
+        util::say(format!(
+            "  {what:>7}: against the query's own '{}': {} {v1:.prec$}, {} {v2:.3} ({} cells)",
+            s.column,
+            m(m1),
+            if m2 == "spearman" { "Spearman".to_owned() } else { m(m2) },
+            s.cells
+        ));
     }
     if let Some(path) = &args.report {
         util::write_atomic(path, &serde_json::to_string_pretty(&report)?)?;
     }
     if q.obsm_keys().contains(&args.spatial_key) && args.query_where.is_empty() {
         let true_xy = q.obsm(&args.spatial_key)?;
-        let err: Vec<f64> = q_rows
-            .iter()
-            .enumerate()
-            .map(|(k, &i)| {
-                ((true_xy[[i, 0]] - m.location[[k, 0]]).powi(2) + (true_xy[[i, 1]] - m.location[[k, 1]]).powi(2)).sqrt()
-            })
-            .collect();
-        let mut sorted = err.clone();
-        util::say(format!(
-            "  against the query's own obsm['{}'] (meaningful only in the reference's coordinate frame): median location error {:.1}, mean {:.1}",
-            args.spatial_key,
-            util::median(&mut sorted),
-            err.iter().sum::<f64>() / err.len().max(1) as f64
-        ));
-    }
-    Ok(())
-}
-
-/// The query's own labels and values, to score predictions against.
-struct Truth<'a> {
-    args: &'a Args,
-    q_obs: &'a sof_io::Frame,
-    q_rows: &'a [usize],
-    classes: &'a [String],
-}
-
-impl Truth<'_> {
-    /// Scores predicted classes (per mapped query row) and transferred values (per --transfer
-    /// column, per mapped row); keys get `suffix`.
-    fn score(&self, pred: &[usize], values: &[Vec<f64>], suffix: &str, report: &mut BTreeMap<String, f64>) {
-        let label = &self.args.label;
-        let what = match suffix {
-            "" => "ours",
-            "_prior" => "prior",
-            _ => "PCA-50",
-        };
-        if let Some(truth) = self.q_obs.get(label) {
-            let t = truth.labels();
-            let (tt, pp): (Vec<usize>, Vec<usize>) = self
-                .q_rows
-                .iter()
-                .zip(pred)
-                .filter_map(|(&i, &p)| t[i].as_ref().and_then(|l| self.classes.binary_search(l).ok()).map(|c| (c, p)))
-                .unzip();
-            if !tt.is_empty() {
-                let acc = sof_tasks::metrics::accuracy(&tt, &pp);
-                let f1 = sof_tasks::metrics::macro_f1(&tt, &pp, self.classes.len());
-                report.insert(format!("{label}_accuracy{suffix}"), acc);
-                report.insert(format!("{label}_macro_f1{suffix}"), f1);
-                util::say(format!(
-                    "  {what:>7}: against the query's own '{label}': accuracy {acc:.3}, macro F1 {f1:.3} ({} cells)",
-                    tt.len()
-                ));
-            }
-        }
-        for (c, col) in self.args.transfer.iter().zip(values) {
-            let Some(truth) = self.q_obs.get(c).and_then(Column::as_f64) else { continue };
-            let (tt, pp): (Vec<f64>, Vec<f64>) = self
-                .q_rows
-                .iter()
-                .zip(col)
-                .filter(|(i, p)| truth[**i].is_finite() && p.is_finite())
-                .map(|(&i, &p)| (truth[i], p))
-                .unzip();
-            if tt.is_empty() {
-                continue;
-            }
-            let (mae, rho) = (sof_tasks::metrics::mae(&tt, &pp), sof_tasks::metrics::spearman(&tt, &pp));
-            report.insert(format!("{c}_mae{suffix}"), mae);
-            report.insert(format!("{c}_spearman{suffix}"), rho);
+        if true_xy.ncols() >= 2 {
+            let (median, mean) = mapping::location_error(t.mapping.location.view(), true_xy.view());
             util::say(format!(
-                "  {what:>7}: against the query's own '{c}': mean absolute error {mae:.4}, Spearman {rho:.3} ({} cells)",
-                tt.len()
+                "  against the query's own obsm['{}'] (meaningful only in the reference's coordinate frame): median location error {median:.1}, mean {mean:.1}",
+                args.spatial_key
             ));
         }
     }
+    Ok(())
 }
