@@ -205,9 +205,11 @@ fn step_rng_seed(seed: u64, step: u64) -> u64 {
 impl Trainer {
     /// Prepares a run in `dir` on `devices` (one per data-parallel replica; repeat a device to run
     /// several replicas on it). Checks the corpora against each other and the starting
-    /// checkpoint, if any.
+    /// checkpoint, if any. Training needs gradients: each device gets autodiff if it has not
+    /// (`Device::autodiff` is idempotent), so a caller's plain device works too.
     pub fn new(cfg: PretrainConfig, dir: &Path, devices: Vec<Device>) -> Result<Self, TrainError> {
         cfg.validate(&dir.join("config.toml").display().to_string())?;
+        let devices: Vec<Device> = devices.into_iter().map(Device::autodiff).collect();
         if devices.len() != cfg.replicas {
             return Err(invalid(
                 dir,

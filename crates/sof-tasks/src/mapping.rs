@@ -213,7 +213,8 @@ impl Reference {
             }
             cols.extend(c.columns().into_iter().map(|c| c.to_owned()));
         }
-        let singles = self.density.iter().map(|d| ("density", d)).chain(self.transfer.iter().map(|(c, v)| (c.as_str(), v)));
+        let singles =
+            self.density.iter().map(|d| ("density", d)).chain(self.transfer.iter().map(|(c, v)| (c.as_str(), v)));
         for (name, v) in singles {
             if v.len() != n {
                 return Err(TaskError::Invalid(format!("'{name}' has {} values for {n} cells", v.len())));
@@ -250,7 +251,7 @@ pub fn transfer(
     cfg: &MapConfig,
     head: Option<&dyn crate::Head>,
 ) -> Result<Transferred, TaskError> {
-    if !(cfg.temperature > 0.0) || cfg.k == 0 {
+    if cfg.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || cfg.k == 0 {
         return Err(TaskError::Invalid("the temperature must be > 0 and k at least 1".into()));
     }
     if reference.embedding.ncols() != query.ncols() {
@@ -524,7 +525,8 @@ mod tests {
     fn transfer_scores_against_the_query_truth() {
         let n = 200;
         let layer = |i: usize| i % 4;
-        let emb = Array2::from_shape_fn((n, 4), |(i, j)| if j == layer(i) { 1.0 } else { 0.05 * ((i * 31 + j) % 7) as f64 });
+        let emb =
+            Array2::from_shape_fn((n, 4), |(i, j)| if j == layer(i) { 1.0 } else { 0.05 * ((i * 31 + j) % 7) as f64 });
         let labels: Vec<String> = (0..n).map(|i| format!("L{}", layer(i))).collect();
         let xy = Array2::from_shape_fn((n, 3), |(i, c)| if c == 1 { 100.0 * layer(i) as f64 } else { (i % 9) as f64 });
         let mut reference = Reference::new(emb.clone(), &labels, xy.view()).unwrap();
@@ -543,10 +545,14 @@ mod tests {
         };
         let mut report = MapReport { query_cells: 40, reference_cells: n, ..Default::default() };
         let (pc, pv) = prior(&reference, rows.len());
-        for s in score(Mapper::Ours, &reference, "layer", &truth, &t.predicted, &t.transferred)
-            .iter()
-            .chain(&score(Mapper::Prior, &reference, "layer", &truth, &pc, &pv))
-        {
+        for s in score(Mapper::Ours, &reference, "layer", &truth, &t.predicted, &t.transferred).iter().chain(&score(
+            Mapper::Prior,
+            &reference,
+            "layer",
+            &truth,
+            &pc,
+            &pv,
+        )) {
             report.insert(s);
         }
         assert_eq!(report.get("layer", "accuracy", Mapper::Ours), Some(1.0));

@@ -100,16 +100,8 @@ pub struct Loaded {
 impl Loaded {
     /// Token ids of every cell (context tokens first), as the model reads them.
     pub fn tokenize_all(&self) -> anyhow::Result<Vec<Vec<i64>>> {
-        let mut scratch = sof_tokenize::Scratch::default();
-        let columns = self.tokenizer.for_columns(&self.map);
         let x = self.reader.read_rows(0..self.reader.n_obs())?;
-        Ok((0..x.n_rows())
-            .map(|i| {
-                let (c, v) = x.row(i);
-                let cell = columns.tokenize(c, v, &mut scratch);
-                self.tokenizer.context().iter().chain(&cell.genes).map(|&t| i64::from(t)).collect()
-            })
-            .collect())
+        Ok(sof_pipeline::tokenize_cells(&self.tokenizer, &self.map, &x))
     }
 }
 
@@ -194,41 +186,21 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let n = reader.n_obs();
     let mut out = Array2::<f32>::zeros((n, cfg.d_model));
     let pb = util::progress(n as u64, "embed", quiet);
-    let mut scratch = sof_tokenize::Scratch::default();
-    let columns = tokenizer.for_columns(&map);
+    let d_model = cfg.d_model;
+    let mut encoder = sof_pipeline::CellEncoder::new(model, cfg, tokenizer, map, dev);
+    encoder.pooling = pooling;
+    encoder.batch_size = args.batch_size;
     let mut empty = 0;
-    // Cells are read in blocks, tokenized, sorted by length and embedded in batches of similar
-    // length, so short spatial panels are not padded to the longest cell of a block.
+    // Cells are read in blocks; the encoder sorts each block by length and embeds it in batches
+    // of similar length.
     let block = (args.batch_size * 16).max(4_096);
     for s in (0..n).step_by(block) {
         let e = (s + block).min(n);
         let x = reader.read_rows(s..e)?;
-        let seqs: Vec<Vec<i64>> = (0..x.n_rows())
-            .map(|i| {
-                let (c, v) = x.row(i);
-                let cell = columns.tokenize(c, v, &mut scratch);
-                tokenizer.context().iter().chain(&cell.genes).map(|&t| i64::from(t)).collect()
-            })
-            .collect();
+        let seqs = encoder.tokenize(&x);
         empty += seqs.iter().filter(|q| q.len() == 3).count();
-        let mut order: Vec<usize> = (0..seqs.len()).collect();
-        order.sort_by_key(|&i| (seqs[i].len(), i));
-        for batch in order.chunks(args.batch_size) {
-            // The reference pools over every position up to the context length, so it needs the
-            // full padding; PAD-excluded pooling only needs the batch's longest cell.
-            let len = match pooling {
-                Pooling::Reference => cfg.context_length,
-                Pooling::PadExcluded => batch.iter().map(|&i| seqs[i].len()).max().unwrap_or(3).max(4),
-            };
-            let flat = sof_tokenize::pad_rows(batch.iter().map(|&i| seqs[i].as_slice()), len);
-            let tokens = Tensor::<2, Int>::from_data(TensorData::new(flat, [batch.len(), len]), &dev);
-            let emb =
-                model.embed(tokens, pooling).into_data().try_to_vec::<f32>().context("reading embeddings back")?;
-            for (&i, r) in batch.iter().zip(emb.chunks_exact(cfg.d_model)) {
-                out.row_mut(s + i).assign(&ndarray::ArrayView1::from(r));
-            }
-            pb.inc(batch.len() as u64);
-        }
+        let emb = encoder.embed_tokens(&seqs, &mut |k| pb.inc(k as u64))?;
+        out.slice_mut(ndarray::s![s..e, ..]).assign(&emb);
     }
     pb.finish_and_clear();
     let mut ed = H5adEditor::copy_of(&args.input, &args.output)?;
@@ -243,7 +215,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     util::say(format!(
         "{n} cells embedded ({} d, {empty} without measured genes) in {secs:.2} s ({:.0} cells/s); obsm['X_sof'] written to {}",
-        cfg.d_model,
+        d_model,
         n as f64 / secs,
         args.output.display()
     ));

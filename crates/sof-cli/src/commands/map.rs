@@ -155,7 +155,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .get(c)
             .with_context(|| format!("{}: obs has no column '{c}' to transfer", args.reference.display()))?
             .as_f64()
-            .with_context(|| format!("{}: obs '{c}' is not numeric; --transfer takes numbers", args.reference.display()))?;
+            .with_context(|| {
+                format!("{}: obs '{c}' is not numeric; --transfer takes numbers", args.reference.display())
+            })?;
         reference.transfer.push((c.clone(), keep.iter().map(|&i| v[i]).collect()));
     }
     let classes = reference.classes.clone();
@@ -231,7 +233,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         values: args
             .transfer
             .iter()
-            .filter_map(|c| q_obs.get(c).and_then(Column::as_f64).map(|v| (c.clone(), q_rows.iter().map(|&i| v[i]).collect())))
+            .filter_map(|c| {
+                q_obs.get(c).and_then(Column::as_f64).map(|v| (c.clone(), q_rows.iter().map(|&i| v[i]).collect()))
+            })
             .collect(),
     };
     let mut report = MapReport { query_cells: q_rows.len(), reference_cells: keep.len(), ..Default::default() };
@@ -256,12 +260,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for s in &scores {
         report.insert(s);
         let (what, (m1, v1), (m2, v2)) = (s.mapper.name(), s.metrics[0], s.metrics[1]);
-        let m = |m: &str| match m {
-            "mae" => "mean absolute error",
-            "macro_f1" => "macro F1",
-            other => other,
-        }
-        .to_owned();
+        let m = |m: &str| {
+            match m {
+                "mae" => "mean absolute error",
+                "macro_f1" => "macro F1",
+                other => other,
+            }
+            .to_owned()
+        };
         let prec = if m1 == "mae" { 4 } else { 3 };
         util::say(format!(
             "  {what:>7}: against the query's own '{}': {} {v1:.prec$}, {} {v2:.3} ({} cells)",
