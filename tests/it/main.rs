@@ -597,6 +597,61 @@ fn embed_from_a_checkpoint_folder() {
         .unwrap_err()
     );
     assert!(e.contains("not the one the checkpoint") && e.contains("wrong_vocab.tsv"), "{e}");
+
+    // Cells without coordinates: no niche embedding, and asking for one is an error.
+    assert!(!sof_io::h5ad::H5adReader::open(&out).unwrap().obsm_keys().contains(&"X_sof_niche".to_owned()));
+    let embed = |input: &Path, extra: &[&str]| {
+        let mut a = vec!["-q", "embed", "--checkpoint", ckpt.to_str().unwrap(), "--input", input.to_str().unwrap()];
+        a.extend(extra);
+        a.extend(["--output", out.to_str().unwrap()]);
+        sof(&a).map_err(|e| format!("{e:#}"))
+    };
+    let e = embed(&input, &["--niche-k", "5"]).unwrap_err();
+    assert!(e.contains("obsm['spatial'] is missing") && e.contains("toy.h5ad"), "{e}");
+    // Two sections on overlapping coordinates: obsm['X_sof_niche'] = [own, mean of the k
+    // nearest in the section], unchanged when a section is rotated and shifted.
+    let mut spatial = adata.clone();
+    let xy = |rotate: bool| {
+        let (c, s) = (30f64.to_radians().cos(), 30f64.to_radians().sin());
+        ndarray::Array2::from_shape_fn((n, 2), |(i, k)| {
+            // Scattered positions without ties in distance.
+            let u = |a: f64| ((i as f64 * a).sin() * 43_758.545).fract() * 100.0;
+            let (x, y) = (u(12.9898), u(78.233));
+            match (rotate && i % 2 == 1, k) {
+                (false, 0) => x,
+                (false, _) => y,
+                (true, 0) => c * x - s * y + 300.0,
+                (true, _) => s * x + c * y - 70.0,
+            }
+        })
+    };
+    spatial.obsm.insert("spatial".into(), xy(false));
+    let sections: Vec<String> = (0..n).map(|i| format!("s{}", i % 2)).collect();
+    spatial.obs.insert("section", sof_io::Column::categorical_from_labels(&sections));
+    let sp = d.path().join("spatial.h5ad");
+    sof_io::h5ad::write_h5ad(&sp, &spatial, &Default::default()).unwrap();
+    embed(&sp, &["--section-key", "section", "--niche-k", "4"]).unwrap();
+    let r = sof_io::h5ad::H5adReader::open(&out).unwrap();
+    let (own, niche) = (r.obsm("X_sof").unwrap(), r.obsm("X_sof_niche").unwrap());
+    assert_eq!(niche.dim(), (40, 64));
+    assert!(niche.slice(ndarray::s![.., 0..32]).iter().zip(own.iter()).all(|(a, b)| (a - b).abs() < 1e-6));
+    spatial.obsm.insert("spatial".into(), xy(true));
+    let rotated = d.path().join("rotated.h5ad");
+    sof_io::h5ad::write_h5ad(&rotated, &spatial, &Default::default()).unwrap();
+    embed(&rotated, &["--section-key", "section", "--niche-k", "4"]).unwrap();
+    let niche2 = sof_io::h5ad::H5adReader::open(&out).unwrap().obsm("X_sof_niche").unwrap();
+    assert!(niche.iter().zip(niche2.iter()).all(|(a, b)| (a - b).abs() < 1e-5), "rotation and shift change nothing");
+    // k as large as a section, NaN coordinates, a missing section column: errors naming the field.
+    let e = embed(&sp, &["--section-key", "section", "--niche-k", "20"]).unwrap_err();
+    assert!(e.contains("section 's0' of obs['section']") && e.contains("--niche-k 20"), "{e}");
+    let e = embed(&sp, &["--section-key", "slide"]).unwrap_err();
+    assert!(e.contains("slide"), "{e}");
+    spatial.obsm.get_mut("spatial").unwrap()[[3, 1]] = f64::NAN;
+    let nan = d.path().join("nan.h5ad");
+    sof_io::h5ad::write_h5ad(&nan, &spatial, &Default::default()).unwrap();
+    let e = embed(&nan, &["--section-key", "section"]).unwrap_err();
+    assert!(e.contains("obsm['spatial']") && e.contains("c3") && e.contains("--no-niche"), "{e}");
+    embed(&nan, &["--no-niche"]).unwrap();
 }
 
 /// The demo's corpora pretrain a tiny model with the niche-aware objective; the run folder has
@@ -660,12 +715,16 @@ fn pretrain_on_demo_corpora_then_embed() {
         "merfish",
         "--modality",
         "spatial",
+        "--section-key",
+        "section",
         "--output",
         &out,
     ])
     .unwrap();
     let emb = sof_io::h5ad::H5adReader::open(&out).unwrap().obsm("X_sof").unwrap();
     assert_eq!(emb.dim().1, 32);
+    let niche = sof_io::h5ad::H5adReader::open(&out).unwrap().obsm("X_sof_niche").unwrap();
+    assert_eq!(niche.dim(), (emb.nrows(), 64), "a spatial file gets the niche embedding by default");
     assert!(emb.iter().all(|v| v.is_finite()));
 
     // Probes on the embedding beside the expression baselines, leave-one-section-out.
@@ -689,11 +748,19 @@ fn pretrain_on_demo_corpora_then_embed() {
     let names: Vec<&str> = results.iter().map(|r| r["features"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["embedding (X_sof)", "PCA-50", "PCA-best", "raw log-normalized", "NichePCA-best", "BANKSY-best"],
-        "the file has coordinates: the neighbourhood baselines join"
+        [
+            "embedding (X_sof)",
+            "niche embedding (X_sof_niche)",
+            "PCA-50",
+            "PCA-best",
+            "raw log-normalized",
+            "NichePCA-best",
+            "BANKSY-best"
+        ],
+        "the file has coordinates and a niche embedding: the neighbourhood baselines and it join"
     );
     assert_eq!(probe["classes"].as_array().unwrap().len(), 6);
-    let pca_f1 = results[1]["mean"]["macro_f1"].as_f64().unwrap();
+    let pca_f1 = results[2]["mean"]["macro_f1"].as_f64().unwrap();
     assert!(pca_f1 > 0.4, "layers are recoverable from expression on held-out sections: {pca_f1}");
     for r in results {
         let f1 = r["mean"]["macro_f1"].as_f64().unwrap();
@@ -787,9 +854,13 @@ fn pretrain_on_demo_corpora_then_embed() {
         .iter()
         .map(|r| (r["features"].as_str().unwrap().to_owned(), r["head"].as_str().unwrap().to_owned()))
         .collect();
-    assert_eq!(rows.len(), 13, "6 feature sets (neighbourhood baselines included) x 2 heads + fine-tuned: {rows:?}");
-    assert_eq!(rows[6], ("embedding (X_sof)".to_owned(), "mlp".to_owned()));
-    assert!(rows[12].0.starts_with("fine-tuned") && rows[12].1 == "linear", "{rows:?}");
+    assert_eq!(
+        rows.len(),
+        15,
+        "7 feature sets (niche embedding and neighbourhood baselines included) x 2 heads + fine-tuned: {rows:?}"
+    );
+    assert_eq!(rows[7], ("embedding (X_sof)".to_owned(), "mlp".to_owned()));
+    assert!(rows[14].0.starts_with("fine-tuned") && rows[14].1 == "linear", "{rows:?}");
     for r in probe["results"].as_array().unwrap() {
         for m in ["macro_f1", "accuracy", "spearman"] {
             let v = r["mean"][m].as_f64().unwrap_or(f64::NAN);

@@ -164,6 +164,14 @@ fn evaluate_model(
         let mut c = sof(&bin);
         c.args(["embed", "--checkpoint", &ckpt, "--input"]).arg(input).arg("--output").arg(output);
         c.args(tokenizer_flags(a, dataset, modality)?);
+        if modality == Some("dissociated") {
+            // Read as dissociated cells: no neighbourhood.
+            c.arg("--no-niche");
+        } else if dataset == "starmap_mpfc" {
+            // Three sections on overlapping pixel coordinates: the niche embedding's neighbours
+            // must not cross them.
+            c.args(["--section-key", "section"]);
+        }
         run(&mut c)
     };
     let spatial = |input: &Path, output: &Path, extra: &[&str]| -> Result<()> {

@@ -1,6 +1,7 @@
 //! The whole pipeline from library calls, no CLI: synthetic tissue -> spatial targets ->
 //! tokens -> a tiny pretraining -> embeddings -> a probe against PCA and the neighbourhood
-//! baselines -> mapping dissociated cells onto the spatial sections.
+//! baselines, with the niche embedding (the cell's embedding beside its neighbours' mean) ->
+//! mapping dissociated cells onto the spatial sections.
 //!
 //! Everything stays in memory except what the trainer is for: the token corpus it streams and
 //! its run folder (checkpoints, metrics), both in a temporary folder.
@@ -179,8 +180,16 @@ pub fn run(settings: &Settings, work: &Path) -> Result<Reports> {
     let xy: Vec<[f64; 2]> = spatial.obsm["spatial"].rows().into_iter().map(|r| [r[0], r[1]]).collect();
     let sections = codes(spatial.obs.get("section").ok_or("no obs 'section'")?);
     let points = SectionedPoints::new(xy, &sections.0)?;
-    let cells = Cells::new(spatial.x.clone(), BTreeMap::from([("X_sof".to_owned(), spatial_emb.clone())]))?
-        .with_neighbourhoods(&spatial.x, &points, &rows, &probe::NEIGHBOURHOOD_K)?;
+    // The niche embedding: each cell's embedding beside its 20 nearest neighbours' mean.
+    let niche = sof_tasks::neighbourhood::niche_embedding(spatial_emb.mapv(|v| v as f32).view(), &points, 20)?;
+    let obsm =
+        BTreeMap::from([("X_sof".to_owned(), spatial_emb.clone()), ("X_sof_niche".to_owned(), niche.mapv(f64::from))]);
+    let cells = Cells::new(spatial.x.clone(), obsm)?.with_neighbourhoods(
+        &spatial.x,
+        &points,
+        &rows,
+        &probe::NEIGHBOURHOOD_K,
+    )?;
     let task = ProbeTask {
         description: "classify layer".into(),
         target: Target::Classes {
@@ -194,7 +203,7 @@ pub fn run(settings: &Settings, work: &Path) -> Result<Reports> {
     };
     let groups: Vec<String> = sections.0.iter().map(|&s| sections.1[s as usize].clone()).collect();
     let folds = FoldPlan::Groups(groups).fold_sets(1)?;
-    let (embedders, sets) = probe::standard_features("X_sof", spatial.n_vars(), true);
+    let (embedders, sets) = probe::standard_features("X_sof", Some("X_sof_niche"), spatial.n_vars(), true);
     let heads = |_: u64| -> Vec<Box<dyn Head>> { vec![Box::new(LinearHead::default())] };
     let probe =
         probe::probe("synthetic spatial", rows, &cells, &task, &folds, &embedders, &sets, &heads, None, &mut |_| {})?;

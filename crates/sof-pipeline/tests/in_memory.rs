@@ -18,7 +18,9 @@ fn the_in_memory_pipeline_runs_and_reports() {
     assert_eq!(r.probe.folds.len(), 2);
     let f1 = |set: &str| r.probe.result(set, "linear").unwrap_or_else(|| panic!("{set}")).mean["macro_f1"];
     let chance = 1.0 / r.probe.classes.len() as f64;
-    for set in ["embedding (X_sof)", "PCA-50", "PCA-best", "NichePCA-best", "BANKSY-best"] {
+    for set in
+        ["embedding (X_sof)", "niche embedding (X_sof_niche)", "PCA-50", "PCA-best", "NichePCA-best", "BANKSY-best"]
+    {
         let v = f1(set);
         assert!((0.0..=1.0).contains(&v), "{set}: {v}");
     }

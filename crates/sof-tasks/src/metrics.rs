@@ -1,5 +1,6 @@
 //! Metrics: classification (accuracy, macro F1, confusion, expected calibration error) and
-//! regression (MAE, MSE, R², Spearman's rho). Conventions follow scikit-learn / scipy.
+//! regression (MAE, MSE, R², Spearman's rho), clustering agreement (adjusted Rand index).
+//! Conventions follow scikit-learn / scipy.
 
 use ndarray::{Array2, ArrayView2};
 
@@ -117,6 +118,25 @@ pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
     pearson(&ranks(a), &ranks(b))
 }
 
+/// Adjusted Rand index between two labelings (Hubert & Arabie).
+pub fn adjusted_rand_index(a: &[u32], b: &[u32]) -> f64 {
+    let n = a.len() as f64;
+    let mut table: std::collections::BTreeMap<(u32, u32), f64> = Default::default();
+    let (mut ra, mut rb): (std::collections::BTreeMap<u32, f64>, std::collections::BTreeMap<u32, f64>) =
+        Default::default();
+    for (&x, &y) in a.iter().zip(b) {
+        *table.entry((x, y)).or_default() += 1.0;
+        *ra.entry(x).or_default() += 1.0;
+        *rb.entry(y).or_default() += 1.0;
+    }
+    let c2 = |x: f64| x * (x - 1.0) / 2.0;
+    let index: f64 = table.values().map(|&v| c2(v)).sum();
+    let (sa, sb): (f64, f64) = (ra.values().map(|&v| c2(v)).sum(), rb.values().map(|&v| c2(v)).sum());
+    let expected = sa * sb / c2(n);
+    let max = (sa + sb) / 2.0;
+    if (max - expected).abs() < f64::EPSILON { 1.0 } else { (index - expected) / (max - expected) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +171,14 @@ mod tests {
         // Bin 0.9: confidence 0.9, accuracy 1/2; bin 0.6: confidence 0.6, accuracy 1/2.
         let e = expected_calibration_error(p.view(), &[0, 1, 0, 1], 10);
         assert!((e - (0.4 * 0.5 + 0.1 * 0.5)).abs() < 1e-12, "{e}");
+    }
+
+    #[test]
+    fn ari_of_identical_and_permuted_labelings_is_one() {
+        let a = [0, 0, 1, 1, 2, 2];
+        assert!((adjusted_rand_index(&a, &a) - 1.0).abs() < 1e-12);
+        assert!((adjusted_rand_index(&a, &[5, 5, 3, 3, 9, 9]) - 1.0).abs() < 1e-12);
+        // A labeling that puts everything together carries no information.
+        assert!(adjusted_rand_index(&a, &[0; 6]).abs() < 1e-12);
     }
 }

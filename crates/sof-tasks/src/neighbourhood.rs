@@ -135,6 +135,50 @@ impl Embedder for NeighbourhoodPca {
     }
 }
 
+/// The niche embedding, first version (no trained weights): each cell's embedding beside the
+/// mean embedding of its `k` nearest neighbours in its own section, `[own, neighbour mean]`,
+/// `cells x 2d` — what NichePCA and BANKSY do to expression, done to the model's embedding.
+/// Only distances choose neighbours, so rotating or translating a section changes nothing, and
+/// the graph never links sections. Every section needs more than `k` cells.
+pub fn niche_embedding(
+    x: ndarray::ArrayView2<f32>,
+    points: &sof_spatial::SectionedPoints,
+    k: usize,
+) -> Result<Array2<f32>, TaskError> {
+    let n = x.nrows();
+    if points.len() != n {
+        return Err(TaskError::Invalid(format!("{n} embedded cells but {} positions", points.len())));
+    }
+    if k == 0 {
+        return Err(TaskError::Invalid("the niche needs k >= 1 neighbours".into()));
+    }
+    let mut sizes = vec![0usize; points.n_sections()];
+    points.sections().iter().for_each(|&s| sizes[s as usize] += 1);
+    if let Some((s, &size)) = sizes.iter().enumerate().find(|(_, c)| **c > 0 && **c <= k) {
+        return Err(TaskError::Invalid(format!(
+            "section {s} has {size} cell(s), too few for {k} neighbours each (k must be below every section's size)"
+        )));
+    }
+    let graph = KnnGraph::build(points, k).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let d = x.ncols();
+    let mut out = Array2::<f32>::zeros((n, 2 * d));
+    for i in 0..n {
+        out.slice_mut(ndarray::s![i, 0..d]).assign(&x.row(i));
+        let nb = graph.neighbors(i);
+        let mut mean = vec![0f64; d];
+        for &j in nb {
+            for (m, &v) in mean.iter_mut().zip(x.row(j as usize)) {
+                *m += f64::from(v);
+            }
+        }
+        let w = 1.0 / nb.len().max(1) as f64;
+        for (o, m) in out.slice_mut(ndarray::s![i, d..]).iter_mut().zip(mean) {
+            *o = (m * w) as f32;
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use sof_spatial::SectionedPoints;
@@ -163,5 +207,39 @@ mod tests {
         let b = combine(&x, &m, 0.5, 2.0, true);
         assert_eq!(b.n_cols(), 4);
         assert_eq!(&b.to_dense()[4..8], &[1.5, 0.0, 6.0, 0.0]);
+    }
+
+    /// The niche embedding is [own, mean of the k nearest in the section]; rotating and shifting
+    /// a section leaves it unchanged; sections never mix; too-small sections are errors.
+    #[test]
+    fn niche_embedding_is_invariant_and_stays_in_its_section() {
+        let n = 60;
+        let xy: Vec<[f64; 2]> = (0..n).map(|i| [((i * 37) % 61) as f64 * 1.3, ((i * 17) % 29) as f64 * 0.7]).collect();
+        let sections: Vec<u32> = (0..n).map(|i| (i % 2) as u32).collect();
+        let x = Array2::from_shape_fn((n, 3), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+        let points = SectionedPoints::new(xy.clone(), &sections).unwrap();
+        let e = niche_embedding(x.view(), &points, 5).unwrap();
+        assert_eq!(e.dim(), (n, 6));
+        assert_eq!(e.slice(ndarray::s![.., 0..3]), x);
+        let graph = KnnGraph::build(&points, 5).unwrap();
+        for i in 0..n {
+            assert!(graph.neighbors(i).iter().all(|&j| sections[j as usize] == sections[i]));
+            let m: f32 = graph.neighbors(i).iter().map(|&j| x[[j as usize, 1]]).sum::<f32>() / 5.0;
+            assert!((e[[i, 4]] - m).abs() < 1e-5);
+        }
+        // Section 1 rotated by 40 degrees and shifted; section 0 left alone.
+        let (c, s) = (40f64.to_radians().cos(), 40f64.to_radians().sin());
+        let moved: Vec<[f64; 2]> = xy
+            .iter()
+            .zip(&sections)
+            .map(|(p, &sec)| if sec == 1 { [c * p[0] - s * p[1] + 500.0, s * p[0] + c * p[1] - 42.0] } else { *p })
+            .collect();
+        let e2 = niche_embedding(x.view(), &SectionedPoints::new(moved, &sections).unwrap(), 5).unwrap();
+        assert!(e.iter().zip(&e2).all(|(a, b)| (a - b).abs() < 1e-5), "rotation and translation change nothing");
+        // Too few cells in a section for k, and mismatched inputs: errors.
+        let e = niche_embedding(x.view(), &points, 30).unwrap_err().to_string();
+        assert!(e.contains("30 cell(s)") && e.contains("section"), "{e}");
+        assert!(niche_embedding(x.slice(ndarray::s![0..10, ..]), &points, 3).is_err());
+        assert!(niche_embedding(x.view(), &points, 0).is_err());
     }
 }

@@ -320,16 +320,19 @@ pub const NEIGHBOURHOOD_K: [usize; 3] = NICHE_PCA_K;
 /// cells carry neighbour means) the neighbourhood baselines, each the best of a small grid on
 /// the test cells, optimistic on purpose like PCA-best: NichePCA-best (50 components, k in
 /// [`NICHE_PCA_K`]) and BANKSY-best (50 components, k = [`BANKSY_K`], lambda in
-/// [`BANKSY_LAMBDA`]). Returns the embedders of a fold (PCA seeded by the fold's seed) and the
-/// sets over them.
+/// [`BANKSY_LAMBDA`]). `niche_key` adds a second embedding, the niche embedding of the same
+/// model (obsm `X_sof_niche` from `sof embed`), first after `key`'s. Returns the embedders of a
+/// fold (PCA seeded by the fold's seed) and the sets over them.
 pub fn standard_features(
     key: &str,
+    niche_key: Option<&str>,
     n_genes: usize,
     spatial: bool,
 ) -> (impl Fn(u64) -> Vec<Box<dyn Embedder>> + use<>, Vec<FeatureSet>) {
     use crate::neighbourhood::{Neighbourhood, NeighbourhoodPca};
     let raw = n_genes <= RawEmbedder::MAX_GENES;
     let owned_key = key.to_owned();
+    let owned_niche = niche_key.map(str::to_owned);
     let embedders = move |seed: u64| -> Vec<Box<dyn Embedder>> {
         let mut e: Vec<Box<dyn Embedder>> = vec![Box::new(ObsmEmbedder { key: owned_key.clone() })];
         e.extend([10, 20, 50, 100].map(|k| Box::new(PcaEmbedder::new(k, seed)) as Box<dyn Embedder>));
@@ -343,6 +346,9 @@ pub fn standard_features(
             for lambda in BANKSY_LAMBDA {
                 e.push(Box::new(NeighbourhoodPca::new(Neighbourhood::Banksy { k: BANKSY_K, lambda }, 50, seed)));
             }
+        }
+        if let Some(k) = &owned_niche {
+            e.push(Box::new(ObsmEmbedder { key: k.clone() }));
         }
         e
     };
@@ -360,6 +366,11 @@ pub fn standard_features(
         let banksy = next + NICHE_PCA_K.len();
         sets.push(FeatureSet { name: "NichePCA-best".into(), members: (next..banksy).collect() });
         sets.push(FeatureSet { name: "BANKSY-best".into(), members: (banksy..banksy + BANKSY_LAMBDA.len()).collect() });
+        next = banksy + BANKSY_LAMBDA.len();
+    }
+    if let Some(k) = niche_key {
+        // Right after the cell embedding in reports.
+        sets.insert(1, FeatureSet { name: format!("niche embedding ({k})"), members: vec![next] });
     }
     (embedders, sets)
 }

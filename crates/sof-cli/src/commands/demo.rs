@@ -111,24 +111,6 @@ struct Summary {
     seconds: BTreeMap<String, f64>,
 }
 
-/// Adjusted Rand index between two labelings (Hubert & Arabie).
-pub fn adjusted_rand_index(a: &[u32], b: &[u32]) -> f64 {
-    let n = a.len() as f64;
-    let mut table: BTreeMap<(u32, u32), f64> = BTreeMap::new();
-    let (mut ra, mut rb): (BTreeMap<u32, f64>, BTreeMap<u32, f64>) = (BTreeMap::new(), BTreeMap::new());
-    for (&x, &y) in a.iter().zip(b) {
-        *table.entry((x, y)).or_default() += 1.0;
-        *ra.entry(x).or_default() += 1.0;
-        *rb.entry(y).or_default() += 1.0;
-    }
-    let c2 = |x: f64| x * (x - 1.0) / 2.0;
-    let index: f64 = table.values().map(|&v| c2(v)).sum();
-    let (sa, sb): (f64, f64) = (ra.values().map(|&v| c2(v)).sum(), rb.values().map(|&v| c2(v)).sum());
-    let expected = sa * sb / c2(n);
-    let max = (sa + sb) / 2.0;
-    if (max - expected).abs() < f64::EPSILON { 1.0 } else { (index - expected) / (max - expected) }
-}
-
 fn codes(col: Option<&Column>) -> Vec<u32> {
     match col {
         Some(Column::Categorical { codes, .. }) => codes.iter().map(|&c| c as u32).collect(),
@@ -211,6 +193,9 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                     device: args.device,
                     batch_size: 256,
                     pooling: embed::PoolingArg::PadExcluded,
+                    niche_k: None,
+                    section_key: (*modality == "spatial").then(|| section_key.clone()),
+                    no_niche: false,
                     tokenizer: embed::TokenizerArgs {
                         technology: Some(tech.clone()),
                         species: Some(species),
@@ -386,8 +371,9 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         let metric = if per.values().any(|m| m.contains_key("macro_f1")) { "macro_f1" } else { "r2" };
         let get = |f: &str| per.iter().find(|(k, _)| k.starts_with(f)).and_then(|(_, m)| m.get(metric)).copied();
         util::say(format!(
-            "  probe {task:<12} {metric}: embedding {:.3} | PCA-50 {:.3} | PCA-best {:.3} | NichePCA {:.3} | BANKSY {:.3}",
+            "  probe {task:<12} {metric}: embedding {:.3} | niche embedding {:.3} | PCA-50 {:.3} | PCA-best {:.3} | NichePCA {:.3} | BANKSY {:.3}",
             get("embedding").unwrap_or(f64::NAN),
+            get("niche").unwrap_or(f64::NAN),
             get("PCA-50").unwrap_or(f64::NAN),
             get("PCA-best").unwrap_or(f64::NAN),
             get("NichePCA").unwrap_or(f64::NAN),
@@ -473,7 +459,7 @@ fn prepare_synthetic(args: &Args, data_dir: &std::path::Path, quiet: bool) -> an
         })?;
         let a = sof_io::h5ad::H5adReader::open(&out)?;
         let obs = a.obs()?;
-        let ari = adjusted_rand_index(&codes(obs.get("niche")), &codes(obs.get("sof_niche")));
+        let ari = sof_tasks::metrics::adjusted_rand_index(&codes(obs.get("niche")), &codes(obs.get("sof_niche")));
         let dens = obs.get("sof_density").and_then(Column::as_f64).unwrap_or_default();
         spatial_out.push(SpatialSummary {
             file: out.display().to_string(),
@@ -593,7 +579,10 @@ fn prepare_data(args: &Args, data: &std::path::Path, quiet: bool) -> anyhow::Res
         file: targets.display().to_string(),
         radius: read_uns_f64(&targets, "sof_radius")?,
         mean_neighbors: dens.iter().sum::<f64>() / dens.len().max(1) as f64,
-        niche_ari: adjusted_rand_index(&label_codes(tobs.get(&args.layer_key)), &codes(tobs.get("sof_niche"))),
+        niche_ari: sof_tasks::metrics::adjusted_rand_index(
+            &label_codes(tobs.get(&args.layer_key)),
+            &codes(tobs.get("sof_niche")),
+        ),
     }];
 
     let vocab_path = args.output.join("vocab.tsv");
@@ -663,18 +652,4 @@ fn label_codes(col: Option<&Column>) -> Vec<u32> {
 
 fn read_uns_f64(path: &std::path::Path, key: &str) -> anyhow::Result<f64> {
     sof_io::h5ad::read_uns_f64(path, key)?.ok_or_else(|| anyhow::anyhow!("{}: uns/{key} is missing", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::adjusted_rand_index;
-
-    #[test]
-    fn ari_of_identical_and_permuted_labelings_is_one() {
-        let a = [0, 0, 1, 1, 2, 2];
-        assert!((adjusted_rand_index(&a, &a) - 1.0).abs() < 1e-12);
-        assert!((adjusted_rand_index(&a, &[5, 5, 3, 3, 9, 9]) - 1.0).abs() < 1e-12);
-        // A labeling that puts everything together carries no information.
-        assert!(adjusted_rand_index(&a, &[0; 6]).abs() < 1e-12);
-    }
 }

@@ -44,6 +44,19 @@ pub struct Args {
     /// `pad-excluded` (default) or the reference's `reference` (averages PAD positions too).
     #[arg(long, value_enum, default_value = "pad-excluded")]
     pub pooling: PoolingArg,
+    /// Cells with coordinates (obsm['spatial']) also get obsm['X_sof_niche'] (cells x
+    /// 2 d_model): the embedding beside the mean embedding of the cell's --niche-k nearest
+    /// neighbours in its section. Distances alone choose the neighbours, so it does not depend
+    /// on how a section is rotated or placed. [default: 20]
+    #[arg(long)]
+    pub niche_k: Option<usize>,
+    /// obs column naming the sections: neighbours never cross them (needed when the file holds
+    /// several sections on overlapping coordinates).
+    #[arg(long)]
+    pub section_key: Option<String>,
+    /// Do not write obsm['X_sof_niche'].
+    #[arg(long)]
+    pub no_niche: bool,
     #[command(flatten)]
     pub tokenizer: TokenizerArgs,
 }
@@ -203,21 +216,77 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         out.slice_mut(ndarray::s![s..e, ..]).assign(&emb);
     }
     pb.finish_and_clear();
+    let has_xy = reader.obsm_keys().iter().any(|k| k == "spatial");
+    if !args.no_niche && !has_xy && (args.niche_k.is_some() || args.section_key.is_some()) {
+        bail!(
+            "{}: --niche-k / --section-key ask for the niche embedding, but obsm['spatial'] is missing: these cells have no coordinates (dissociated data?); drop those flags",
+            args.input.display()
+        );
+    }
+    let niche = if !args.no_niche && has_xy { Some(niche_embedding(&args, &reader, &out)?) } else { None };
     let mut ed = H5adEditor::copy_of(&args.input, &args.output)?;
     ed.put_obsm("X_sof", &out)?;
+    if let Some(niche) = &niche {
+        ed.put_obsm("X_sof_niche", niche)?;
+    }
     let mut info = std::collections::BTreeMap::new();
     info.insert("checkpoint".to_owned(), UnsValue::Str(args.checkpoint.display().to_string()));
     info.insert("pooling".to_owned(), UnsValue::Str(format!("{pooling:?}")));
     info.insert("technology".to_owned(), UnsValue::Str(technology.clone()));
     info.insert("mode".to_owned(), UnsValue::Str(format!("{mode:?}")));
+    if niche.is_some() {
+        info.insert("niche_k".to_owned(), UnsValue::Int(args.niche_k.unwrap_or(NICHE_K) as i64));
+        if let Some(key) = &args.section_key {
+            info.insert("section_key".to_owned(), UnsValue::Str(key.clone()));
+        }
+    }
     ed.put_uns("sof_embedding", &UnsValue::Dict(info))?;
     ed.commit()?;
     let secs = start.elapsed().as_secs_f64();
     util::say(format!(
-        "{n} cells embedded ({} d, {empty} without measured genes) in {secs:.2} s ({:.0} cells/s); obsm['X_sof'] written to {}",
+        "{n} cells embedded ({} d, {empty} without measured genes) in {secs:.2} s ({:.0} cells/s); obsm['X_sof']{} written to {}",
         d_model,
         n as f64 / secs,
+        if niche.is_some() {
+            format!(" and obsm['X_sof_niche'] ({} nearest neighbours)", args.niche_k.unwrap_or(NICHE_K))
+        } else {
+            String::new()
+        },
         args.output.display()
     ));
     Ok(())
+}
+
+/// Neighbours averaged into the niche embedding by default (BANKSY's default neighbour count).
+const NICHE_K: usize = 20;
+
+/// obsm['X_sof_niche'] of a spatial file ([`sof_tasks::neighbourhood::niche_embedding`]), with
+/// errors naming the file, the field and the fix.
+fn niche_embedding(args: &Args, reader: &H5adReader, x: &Array2<f32>) -> anyhow::Result<Array2<f32>> {
+    let path = args.input.display();
+    let k = args.niche_k.unwrap_or(NICHE_K);
+    let obs = reader.obs()?;
+    if args.section_key.is_none() && obs.get("section").is_some() {
+        tracing::warn!(
+            "{path}: obs has a 'section' column but no --section-key was given: neighbours may cross sections"
+        );
+    }
+    let points = super::spatial::points(reader, &obs, args.section_key.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e:#} (or pass --no-niche)"))?;
+    let mut sizes = vec![0usize; points.n_sections()];
+    points.sections().iter().for_each(|&s| sizes[s as usize] += 1);
+    if let Some(s) = sizes.iter().position(|&c| c > 0 && c <= k) {
+        let i = points.sections().iter().position(|&x| x as usize == s).expect("a cell of the section");
+        let name = match &args.section_key {
+            Some(key) => {
+                format!("section '{}' of obs['{key}']", obs.get(key).and_then(|c| c.label(i)).unwrap_or_default())
+            }
+            None => "the file (one section: no --section-key)".to_owned(),
+        };
+        bail!(
+            "{path}: {name} has {} cell(s), too few for --niche-k {k} neighbours each; lower --niche-k, or pass --no-niche",
+            sizes[s],
+        );
+    }
+    sof_tasks::neighbourhood::niche_embedding(x.view(), &points, k).map_err(|e| anyhow::anyhow!("{path}: {e}"))
 }

@@ -279,14 +279,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("{}: run `sof embed` first (or pass --embedding <obsm key>)", args.input.display()))?;
     let all = reader.read_rows(0..reader.n_obs())?;
     let n_genes = all.n_cols();
-    let mut cells = Cells::new(all.select_rows(&keep), [(args.embedding.clone(), emb.select(Axis(0), &keep))].into())?;
+    let mut obsm: std::collections::BTreeMap<String, ndarray::Array2<f64>> =
+        [(args.embedding.clone(), emb.select(Axis(0), &keep))].into();
+    // The niche embedding of the same model (`sof embed` of a spatial file), scored beside it.
+    let niche_key = format!("{}_niche", args.embedding);
+    let niche = reader.obsm_keys().contains(&niche_key).then_some(niche_key);
+    if let Some(k) = &niche {
+        obsm.insert(k.clone(), reader.obsm(k)?.select(Axis(0), &keep));
+    }
+    let mut cells = Cells::new(all.select_rows(&keep), obsm)?;
     let spatial = !args.no_neighbourhood_baselines && reader.obsm_keys().iter().any(|k| k == "spatial");
     if spatial {
         let points = section_points(&args, &reader, &obs)?;
         cells = cells.with_neighbourhoods(&all, &points, &keep, &probe::NEIGHBOURHOOD_K)?;
     }
     let fold_sets = fold_plan(&args, &reader, &obs, &keep)?.fold_sets(args.seeds)?;
-    let (embedders, sets) = probe::standard_features(&args.embedding, n_genes, spatial);
+    let (embedders, sets) = probe::standard_features(&args.embedding, niche.as_deref(), n_genes, spatial);
     let mut kinds = args.head.clone();
     kinds.dedup();
     let heads = |seed: u64| -> Vec<Box<dyn sof_tasks::Head>> {
@@ -351,7 +359,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for r in &report.results {
         let line: Vec<String> =
             r.mean.iter().map(|(m, v)| format!("{m} {v:.3} ± {:.3}", r.sd.get(m).copied().unwrap_or(0.0))).collect();
-        util::say(format!("  {:<24} {:<7} {}", r.features, display(&r.head), line.join(", ")));
+        util::say(format!("  {:<29} {:<7} {}", r.features, display(&r.head), line.join(", ")));
     }
     if let Some(dir) = &args.plots {
         plots(dir, &reader, &report, &fold_sets[0].1)?;

@@ -198,7 +198,7 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
 
     // Tables: every probe beside its baselines, and composition error per cell type.
     let mut table = String::from(
-        "<table><tr><th>task</th><th>metric</th><th>embedding</th><th>PCA-50</th><th>PCA-best</th><th>raw expression</th>\
+        "<table><tr><th>task</th><th>metric</th><th>embedding</th><th>niche embedding</th><th>PCA-50</th><th>PCA-best</th><th>raw expression</th>\
          <th>NichePCA-best</th><th>BANKSY-best</th></tr>",
     );
     let mut composition_rows = String::new();
@@ -212,8 +212,9 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
         };
         let _ = write!(
             table,
-            "<tr><td>{task}</td><td>{metric}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{task}</td><td>{metric}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             cell("embedding"),
+            cell("niche"),
             cell("PCA-50"),
             cell("PCA-best"),
             cell("raw"),
