@@ -283,8 +283,10 @@ fn main() -> Result<()> {
                 // DOCS_RS=1, which skips cubecl's LLVM download and linking.
                 run(cargo().args(["check", "-q", "-p", "sof-cli", "--features", "wgpu"]))?;
                 run(cargo().env("DOCS_RS", "1").args(["check", "-q", "-p", "sof-cli", "--features", "cuda"]))?;
-                // The training library takes the caller's device: it builds with no backend.
+                // The training and pipeline libraries take the caller's device: they build with
+                // no backend.
                 run(cargo().args(["check", "-q", "-p", "sof-pretrain", "--no-default-features"]))?;
+                run(cargo().args(["check", "-q", "-p", "sof-pipeline", "--no-default-features"]))?;
             }
             Ok(())
         }
