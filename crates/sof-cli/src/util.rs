@@ -53,12 +53,7 @@ pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// Median of a slice (0 for an empty one).
 pub fn median(values: &mut [f64]) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    let m = values.len() / 2;
-    if values.len() % 2 == 1 { values[m] } else { (values[m - 1] + values[m]) / 2.0 }
+    if values.is_empty() { 0.0 } else { sof_tasks::metrics::median(values) }
 }
 
 /// Prints a line of the final summary on stdout (the one thing commands print there).

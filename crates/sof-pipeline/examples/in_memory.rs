@@ -180,8 +180,12 @@ pub fn run(settings: &Settings, work: &Path) -> Result<Reports> {
     let xy: Vec<[f64; 2]> = spatial.obsm["spatial"].rows().into_iter().map(|r| [r[0], r[1]]).collect();
     let sections = codes(spatial.obs.get("section").ok_or("no obs 'section'")?);
     let points = SectionedPoints::new(xy, &sections.0)?;
-    // The niche embedding: each cell's embedding beside its 20 nearest neighbours' mean.
-    let niche = sof_tasks::neighbourhood::niche_embedding(spatial_emb.mapv(|v| v as f32).view(), &points, 20)?;
+    // The niche embedding: each cell's embedding beside its nearest neighbours' mean.
+    let niche = sof_tasks::neighbourhood::niche_embedding(
+        spatial_emb.mapv(|v| v as f32).view(),
+        &points,
+        sof_tasks::neighbourhood::NICHE_K,
+    )?;
     let obsm =
         BTreeMap::from([("X_sof".to_owned(), spatial_emb.clone()), ("X_sof_niche".to_owned(), niche.mapv(f64::from))]);
     let cells = Cells::new(spatial.x.clone(), obsm)?.with_neighbourhoods(

@@ -470,14 +470,8 @@ pub fn location_error(predicted: ArrayView2<f64>, truth: ArrayView2<f64>) -> (f6
         .map(|(p, t)| ((t[0] - p[0]).powi(2) + (t[1] - p[1]).powi(2)).sqrt())
         .filter(|e| e.is_finite())
         .collect();
-    if err.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let mean = err.iter().sum::<f64>() / err.len() as f64;
-    err.sort_by(f64::total_cmp);
-    let m = err.len() / 2;
-    let median = if err.len() % 2 == 1 { err[m] } else { 0.5 * (err[m - 1] + err[m]) };
-    (median, mean)
+    let mean = err.iter().sum::<f64>() / err.len() as f64; // NaN when empty, like the median
+    (crate::metrics::median(&mut err), mean)
 }
 
 #[cfg(test)]

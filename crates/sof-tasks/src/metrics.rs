@@ -118,6 +118,16 @@ pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
     pearson(&ranks(a), &ranks(b))
 }
 
+/// Median (NaN for no values; the mean of the middle two for an even count); sorts `values`.
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let m = values.len() / 2;
+    if values.len() % 2 == 1 { values[m] } else { (values[m - 1] + values[m]) / 2.0 }
+}
+
 /// Adjusted Rand index between two labelings (Hubert & Arabie).
 pub fn adjusted_rand_index(a: &[u32], b: &[u32]) -> f64 {
     let n = a.len() as f64;

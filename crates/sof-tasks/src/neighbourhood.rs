@@ -135,6 +135,9 @@ impl Embedder for NeighbourhoodPca {
     }
 }
 
+/// Neighbours averaged into [`niche_embedding`] by default (BANKSY's neighbour count).
+pub const NICHE_K: usize = 20;
+
 /// The niche embedding, first version (no trained weights): each cell's embedding beside the
 /// mean embedding of its `k` nearest neighbours in its own section, `[own, neighbour mean]`,
 /// `cells x 2d` — what NichePCA and BANKSY do to expression, done to the model's embedding.

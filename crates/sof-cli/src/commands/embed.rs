@@ -223,7 +223,8 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             args.input.display()
         );
     }
-    let niche = if !args.no_niche && has_xy { Some(niche_embedding(&args, &reader, &out)?) } else { None };
+    let niche_k = args.niche_k.unwrap_or(sof_tasks::neighbourhood::NICHE_K);
+    let niche = if !args.no_niche && has_xy { Some(niche_embedding(&args, niche_k, &reader, &out)?) } else { None };
     let mut ed = H5adEditor::copy_of(&args.input, &args.output)?;
     ed.put_obsm("X_sof", &out)?;
     if let Some(niche) = &niche {
@@ -235,7 +236,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     info.insert("technology".to_owned(), UnsValue::Str(technology.clone()));
     info.insert("mode".to_owned(), UnsValue::Str(format!("{mode:?}")));
     if niche.is_some() {
-        info.insert("niche_k".to_owned(), UnsValue::Int(args.niche_k.unwrap_or(NICHE_K) as i64));
+        info.insert("niche_k".to_owned(), UnsValue::Int(niche_k as i64));
         if let Some(key) = &args.section_key {
             info.insert("section_key".to_owned(), UnsValue::Str(key.clone()));
         }
@@ -248,7 +249,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         d_model,
         n as f64 / secs,
         if niche.is_some() {
-            format!(" and obsm['X_sof_niche'] ({} nearest neighbours)", args.niche_k.unwrap_or(NICHE_K))
+            format!(" and obsm['X_sof_niche'] ({niche_k} nearest neighbours)")
         } else {
             String::new()
         },
@@ -257,14 +258,10 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Neighbours averaged into the niche embedding by default (BANKSY's default neighbour count).
-const NICHE_K: usize = 20;
-
 /// obsm['X_sof_niche'] of a spatial file ([`sof_tasks::neighbourhood::niche_embedding`]), with
 /// errors naming the file, the field and the fix.
-fn niche_embedding(args: &Args, reader: &H5adReader, x: &Array2<f32>) -> anyhow::Result<Array2<f32>> {
+fn niche_embedding(args: &Args, k: usize, reader: &H5adReader, x: &Array2<f32>) -> anyhow::Result<Array2<f32>> {
     let path = args.input.display();
-    let k = args.niche_k.unwrap_or(NICHE_K);
     let obs = reader.obs()?;
     if args.section_key.is_none() && obs.get("section").is_some() {
         tracing::warn!(
