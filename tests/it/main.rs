@@ -263,6 +263,144 @@ fn spatial_targets_and_their_errors() {
     assert!(e.contains("dissociated.h5ad") && e.contains("obsm['spatial'] is missing"), "{e}");
 }
 
+/// Pretraining with default settings reads no annotation: `sof spatial` without a cell-type
+/// column writes the label-free niche profile, `sof tokenize` carries it, `sof pretrain` learns
+/// it by default, and the same tissue with every label column dropped gives bit-identical weights.
+#[test]
+fn default_pretraining_reads_no_label() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |s: &str| d.path().join(s).to_str().unwrap().to_owned();
+    sof(&["-q", "synth", "--cells", "2000", "--seed", "3", "--output", &p("data")]).unwrap();
+    // A copy with only the section left in obs (cell type, layer and niche dropped).
+    let mut a = sof_io::h5ad::read_h5ad(p("data/spatial_merfish.h5ad")).unwrap();
+    for label in ["cell_type", "layer", "niche"] {
+        assert!(a.obs.get(label).is_some(), "the synthetic tissue has {label}");
+    }
+    let mut obs = sof_io::Frame::new(a.obs.index.clone());
+    obs.insert("section", a.obs.get("section").unwrap().clone());
+    a.obs = obs;
+    std::fs::create_dir_all(p("unlabelled")).unwrap();
+    sof_io::h5ad::write_h5ad(p("unlabelled/tissue.h5ad"), &a, &Default::default()).unwrap();
+    std::fs::create_dir_all(p("labelled")).unwrap();
+    std::fs::copy(p("data/spatial_merfish.h5ad"), p("labelled/tissue.h5ad")).unwrap();
+    let mut weights = Vec::new();
+    for run in ["labelled", "unlabelled"] {
+        let f = |s: &str| p(&format!("{run}/{s}"));
+        sof(&[
+            "-q",
+            "spatial",
+            "--input",
+            &f("tissue.h5ad"),
+            "--section-key",
+            "section",
+            "--mean-neighbors",
+            "10",
+            "--output",
+            &f("targets.h5ad"),
+        ])
+        .unwrap();
+        let t = sof_io::h5ad::H5adReader::open(f("targets.h5ad")).unwrap();
+        let profile = t.obsm("sof_niche_profile").unwrap();
+        assert_eq!(profile.ncols(), 16 * 3, "16 components at 3 scales");
+        assert!(!t.obsm_keys().iter().any(|k| k == "sof_composition"), "no cell types asked for, no composition");
+        sof(&[
+            "-q",
+            "tokenize",
+            "--input",
+            &f("targets.h5ad"),
+            "--technology",
+            "merfish",
+            "--species",
+            "mouse",
+            "--modality",
+            "spatial",
+            "--section-key",
+            "section",
+            "--dataset",
+            "tissue",
+            "--output",
+            &f("corpus"),
+        ])
+        .unwrap();
+        let m = sof_tokenize::corpus::CorpusManifest::load(Path::new(&f("corpus"))).unwrap();
+        assert_eq!(m.niche_profile_width, Some(48));
+        sof(&[
+            "-q",
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--corpus",
+            &f("corpus"),
+            "--context-length",
+            "32",
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--output",
+            &f("run"),
+        ])
+        .unwrap();
+        let rows = sof_pretrain::trainer::read_metrics(Path::new(&f("run"))).unwrap();
+        assert!(rows.iter().all(|r| r.profile_loss.is_some_and(f64::is_finite)), "the profile loss is logged");
+        assert!(rows.iter().all(|r| r.composition_loss.is_none()), "no label-based objective by default");
+        weights.push(std::fs::read(f("run/model/model.safetensors")).unwrap());
+    }
+    assert!(weights[0] == weights[1], "dropping every label column changes no weight");
+
+    // No `sof spatial` step: tokenizing the spatial file itself computes the same profile.
+    let tok = |input: &str, modality: &str, out: &str| {
+        sof(&[
+            "-q",
+            "tokenize",
+            "--input",
+            input,
+            "--technology",
+            "merfish",
+            "--species",
+            "mouse",
+            "--modality",
+            modality,
+            "--section-key",
+            "section",
+            "--output",
+            out,
+        ])
+    };
+    tok(&p("unlabelled/tissue.h5ad"), "spatial", &p("direct")).unwrap();
+    let shard = |c: &str| sof_tokenize::corpus::read_shard_rows(&d.path().join(c).join("shard-00000.parquet")).unwrap();
+    let (direct, via_targets) = (shard("direct"), shard("unlabelled/corpus"));
+    assert_eq!(direct.len(), via_targets.len());
+    for (a, b) in direct.iter().zip(&via_targets) {
+        let (pa, pb) = (a.profile.as_ref().unwrap(), b.profile.as_ref().unwrap());
+        assert!(pa.iter().zip(pb).all(|(x, y)| (x - y).abs() < 1e-5), "cell {}", a.cell_index);
+    }
+    // A dissociated corpus has no neighbourhood, hence no profile.
+    tok(&p("unlabelled/tissue.h5ad"), "dissociated", &p("dissociated")).unwrap();
+    assert!(shard("dissociated").iter().all(|r| r.profile.is_none()));
+
+    // The profile objective moves the weights: without it the same run ends elsewhere.
+    sof(&[
+        "-q",
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--corpus",
+        &p("labelled/corpus"),
+        "--context-length",
+        "32",
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--no-profile",
+        "--output",
+        &p("plain"),
+    ])
+    .unwrap();
+    assert!(std::fs::read(p("plain/model/model.safetensors")).unwrap() != weights[0]);
+}
+
 /// `sof tokenize` on the synthetic tissue: a manifest that adds up, spatial targets carried into
 /// the shards when present, a rerun that resumes, and clear errors for bad flags.
 #[test]

@@ -52,9 +52,11 @@ pub struct Reports {
     pub map: MapReport,
 }
 
-/// The spatial targets `sof spatial` computes: each cell's neighbourhood composition (cell
-/// types within the radius that gives `mean_neighbors` neighbours) and density, added to
-/// `a` as obsm['sof_composition'] and obs['sof_density'].
+/// The spatial targets `sof spatial` computes: the label-free niche profile (the default
+/// pretraining target: neighbour-mean expression components at several scales), each cell's
+/// neighbourhood composition (cell types within the radius that gives `mean_neighbors`
+/// neighbours) and density, added to `a` as obsm['sof_niche_profile'], obsm['sof_composition']
+/// and obs['sof_density'].
 fn add_spatial_targets(a: &mut AnnData, mean_neighbors: f64) -> Result<()> {
     let xy: Vec<[f64; 2]> = a.obsm["spatial"].rows().into_iter().map(|r| [r[0], r[1]]).collect();
     let sections = codes(a.obs.get("section").ok_or("no obs 'section'")?).0;
@@ -66,6 +68,14 @@ fn add_spatial_targets(a: &mut AnnData, mean_neighbors: f64) -> Result<()> {
     let proportions = Array2::from_shape_vec((a.n_obs(), names.len()), composition.proportions())?;
     a.obsm.insert("sof_composition".into(), proportions.mapv(f64::from));
     a.obs.insert("sof_density", Column::Int(graph.degrees().into_iter().map(i64::from).collect()));
+    let profile = sof_tasks::neighbourhood::niche_profile(
+        &a.x,
+        &points,
+        &sof_tasks::neighbourhood::PROFILE_SCALES,
+        sof_tasks::neighbourhood::PROFILE_COMPONENTS,
+        0,
+    )?;
+    a.obsm.insert("sof_niche_profile".into(), profile.mapv(f64::from));
     Ok(())
 }
 
@@ -131,13 +141,15 @@ pub fn run(settings: &Settings, work: &Path) -> Result<Reports> {
             vocabulary_hash: &hash,
             vocabulary_size: vocab.len(),
             unmapped_genes: Vec::new(),
+            niche_profile: None,
         };
         build_corpus(data as &dyn CellSource, &spec, &inputs, |_| {})?;
         corpora.push(CorpusEntry { path: spec.output.clone(), weight: 1.0 });
         encoders.push((tok, map));
     }
 
-    // 4. A tiny pretraining with the niche-aware objective, on the CPU.
+    // 4. A tiny pretraining with the default objectives (masked tokens and the label-free niche
+    //    profile; the label-based composition objective stays off), on the CPU.
     let device = burn::tensor::Device::flex();
     let mut pcfg = PretrainConfig {
         preset: "tiny".into(),
@@ -156,8 +168,6 @@ pub fn run(settings: &Settings, work: &Path) -> Result<Reports> {
     };
     pcfg.optimizer.learning_rate = 2e-3;
     pcfg.optimizer.warmup_steps = settings.steps / 10;
-    pcfg.niche.composition_weight = 1.0;
-    pcfg.niche.density_weight = 1.0;
     let run_dir = work.join("run");
     let trainer = sof_pretrain::Trainer::new(pcfg, &run_dir, vec![device.clone()])?;
     let pretrain = trainer.run(false, "examples/in_memory.rs", &AtomicBool::new(false), &mut |_| {})?;

@@ -12,6 +12,9 @@ fn the_in_memory_pipeline_runs_and_reports() {
     assert!(!r.pretrain.interrupted);
     let loss = r.pretrain.final_validation_loss.unwrap();
     assert!(loss.is_finite() && loss < r.pretrain.baselines.unigram_loss * 1.5, "{loss} vs {:?}", r.pretrain.baselines);
+    // The default objective learned the label-free niche profile beside the masked tokens.
+    let metrics = sof_pretrain::trainer::read_metrics(&work.path().join("run")).unwrap();
+    assert!(metrics.iter().all(|m| m.profile_loss.is_some_and(f64::is_finite) && m.composition_loss.is_none()));
 
     // The probe: every feature set on both sections, layer scores in [0, 1]; expression and its
     // neighbourhood average know the layer far better than chance on this tissue.

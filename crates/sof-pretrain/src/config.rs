@@ -81,21 +81,34 @@ impl OptimizerConfig {
     }
 }
 
-/// The niche-aware auxiliary objective (ours; off by default): from the pooled cell embedding,
-/// predict the neighbourhood composition (cross-entropy against the proportions) and the local
-/// density (MSE on the standardized log density), for rows whose corpus carries these targets.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// The niche-aware auxiliary objectives (ours), from the pooled cell embedding, for rows whose
+/// corpus carries the targets:
+/// - the label-free niche profile (on by default; `sof spatial` writes it from coordinates and
+///   counts only): MSE against the standardized neighbour-mean expression components;
+/// - the neighbourhood composition (off by default): cross-entropy against the cell-type
+///   proportions. It reads the annotations of every cell, test sections included, so a probe
+///   scored after it is transductive;
+/// - the local density (off by default): MSE on the standardized log neighbour count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NicheConfig {
     /// Weight of the composition loss (0 = off).
     pub composition_weight: f64,
     /// Weight of the density loss (0 = off).
     pub density_weight: f64,
+    /// Weight of the niche-profile loss (0 = off).
+    pub profile_weight: f64,
+}
+
+impl Default for NicheConfig {
+    fn default() -> Self {
+        Self { composition_weight: 0.0, density_weight: 0.0, profile_weight: 1.0 }
+    }
 }
 
 impl NicheConfig {
     pub fn enabled(&self) -> bool {
-        self.composition_weight > 0.0 || self.density_weight > 0.0
+        self.composition_weight > 0.0 || self.density_weight > 0.0 || self.profile_weight > 0.0
     }
 }
 
@@ -237,7 +250,7 @@ impl PretrainConfig {
         if !(0.0 < m.probability && m.probability < 1.0) || m.mask_fraction + m.random_fraction > 1.0 {
             return err(format!("masking {m:?}"), "use 0 < probability < 1 and mask + random fractions <= 1");
         }
-        if self.niche.composition_weight < 0.0 || self.niche.density_weight < 0.0 {
+        if self.niche.composition_weight < 0.0 || self.niche.density_weight < 0.0 || self.niche.profile_weight < 0.0 {
             return err(format!("niche {:?}", self.niche), "weights must be >= 0");
         }
         Ok(())

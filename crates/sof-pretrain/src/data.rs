@@ -75,6 +75,8 @@ pub struct Sequence {
     pub tokens: Vec<i64>,
     pub composition: Option<Vec<f32>>,
     pub density: Option<f32>,
+    /// The label-free niche profile (standardized), when the corpus carries it.
+    pub profile: Option<Vec<f32>>,
 }
 
 struct Source {
@@ -195,7 +197,13 @@ impl SequenceStream {
             let mut tokens: Vec<i64> = src.manifest.context_tokens.iter().map(|&t| i64::from(t)).collect();
             tokens.extend(row.tokens.iter().map(|&t| i64::from(t)));
             tokens.truncate(self.context_length);
-            self.buffer.push(Sequence { source: i, tokens, composition: row.composition, density: row.density });
+            self.buffer.push(Sequence {
+                source: i,
+                tokens,
+                composition: row.composition,
+                density: row.density,
+                profile: row.profile,
+            });
         }
         let k = self.rng.random_range(0..self.buffer.len());
         Ok(self.buffer.swap_remove(k))

@@ -67,6 +67,8 @@ pub struct PretrainModel {
     pub encoder: Encoder,
     pub composition: Vec<Linear>,
     pub density: Vec<Linear>,
+    /// The label-free niche-profile heads.
+    pub profile: Vec<Linear>,
 }
 
 /// Per-corpus facts the loss needs.
@@ -74,6 +76,7 @@ pub struct PretrainModel {
 struct CorpusFacts {
     dataset: String,
     composition_width: Option<usize>,
+    profile_width: Option<usize>,
     /// Mean and standard deviation of ln(density) over the corpus (standardizes the target).
     density_stats: Option<(f64, f64)>,
 }
@@ -96,6 +99,8 @@ struct Sums {
     composition_rows: u64,
     density: f64,
     density_rows: u64,
+    profile: f64,
+    profile_rows: u64,
     tokens: u64,
 }
 
@@ -108,6 +113,8 @@ impl Sums {
         self.composition_rows += o.composition_rows;
         self.density += o.density;
         self.density_rows += o.density_rows;
+        self.profile += o.profile;
+        self.profile_rows += o.profile_rows;
         self.tokens += o.tokens;
     }
 }
@@ -123,6 +130,8 @@ pub struct StepMetrics {
     pub accuracy: f64,
     pub composition_loss: Option<f64>,
     pub density_loss: Option<f64>,
+    /// Mean squared error per profile dimension (the label-free niche target).
+    pub profile_loss: Option<f64>,
     /// Non-PAD tokens processed per second over the window.
     pub tokens_per_second: f64,
     pub elapsed_seconds: f64,
@@ -262,6 +271,7 @@ impl Trainer {
                 Ok(CorpusFacts {
                     dataset: m.dataset.clone(),
                     composition_width: m.composition_columns.as_ref().map(Vec::len),
+                    profile_width: m.niche_profile_width.filter(|&w| w > 0),
                     density_stats: if cfg.niche.density_weight > 0.0 { density_stats(&c.path, m)? } else { None },
                 })
             })
@@ -311,17 +321,26 @@ impl Trainer {
             }
         };
         let d = self.model_cfg.d_model;
-        let (mut composition, mut density) = (Vec::new(), Vec::new());
-        if self.cfg.niche.enabled() {
+        let (mut composition, mut density, mut profile) = (Vec::new(), Vec::new(), Vec::new());
+        let n = &self.cfg.niche;
+        if n.composition_weight > 0.0 || n.density_weight > 0.0 {
             let mut reinit = SeededInit::new(self.cfg.seed ^ 0x41C4E);
             for f in &self.facts {
                 composition.push(LinearConfig::new(d, f.composition_width.unwrap_or(1)).init(device).map(&mut reinit));
                 density.push(LinearConfig::new(d, 1).init(device).map(&mut reinit));
             }
         }
+        // Profile heads only where a corpus carries the profile: runs on corpora without one
+        // keep the parameters (and ids) they had before the profile existed.
+        if n.profile_weight > 0.0 && self.facts.iter().any(|f| f.profile_width.is_some()) {
+            let mut reinit = SeededInit::new(self.cfg.seed ^ 0x9F0F11E);
+            for f in &self.facts {
+                profile.push(LinearConfig::new(d, f.profile_width.unwrap_or(1)).init(device).map(&mut reinit));
+            }
+        }
         // Deterministic parameter ids: burn sums gradients from several micro-batches in an
         // order that depends on the ids, and fresh ids are random.
-        Ok(PretrainModel { encoder, composition, density }.map(&mut Renumber { next: 1 }))
+        Ok(PretrainModel { encoder, composition, density, profile }.map(&mut Renumber { next: 1 }))
     }
 
     fn optimizer(&self) -> ModuleOptimizer {
@@ -477,6 +496,7 @@ impl Trainer {
                 composition_loss: (window.composition_rows > 0)
                     .then(|| window.composition / window.composition_rows as f64),
                 density_loss: (window.density_rows > 0).then(|| window.density / window.density_rows as f64),
+                profile_loss: (window.profile_rows > 0).then(|| window.profile / window.profile_rows as f64),
                 tokens_per_second: tps,
                 elapsed_seconds: elapsed_before + start.elapsed().as_secs_f64(),
                 validation_loss: if validate { last_validation.map(|v| v.0) } else { None },
@@ -536,6 +556,9 @@ impl Trainer {
         }
         if s.density_rows > 0 {
             aux += n.density_weight * s.density / s.density_rows as f64;
+        }
+        if s.profile_rows > 0 {
+            aux += n.profile_weight * s.profile / s.profile_rows as f64;
         }
         aux
     }
@@ -634,7 +657,7 @@ impl Trainer {
             add(out.loss * (n as f64 / totals.chosen.max(1) as f64));
         }
         let niche = &self.cfg.niche;
-        if niche.enabled() {
+        if !(model.composition.is_empty() && model.profile.is_empty()) {
             let pooled = model.encoder.pool(tokens, hidden, Pooling::PadExcluded); // [b, d]
             for (c, fact) in self.facts.iter().enumerate() {
                 let rows: Vec<usize> = (0..b).filter(|&i| chunk.seqs[i].source == c).collect();
@@ -657,6 +680,29 @@ impl Trainer {
                         sums.composition += sum.clone().into_scalar::<f32>() as f64;
                         sums.composition_rows += n as u64;
                         add(sum * (niche.composition_weight / totals.composition_rows.max(1) as f64));
+                    }
+                }
+                if let (Some(head), Some(width)) = (model.profile.get(c), fact.profile_width) {
+                    let (idx, target): (Vec<i64>, Vec<f32>) = rows
+                        .iter()
+                        .filter_map(|&i| {
+                            chunk.seqs[i].profile.as_ref().filter(|t| t.len() == width).map(|t| (i as i64, t))
+                        })
+                        .fold((Vec::new(), Vec::new()), |(mut idx, mut tg), (i, t)| {
+                            idx.push(i);
+                            tg.extend(t);
+                            (idx, tg)
+                        });
+                    if !idx.is_empty() {
+                        let n = idx.len();
+                        let x =
+                            pooled.clone().select(0, Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), device));
+                        let t = Tensor::<2>::from_data(TensorData::new(target, [n, width]), device);
+                        // Squared error averaged over the profile's dimensions, summed over rows.
+                        let sum = (head.forward(x) - t).square().sum() / width as f64;
+                        sums.profile += sum.clone().into_scalar::<f32>() as f64;
+                        sums.profile_rows += n as u64;
+                        add(sum * (niche.profile_weight / totals.profile_rows.max(1) as f64));
                     }
                 }
                 if let (true, Some((mean, sd))) = (niche.density_weight > 0.0, fact.density_stats) {
@@ -875,6 +921,7 @@ struct Totals {
     chosen: u64,
     composition_rows: u64,
     density_rows: u64,
+    profile_rows: u64,
 }
 
 impl Totals {
@@ -895,7 +942,16 @@ impl Totals {
         } else {
             0
         };
-        Self { chosen, composition_rows, density_rows }
+        let profile_rows = if niche.profile_weight > 0.0 {
+            batch
+                .seqs
+                .iter()
+                .filter(|s| s.profile.as_ref().is_some_and(|p| Some(p.len()) == facts[s.source].profile_width))
+                .count() as u64
+        } else {
+            0
+        };
+        Self { chosen, composition_rows, density_rows, profile_rows }
     }
 }
 
@@ -994,7 +1050,7 @@ struct MetricsLog {
     rows: Vec<StepMetrics>,
 }
 
-const HEADER: &str = "step,learning_rate,loss,accuracy,composition_loss,density_loss,tokens_per_second,elapsed_seconds,validation_loss,validation_accuracy";
+const HEADER: &str = "step,learning_rate,loss,accuracy,composition_loss,density_loss,tokens_per_second,elapsed_seconds,validation_loss,validation_accuracy,profile_loss";
 
 impl MetricsLog {
     fn open(dir: &Path, resume_step: u64) -> Result<Self, TrainError> {
@@ -1064,7 +1120,7 @@ fn opt(v: Option<f64>) -> String {
 
 fn format_row(r: &StepMetrics) -> String {
     format!(
-        "{},{:.6e},{:.6},{:.6},{},{},{:.1},{:.2},{},{}",
+        "{},{:.6e},{:.6},{:.6},{},{},{:.1},{:.2},{},{},{}",
         r.step,
         r.learning_rate,
         r.loss,
@@ -1074,13 +1130,15 @@ fn format_row(r: &StepMetrics) -> String {
         r.tokens_per_second,
         r.elapsed_seconds,
         opt(r.validation_loss),
-        opt(r.validation_accuracy)
+        opt(r.validation_accuracy),
+        opt(r.profile_loss)
     )
 }
 
 fn parse_row(line: &str) -> Option<StepMetrics> {
     let f: Vec<&str> = line.split(',').collect();
-    if f.len() != 10 {
+    // Ten columns before the profile loss existed, eleven since.
+    if f.len() != 10 && f.len() != 11 {
         return None;
     }
     let o = |s: &str| if s.is_empty() { None } else { s.parse().ok() };
@@ -1095,6 +1153,7 @@ fn parse_row(line: &str) -> Option<StepMetrics> {
         elapsed_seconds: f[7].parse().ok()?,
         validation_loss: o(f[8]),
         validation_accuracy: o(f[9]),
+        profile_loss: f.get(10).and_then(|s| o(s)),
     })
 }
 

@@ -182,6 +182,68 @@ pub fn niche_embedding(
     Ok(out)
 }
 
+/// Scales (nearest neighbours) of the label-free niche profile by default.
+pub const PROFILE_SCALES: [usize; 3] = [10, 30, 100];
+/// Expression components per scale of the niche profile by default.
+pub const PROFILE_COMPONENTS: usize = 16;
+
+/// The label-free niche target: what each cell's neighbourhood expresses, from coordinates and
+/// counts only (no annotation). PCA (`components`, fitted on every cell) of the log1p
+/// 10k-normalized expression, averaged over the cell's `k` nearest neighbours in its own section
+/// for each `k` in `scales` (the cell itself left out; a smaller section gives fewer), each column
+/// standardized over the cells: `cells x (components * scales)`. At one scale this is NichePCA
+/// without the cell's own term, so a model that predicts it from the cell's own tokens learns the
+/// niche the cell sits in. Only distances choose neighbours: rotating or shifting a section
+/// changes nothing.
+pub fn niche_profile(
+    counts: &CsrMatrix,
+    points: &sof_spatial::SectionedPoints,
+    scales: &[usize],
+    components: usize,
+    seed: u64,
+) -> Result<Array2<f32>, TaskError> {
+    let n = counts.n_rows();
+    if points.len() != n {
+        return Err(TaskError::Invalid(format!("{n} cells but {} positions", points.len())));
+    }
+    if scales.is_empty() || scales.contains(&0) || components == 0 {
+        return Err(TaskError::Invalid(format!(
+            "the niche profile needs scales >= 1 and components >= 1 (got scales {scales:?}, {components} components)"
+        )));
+    }
+    if n < 2 {
+        return Err(TaskError::Invalid(format!("{n} cell(s): a niche profile needs neighbours")));
+    }
+    let x = crate::pca::log_normalize(counts);
+    let all: Vec<usize> = (0..n).collect();
+    let pca = Pca::fit(&x, &all, components.min(x.n_cols()).min(n), seed);
+    let pcs = pca.transform(&x, &all); // [n, p]
+    let p = pcs.ncols();
+    let k_max = *scales.iter().max().expect("non-empty");
+    let graph = KnnGraph::build(points, k_max).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    let mut out = Array2::<f32>::zeros((n, p * scales.len()));
+    for (s, &k) in scales.iter().enumerate() {
+        let mut block = Array2::<f64>::zeros((n, p));
+        for i in 0..n {
+            let nb = &graph.neighbors(i)[..graph.neighbors(i).len().min(k)];
+            let mut row = block.row_mut(i);
+            for &j in nb {
+                row += &pcs.row(j as usize);
+            }
+            row /= nb.len().max(1) as f64;
+        }
+        for (c, col) in block.columns().into_iter().enumerate() {
+            let mean = col.mean().unwrap_or(0.0);
+            let sd = col.std(0.0);
+            let scale = if sd > 1e-12 { 1.0 / sd } else { 0.0 };
+            for (i, v) in col.iter().enumerate() {
+                out[[i, s * p + c]] = ((v - mean) * scale) as f32;
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use sof_spatial::SectionedPoints;
@@ -210,6 +272,42 @@ mod tests {
         let b = combine(&x, &m, 0.5, 2.0, true);
         assert_eq!(b.n_cols(), 4);
         assert_eq!(&b.to_dense()[4..8], &[1.5, 0.0, 6.0, 0.0]);
+    }
+
+    /// The niche profile: one block of standardized neighbour-mean PCs per scale; the cell's own
+    /// expression is not in it; sections never mix; rotating a section changes nothing.
+    #[test]
+    fn niche_profile_reads_only_the_neighbours() {
+        // Two sections side by side on a line; genes 0/1 mark the left/right half of each.
+        let n = 40;
+        let xy: Vec<[f64; 2]> = (0..n).map(|i| [(i % 20) as f64, 0.0]).collect();
+        let sections: Vec<u32> = (0..n).map(|i| (i / 20) as u32).collect();
+        let dense: Vec<f32> =
+            (0..n).flat_map(|i| if i % 20 < 10 { [5.0, 1.0, 1.0] } else { [1.0, 5.0, 1.0] }).collect();
+        let counts = CsrMatrix::from_dense(n, 3, &dense);
+        let points = SectionedPoints::new(xy.clone(), &sections).unwrap();
+        let prof = niche_profile(&counts, &points, &[2, 6], 2, 0).unwrap();
+        assert_eq!(prof.dim(), (n, 4));
+        for c in 0..4 {
+            let col = prof.column(c);
+            let (m, sd) = (col.mean().unwrap(), col.std(0.0));
+            assert!(m.abs() < 1e-4 && (sd < 1e-6 || (sd - 1.0).abs() < 1e-3), "column {c}: mean {m}, sd {sd}");
+        }
+        // Deep inside a half, the first component's neighbour mean has the sign of that half,
+        // the same in both sections (they are copies).
+        assert!(prof[[2, 0]] * prof[[17, 0]] < 0.0);
+        assert!((prof[[2, 0]] - prof[[22, 0]]).abs() < 1e-4 && (prof[[17, 1]] - prof[[37, 1]]).abs() < 1e-4);
+        // Section 1 rotated and shifted: the same profile.
+        let (c, s) = (1.1f64.cos(), 1.1f64.sin());
+        let moved: Vec<[f64; 2]> = xy
+            .iter()
+            .zip(&sections)
+            .map(|(p, &sec)| if sec == 1 { [c * p[0] - s * p[1] + 90.0, s * p[0] + c * p[1] - 7.0] } else { *p })
+            .collect();
+        let prof2 = niche_profile(&counts, &SectionedPoints::new(moved, &sections).unwrap(), &[2, 6], 2, 0).unwrap();
+        assert!(prof.iter().zip(&prof2).all(|(a, b)| (a - b).abs() < 1e-4));
+        assert!(niche_profile(&counts, &points, &[], 2, 0).is_err());
+        assert!(niche_profile(&counts, &points, &[3], 0, 0).is_err());
     }
 
     /// The niche embedding is [own, mean of the k nearest in the section]; rotating and shifting

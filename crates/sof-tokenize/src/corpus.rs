@@ -4,9 +4,9 @@
 //! - One row per non-empty cell, in the input's cell order (shuffling is the training loader's
 //!   job): `cell_index` (row in the input), `cell_id`, `dataset`, `section`, `species`, `assay`,
 //!   `modality`, `tokens` (gene tokens, `list<int32>`, no padding), `n_tokens`, `x`, `y`
-//!   (coordinates; null for dissociated cells), `sof_composition`, `sof_density`, `sof_niche`
-//!   (spatial targets from `sof spatial`, null when absent), then the obs columns asked for, as
-//!   strings.
+//!   (coordinates; null for dissociated cells), `sof_composition`, `sof_density`, `sof_niche`,
+//!   `sof_niche_profile` (spatial targets from `sof spatial`, null when absent), then the obs
+//!   columns asked for, as strings.
 //! - Shard `k` holds input cells `[k * shard_cells, (k + 1) * shard_cells)`; row groups of
 //!   `row_group_cells` rows. Cells stream through in blocks; memory is bounded by a few blocks
 //!   and one row group per column, not by the dataset.
@@ -41,7 +41,7 @@ use crate::tokenizer::{ColumnTokenizer, GeneMap, Scratch, TokenizedCell, Tokeniz
 use crate::{Result, TokenizeError};
 
 /// Fixed column names; obs columns asked for may not reuse them.
-pub const FIXED_COLUMNS: [&str; 14] = [
+pub const FIXED_COLUMNS: [&str; 15] = [
     "cell_index",
     "cell_id",
     "dataset",
@@ -56,6 +56,7 @@ pub const FIXED_COLUMNS: [&str; 14] = [
     "sof_composition",
     "sof_density",
     "sof_niche",
+    "sof_niche_profile",
 ];
 
 /// What to build.
@@ -110,6 +111,9 @@ pub struct CorpusManifest {
     pub unmapped_genes: Vec<String>,
     pub label_columns: Vec<String>,
     pub composition_columns: Option<Vec<String>>,
+    /// Width of `sof_niche_profile` (the label-free niche target), when the corpus carries it.
+    #[serde(default)]
+    pub niche_profile_width: Option<usize>,
     pub shards: Vec<ShardInfo>,
 }
 
@@ -133,6 +137,9 @@ pub struct CorpusInputs<'a> {
     pub vocabulary_hash: &'a str,
     pub vocabulary_size: usize,
     pub unmapped_genes: Vec<String>,
+    /// The label-free niche profile (cells x width) when the source does not carry one in
+    /// obsm['sof_niche_profile'] (`sof tokenize` computes it for spatial files).
+    pub niche_profile: Option<&'a ndarray::Array2<f32>>,
 }
 
 struct Annotations {
@@ -140,6 +147,7 @@ struct Annotations {
     section: Option<Vec<Option<String>>>,
     xy: Option<ndarray::Array2<f64>>,
     composition: Option<ndarray::Array2<f64>>,
+    profile: Option<ndarray::Array2<f64>>,
     density: Option<Vec<f64>>,
     niche: Option<Vec<Option<String>>>,
     labels: Vec<(String, Vec<Option<String>>)>,
@@ -180,9 +188,18 @@ fn read_annotations(reader: &dyn CellSource, spec: &CorpusSpec) -> Result<Annota
         ));
     }
     let composition = if has("sof_composition") { Some(reader.obsm("sof_composition")?) } else { None };
+    let profile = if has("sof_niche_profile") { Some(reader.obsm("sof_niche_profile")?) } else { None };
+    if let Some((i, _)) = profile.iter().flat_map(|p| p.iter().enumerate()).find(|(_, v)| !v.is_finite()) {
+        let w = profile.as_ref().map_or(1, |p| p.ncols().max(1));
+        return Err(TokenizeError::invalid(
+            &path,
+            format!("obsm['sof_niche_profile'] of cell '{}' is not finite", obs.index[i / w]),
+            "recompute it with sof spatial",
+        ));
+    }
     let density = obs.get("sof_density").and_then(Column::as_f64);
     let niche = obs.get("sof_niche").map(Column::labels);
-    Ok(Annotations { cell_ids: obs.index.clone(), section, xy, composition, density, niche, labels })
+    Ok(Annotations { cell_ids: obs.index.clone(), section, xy, composition, profile, density, niche, labels })
 }
 
 fn config_hash(spec: &CorpusSpec, inputs: &CorpusInputs<'_>, source: &str, n_obs: usize) -> String {
@@ -225,7 +242,20 @@ pub fn build_corpus(
         return Err(TokenizeError::invalid(&src, "shard and row-group sizes must be positive", "pass sizes >= 1"));
     }
     std::fs::create_dir_all(&spec.output).map_err(|e| sof_io::Error::Io { path: spec.output.clone(), error: e })?;
-    let ann = read_annotations(reader, spec)?;
+    let mut ann = read_annotations(reader, spec)?;
+    if let (None, Some(p)) = (&ann.profile, inputs.niche_profile) {
+        if p.nrows() != n_obs || p.iter().any(|v| !v.is_finite()) {
+            return Err(TokenizeError::invalid(
+                &src,
+                format!(
+                    "the niche profile given has {} rows for {n_obs} cells or values that are not finite",
+                    p.nrows()
+                ),
+                "compute it from this file's cells",
+            ));
+        }
+        ann.profile = Some(p.mapv(f64::from));
+    }
     let composition_columns =
         if ann.composition.is_some() { reader.uns_strings("sof_composition_columns")? } else { None };
     let hash = config_hash(spec, inputs, &src, n_obs);
@@ -332,6 +362,7 @@ pub fn build_corpus(
         unmapped_genes: inputs.unmapped_genes.clone(),
         label_columns: spec.keep_obs.clone(),
         composition_columns,
+        niche_profile_width: ann.profile.as_ref().map(ndarray::Array2::ncols),
         shards,
     };
     let path = spec.output.join("manifest.json");
@@ -549,6 +580,8 @@ fn record_batch(
     let (mut xs, mut ys) = (Float64Builder::new(), Float64Builder::new());
     let mut comp =
         ListBuilder::new(Float32Builder::new()).with_field(Field::new("item", arrow_schema::DataType::Float32, false));
+    let mut profile =
+        ListBuilder::new(Float32Builder::new()).with_field(Field::new("item", arrow_schema::DataType::Float32, false));
     let mut density = Float32Builder::new();
     let mut niche = StringBuilder::new();
     let mut labels: Vec<StringBuilder> = ann.labels.iter().map(|_| StringBuilder::new()).collect();
@@ -580,6 +613,13 @@ fn record_batch(
             }
             None => comp.append(false),
         }
+        match &ann.profile {
+            Some(p) => {
+                profile.values().append_slice(&p.row(g).iter().map(|&v| v as f32).collect::<Vec<_>>());
+                profile.append(true);
+            }
+            None => profile.append(false),
+        }
         density.append_option(ann.density.as_ref().map(|d| d[g] as f32));
         niche.append_option(ann.niche.as_ref().and_then(|v| v[g].as_deref()));
         for (b, (_, vals)) in labels.iter_mut().zip(&ann.labels) {
@@ -601,6 +641,7 @@ fn record_batch(
         ("sof_composition", Arc::new(comp.finish())),
         ("sof_density", Arc::new(density.finish())),
         ("sof_niche", Arc::new(niche.finish())),
+        ("sof_niche_profile", Arc::new(profile.finish())),
     ];
     for (b, (name, _)) in labels.iter_mut().zip(&ann.labels) {
         columns.push((name.as_str(), Arc::new(b.finish())));
@@ -633,6 +674,8 @@ pub struct ShardRow {
     pub composition: Option<Vec<f32>>,
     /// Local density, when the corpus carries spatial targets.
     pub density: Option<f32>,
+    /// The label-free niche profile, when the corpus carries it.
+    pub profile: Option<Vec<f32>>,
 }
 
 /// Reads a shard's rows back: `(cell_index, tokens)` pairs, for tests and tools.
@@ -679,6 +722,10 @@ pub fn read_shard_rows(path: &Path) -> Result<Vec<ShardRow>> {
             Some(c) => Some(c.as_list_opt::<i32>().ok_or_else(|| bad("sof_composition"))?.clone()),
             None => None,
         };
+        let prof = match batch.column_by_name("sof_niche_profile") {
+            Some(c) => Some(c.as_list_opt::<i32>().ok_or_else(|| bad("sof_niche_profile"))?.clone()),
+            None => None,
+        };
         let density = match batch.column_by_name("sof_density") {
             Some(c) => Some(c.as_primitive_opt::<Float32Type>().ok_or_else(|| bad("sof_density"))?.clone()),
             None => None,
@@ -692,8 +739,16 @@ pub fn read_shard_rows(path: &Path) -> Result<Vec<ShardRow>> {
                 }
                 _ => None,
             };
+            let profile = match &prof {
+                Some(c) if c.is_valid(r) => {
+                    let v = c.value(r);
+                    Some(v.as_primitive_opt::<Float32Type>().ok_or_else(|| bad("sof_niche_profile"))?.values().to_vec())
+                }
+                _ => None,
+            };
             out.push(ShardRow {
                 cell_index: idx.value(r),
+                profile,
                 tokens: t.as_primitive::<Int32Type>().values().iter().map(|&v| v as u32).collect(),
                 composition,
                 density: density.as_ref().filter(|d| d.is_valid(r)).map(|d| d.value(r)),

@@ -48,9 +48,14 @@ pub struct Args {
     /// Positions per cell for the model (the synthetic cells are short).
     #[arg(long, default_value_t = 128)]
     pub context_length: usize,
-    /// Leave out the niche-aware objective (plain masked-token pretraining).
+    /// Leave out the niche-aware objectives (plain masked-token pretraining).
     #[arg(long)]
     pub no_niche: bool,
+    /// Also pretrain on the annotation-based composition and density targets (transductive:
+    /// they read the cell types of every cell, held-out sections included). Off by default: the
+    /// default niche objective is the label-free niche profile.
+    #[arg(long, conflicts_with = "no_niche")]
+    pub composition_objective: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// Stop after the data stages (tissue, spatial targets, corpora).
@@ -166,7 +171,8 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 norm_first: false,
                 warmup_steps: None,
                 vocab: Some(vocab_path.clone()),
-                niche: !args.no_niche,
+                niche: args.composition_objective,
+                no_profile: args.no_niche,
                 device: args.device,
                 replicas: None,
                 resume: false,
@@ -446,11 +452,13 @@ fn prepare_synthetic(args: &Args, data_dir: &std::path::Path, quiet: bool) -> an
         let n_true = sof_io::h5ad::H5adReader::open(&f.path)?.obs()?.get("niche").map_or(6, |c| c.value_counts().len());
         spatial::run(spatial::Args {
             input: f.path.clone(),
-            cell_type_key: "cell_type".into(),
+            cell_type_key: Some("cell_type".into()),
             section_key: Some("section".into()),
             radius: None,
             mean_neighbors: Some(20.0),
             niches: Some(n_true),
+            profile_components: sof_tasks::neighbourhood::PROFILE_COMPONENTS,
+            profile_scales: sof_tasks::neighbourhood::PROFILE_SCALES.to_vec(),
             seed: args.seed,
             write_graph: false,
             depth_from: None,
@@ -496,6 +504,7 @@ fn prepare_synthetic(args: &Args, data_dir: &std::path::Path, quiet: bool) -> an
                 mode: tokenize::ModeArg::Fixed,
                 keep_obs: vec!["cell_type".into(), "layer".into(), "niche".into()],
                 section_key: Some("section".into()),
+                no_niche_profile: false,
                 dataset: Some(format!("synthetic_{tech}")),
                 context_config: None,
                 context_length: 1500,
@@ -560,11 +569,13 @@ fn prepare_data(args: &Args, data: &std::path::Path, quiet: bool) -> anyhow::Res
     let targets = args.output.join(format!("{stem}_targets.h5ad"));
     spatial::run(spatial::Args {
         input: data.to_path_buf(),
-        cell_type_key: args.cell_type_key.clone(),
+        cell_type_key: Some(args.cell_type_key.clone()),
         section_key: Some(args.section_key.clone()),
         radius: None,
         mean_neighbors: Some(20.0),
         niches: Some(6),
+        profile_components: sof_tasks::neighbourhood::PROFILE_COMPONENTS,
+        profile_scales: sof_tasks::neighbourhood::PROFILE_SCALES.to_vec(),
         seed: args.seed,
         write_graph: false,
         depth_from: None,
@@ -613,6 +624,7 @@ fn prepare_data(args: &Args, data: &std::path::Path, quiet: bool) -> anyhow::Res
             mode: tokenize::ModeArg::Fixed,
             keep_obs: vec![args.cell_type_key.clone(), args.layer_key.clone()],
             section_key: Some(args.section_key.clone()),
+            no_niche_profile: false,
             dataset: Some(stem.clone()),
             context_config: context_config.clone(),
             context_length: 1500,

@@ -65,9 +65,16 @@ pub struct Args {
     /// The vocabulary TSV the corpora were tokenized with (default: the first corpus's vocab.tsv).
     #[arg(long)]
     pub vocab: Option<PathBuf>,
-    /// Add the niche-aware objective (neighbourhood composition and density heads, weight 1 each).
+    /// Add the annotation-based niche objective (neighbourhood cell-type composition and density
+    /// heads, weight 1 each). It learns from the cell-type labels of every cell, test sections
+    /// included, so probes scored after it are transductive. The label-free niche-profile
+    /// objective needs no flag: it is on wherever a corpus carries the profile (`sof spatial`).
     #[arg(long)]
     pub niche: bool,
+    /// Leave out the label-free niche-profile objective (plain masked-token pretraining on
+    /// corpora that carry a profile).
+    #[arg(long)]
+    pub no_profile: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// Data-parallel replicas on the device (several GPUs: one replica each, see docs).
@@ -139,6 +146,9 @@ fn settings(args: &Args) -> anyhow::Result<PretrainConfig> {
         if args.niche {
             cfg.niche.composition_weight = 1.0;
             cfg.niche.density_weight = 1.0;
+        }
+        if args.no_profile {
+            cfg.niche.profile_weight = 0.0;
         }
     }
     if let Some(v) = args.steps {

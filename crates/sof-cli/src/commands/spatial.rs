@@ -5,29 +5,35 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use ndarray::Array2;
 use sof_io::h5ad::{H5adEditor, H5adReader, UnsValue};
-use sof_io::{Column, Frame};
+use sof_io::{CellSource, Column, Frame};
 use sof_spatial::{Composition, RadiusGraph, SectionedPoints, niches, radius_for_mean_neighbors};
 
 use crate::util;
 
-/// Compute spatial targets per cell from obsm['spatial']: the cell-type composition of its
-/// neighbourhood within a radius, its local density (neighbour count) and, optionally, niche
-/// labels (k-means on composition). Cells of different sections are never neighbours.
+/// Compute spatial targets per cell from obsm['spatial']: its local density (neighbour count
+/// within a radius), the label-free niche profile (what its neighbourhood expresses, at several
+/// scales: the default pretraining target), and, with --cell-type-key, the cell-type composition
+/// of its neighbourhood and optionally niche labels (k-means on composition). Cells of different
+/// sections are never neighbours.
 ///
-/// Writes a copy of the input with obsm['sof_composition'] (proportions, cells x types; all zeros
-/// for a cell without neighbours), uns['sof_composition_columns'], obs['sof_density'],
-/// obs['sof_niche'] (with --niches), uns['sof_radius'] and uns['sof_mean_neighbors'].
+/// Writes a copy of the input with obs['sof_density'], obsm['sof_niche_profile'] (cells x
+/// components * scales, standardized) and uns['sof_niche_profile_scales'], uns['sof_radius'],
+/// uns['sof_mean_neighbors']; with --cell-type-key also obsm['sof_composition'] (proportions,
+/// cells x types; all zeros for a cell without neighbours), uns['sof_composition_columns'] and
+/// obs['sof_niche'] (with --niches).
 ///
-/// Example: sof spatial --input starmap_mpfc.h5ad --cell-type-key cell_type --section-key section
-///          --mean-neighbors 20 --niches 6 --output starmap_spatial.h5ad
+/// Example: sof spatial --input starmap_mpfc.h5ad --section-key section --mean-neighbors 20
+///          --output starmap_spatial.h5ad
+///          (add --cell-type-key cell_type --niches 6 for composition and niches)
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Spatial .h5ad with obsm['spatial'].
     #[arg(short, long)]
     pub input: PathBuf,
-    /// obs column with cell types (composition columns follow its categories).
+    /// obs column with cell types: adds the neighbourhood composition (its columns follow the
+    /// categories). Labels are not needed for density and the niche profile.
     #[arg(long)]
-    pub cell_type_key: String,
+    pub cell_type_key: Option<String>,
     /// obs column naming the section / slice / field of view (default: one section).
     #[arg(long)]
     pub section_key: Option<String>,
@@ -42,9 +48,16 @@ pub struct Args {
     /// Choose the radius giving this mean neighbour count (the reference uses 5/10/20/50/100).
     #[arg(long)]
     pub mean_neighbors: Option<f64>,
-    /// Also cluster composition vectors into this many niches (k-means, fixed seed).
-    #[arg(long)]
+    /// Also cluster composition vectors into this many niches (k-means, fixed seed). Needs
+    /// --cell-type-key.
+    #[arg(long, requires = "cell_type_key")]
     pub niches: Option<usize>,
+    /// Expression components per scale of the niche profile (0 = no profile).
+    #[arg(long, default_value_t = sof_tasks::neighbourhood::PROFILE_COMPONENTS)]
+    pub profile_components: usize,
+    /// Neighbour counts of the niche profile's scales, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = sof_tasks::neighbourhood::PROFILE_SCALES)]
+    pub profile_scales: Vec<usize>,
     /// Seed for the niche clustering.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -102,9 +115,10 @@ pub fn label_codes(obs: &Frame, path: &Path, key: &str) -> anyhow::Result<(Vec<u
 }
 
 /// Coordinates and sections of a spatial file, with errors that name the file and the fix.
-/// Reads only obs and obsm['spatial'] (not X), so memory does not grow with the gene count.
-pub fn points(reader: &H5adReader, obs: &Frame, section_key: Option<&str>) -> anyhow::Result<SectionedPoints> {
-    let path = reader.path();
+/// Reads only obs and obsm['spatial'] (not X).
+pub fn points(reader: &dyn CellSource, obs: &Frame, section_key: Option<&str>) -> anyhow::Result<SectionedPoints> {
+    let name = reader.name();
+    let path = Path::new(&name);
     if !reader.obsm_keys().iter().any(|k| k == "spatial") {
         bail!(
             "{}: obsm['spatial'] is missing: these cells have no coordinates (dissociated data?), so they have no spatial neighbourhood; spatial targets need a spatial dataset",
@@ -136,7 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let reader = H5adReader::open(&args.input)?;
     let obs = reader.obs()?;
     let p = points(&reader, &obs, args.section_key.as_deref())?;
-    let (labels, names) = label_codes(&obs, &args.input, &args.cell_type_key)?;
+    let types = args.cell_type_key.as_deref().map(|k| label_codes(&obs, &args.input, k)).transpose()?;
     let n_obs = obs.len();
     let radius = match (args.radius, args.mean_neighbors) {
         (Some(r), _) => {
@@ -158,22 +172,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let t0 = std::time::Instant::now();
     let graph = RadiusGraph::build(&p, radius)?;
-    let comp = Composition::from_graph(&graph, &labels, names.len())?;
-    let props = comp.proportions();
+    let composition = match &types {
+        Some((labels, names)) => Some((Composition::from_graph(&graph, labels, names.len())?.proportions(), names)),
+        None => None,
+    };
     tracing::info!(
         seconds = t0.elapsed().as_secs_f64(),
         edges = graph.n_edges(),
         "radius graph and composition computed"
     );
+    // The label-free niche profile reads the expression (X), the rest only coordinates.
+    let profile = if args.profile_components > 0 {
+        let x = reader.read_rows(0..n_obs)?;
+        Some(
+            sof_tasks::neighbourhood::niche_profile(&x, &p, &args.profile_scales, args.profile_components, args.seed)
+                .with_context(|| format!("{}: the niche profile (--profile-*)", args.input.display()))?,
+        )
+    } else {
+        None
+    };
     let compute_s = t0.elapsed().as_secs_f64();
     let mut e = H5adEditor::copy_of(&args.input, &args.output)?;
-    e.put_obsm("sof_composition", &Array2::from_shape_vec((n_obs, names.len()), props.clone())?)?;
-    e.put_uns("sof_composition_columns", &UnsValue::Strings(names.clone()))?;
+    if let Some((props, names)) = &composition {
+        e.put_obsm("sof_composition", &Array2::from_shape_vec((n_obs, names.len()), props.clone())?)?;
+        e.put_uns("sof_composition_columns", &UnsValue::Strings(names.to_vec()))?;
+    }
+    if let Some(prof) = &profile {
+        e.put_obsm("sof_niche_profile", prof)?;
+        e.put_uns(
+            "sof_niche_profile_scales",
+            &UnsValue::Floats(args.profile_scales.iter().map(|&k| k as f64).collect()),
+        )?;
+    }
     e.put_obs("sof_density", &Column::Int(graph.degrees().into_iter().map(i64::from).collect()))?;
     e.put_uns("sof_radius", &UnsValue::Float(radius))?;
     e.put_uns("sof_mean_neighbors", &UnsValue::Float(graph.mean_degree()))?;
-    if let Some(k) = args.niches {
-        let km = niches(&props, names.len(), k, args.seed)?;
+    if let (Some(k), Some((props, names))) = (args.niches, &composition) {
+        let km = niches(props, names.len(), k, args.seed)?;
         let labels: Vec<String> = km.labels.iter().map(|l| format!("niche_{l}")).collect();
         e.put_obs("sof_niche", &Column::categorical_from_labels(&labels))?;
     }
@@ -202,7 +237,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     e.commit()?;
     util::say(format!(
-        "{} cells in {} section(s): radius {radius}, mean {:.2} neighbours, {} isolated, graph + composition in {compute_s:.3} s, peak memory {:.0} MiB; wrote {}",
+        "{} cells in {} section(s): radius {radius}, mean {:.2} neighbours, {} isolated, targets in {compute_s:.3} s, peak memory {:.0} MiB; wrote {}",
         n_obs,
         p.n_sections(),
         graph.mean_degree(),

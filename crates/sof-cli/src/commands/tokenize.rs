@@ -27,6 +27,12 @@ use crate::util;
 /// Without --vocab, the vocabulary is the file's own genes (written to <output>/vocab.tsv);
 /// without --tech-means, the technology's means are computed from the input itself.
 ///
+/// A spatial input (--modality spatial, obsm['spatial']) also gets the label-free niche profile,
+/// the default pretraining target (what each cell's neighbourhood expresses; see `sof spatial`),
+/// from its coordinates and counts, unless the file carries obsm['sof_niche_profile'] already or
+/// --no-niche-profile is given. Pass --section-key where the file holds several sections: cells
+/// of different sections are never neighbours.
+///
 /// Example: sof tokenize --input starmap_mpfc.h5ad --technology merfish --species mouse
 ///          --modality spatial --vocab nicheformer/vocab.tsv --genes-dir genes/
 ///          --tech-means nicheformer/tech_means --keep-obs cell_type,layer --output corpus/starmap
@@ -62,9 +68,12 @@ pub struct Args {
     /// obs columns to keep as label columns.
     #[arg(long, value_delimiter = ',')]
     pub keep_obs: Vec<String>,
-    /// obs column naming sections.
+    /// obs column naming sections (stored per row; the niche profile keeps sections apart).
     #[arg(long)]
     pub section_key: Option<String>,
+    /// Do not compute the label-free niche profile for a spatial input.
+    #[arg(long)]
+    pub no_niche_profile: bool,
     /// Dataset name stored in every row (default: the input's file name).
     #[arg(long)]
     pub dataset: Option<String>,
@@ -245,12 +254,14 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         row_group_cells: 8_192.min(args.shard_cells),
     };
     let unmapped: Vec<String> = report.unmapped().iter().map(|s| s.to_string()).collect();
+    let profile = niche_profile(&args, reader, modality)?;
     let inputs = CorpusInputs {
         tokenizer: &tokenizer,
         map: &map,
         vocabulary_hash: &vocabulary_hash(&vocab),
         vocabulary_size: vocab.len(),
         unmapped_genes: unmapped.clone(),
+        niche_profile: profile.as_ref(),
     };
     let pb = util::progress(reader.n_obs() as u64, "tokenize", quiet);
     let m = build_corpus(reader, &spec, &inputs, |n| pb.inc(n as u64))?;
@@ -276,6 +287,34 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0
     ));
     Ok(())
+}
+
+/// The label-free niche profile of a spatial input that does not carry one (None otherwise).
+fn niche_profile(
+    args: &Args,
+    reader: &dyn CellSource,
+    modality: Modality,
+) -> anyhow::Result<Option<ndarray::Array2<f32>>> {
+    let keys = reader.obsm_keys();
+    let has = |k: &str| keys.iter().any(|x| x == k);
+    if args.no_niche_profile || modality != Modality::Spatial || !has("spatial") || has("sof_niche_profile") {
+        return Ok(None);
+    }
+    let t = Instant::now();
+    let obs = reader.obs()?;
+    let points = super::spatial::points(reader, &obs, args.section_key.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e:#} (the niche profile needs positions; or pass --no-niche-profile)"))?;
+    // Every cell at once: a neighbourhood can span the whole file.
+    let x = reader.read_rows(0..reader.n_obs())?;
+    let (scales, components) = (sof_tasks::neighbourhood::PROFILE_SCALES, sof_tasks::neighbourhood::PROFILE_COMPONENTS);
+    let profile = sof_tasks::neighbourhood::niche_profile(&x, &points, &scales, components, 0)
+        .with_context(|| format!("{}: the niche profile", reader.name()))?;
+    util::say(format!(
+        "niche profile: {components} expression components averaged over the {scales:?} nearest neighbours in each of {} section(s), {:.2} s",
+        points.n_sections(),
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(Some(profile))
 }
 
 fn abbreviate(names: &[String], k: usize) -> String {

@@ -50,6 +50,7 @@ pub(crate) fn corpora(dir: &std::path::Path) -> (Vec<PathBuf>, String) {
             vocabulary_hash: &hash,
             vocabulary_size: vocab.len(),
             unmapped_genes: vec![],
+            niche_profile: None,
         };
         build_corpus(&a, &spec, &inputs, |_| {}).unwrap();
         out.push(corpus);

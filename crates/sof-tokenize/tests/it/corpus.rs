@@ -63,6 +63,7 @@ fn corpus_rows_match_direct_tokenization() {
         vocabulary_hash: &vocabulary_hash(&s.vocab),
         vocabulary_size: s.vocab.len(),
         unmapped_genes: s.unmapped.clone(),
+        niche_profile: None,
     };
     let input = shared().unwrap().join("data/cosmx_human_lung.h5ad");
     let reader = sof_io::h5ad::H5adReader::open(&input).unwrap();
@@ -128,6 +129,7 @@ fn corpus_resumes_and_refuses_bad_shards() {
         vocabulary_hash: &vocabulary_hash(&s.vocab),
         vocabulary_size: s.vocab.len(),
         unmapped_genes: s.unmapped.clone(),
+        niche_profile: None,
     };
     let reader = sof_io::h5ad::H5adReader::open(shared().unwrap().join("data/starmap_mpfc.h5ad")).unwrap();
     let first = build_corpus(&reader, &sp, &inputs, |_| {}).unwrap();
