@@ -264,8 +264,9 @@ fn spatial_targets_and_their_errors() {
 }
 
 /// Pretraining with default settings reads no annotation: `sof spatial` without a cell-type
-/// column writes the label-free niche profile, `sof tokenize` carries it, `sof pretrain` learns
-/// it by default, and the same tissue with every label column dropped gives bit-identical weights.
+/// column writes the label-free niche profile and density, `sof tokenize` carries them, `sof
+/// pretrain` learns them by default, and the same tissue with every label column dropped gives
+/// bit-identical weights.
 #[test]
 fn default_pretraining_reads_no_label() {
     let d = tempfile::tempdir().unwrap();
@@ -294,7 +295,7 @@ fn default_pretraining_reads_no_label() {
             "--section-key",
             "section",
             "--mean-neighbors",
-            "10",
+            "20",
             "--output",
             &f("targets.h5ad"),
         ])
@@ -342,13 +343,17 @@ fn default_pretraining_reads_no_label() {
         ])
         .unwrap();
         let rows = sof_pretrain::trainer::read_metrics(Path::new(&f("run"))).unwrap();
-        assert!(rows.iter().all(|r| r.profile_loss.is_some_and(f64::is_finite)), "the profile loss is logged");
+        assert!(
+            rows.iter().all(|r| r.profile_loss.is_some_and(f64::is_finite) && r.density_loss.is_some()),
+            "the label-free losses (profile, density) are logged"
+        );
         assert!(rows.iter().all(|r| r.composition_loss.is_none()), "no label-based objective by default");
         weights.push(std::fs::read(f("run/model/model.safetensors")).unwrap());
     }
     assert!(weights[0] == weights[1], "dropping every label column changes no weight");
 
-    // No `sof spatial` step: tokenizing the spatial file itself computes the same profile.
+    // No `sof spatial` step: tokenizing the spatial file itself computes the same profile and
+    // density.
     let tok = |input: &str, modality: &str, out: &str| {
         sof(&[
             "-q",
@@ -374,10 +379,11 @@ fn default_pretraining_reads_no_label() {
     for (a, b) in direct.iter().zip(&via_targets) {
         let (pa, pb) = (a.profile.as_ref().unwrap(), b.profile.as_ref().unwrap());
         assert!(pa.iter().zip(pb).all(|(x, y)| (x - y).abs() < 1e-5), "cell {}", a.cell_index);
+        assert!(a.density.is_some() && a.density == b.density, "cell {}", a.cell_index);
     }
     // A dissociated corpus has no neighbourhood, hence no profile.
     tok(&p("unlabelled/tissue.h5ad"), "dissociated", &p("dissociated")).unwrap();
-    assert!(shard("dissociated").iter().all(|r| r.profile.is_none()));
+    assert!(shard("dissociated").iter().all(|r| r.profile.is_none() && r.density.is_none()));
 
     // The profile objective moves the weights: without it the same run ends elsewhere.
     sof(&[

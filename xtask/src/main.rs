@@ -167,6 +167,14 @@ enum Bench {
         #[arg(long, default_value_t = 1024)]
         short_cells: usize,
     },
+    /// The niche embedding's cost: `sof embed` of a spatial file with obsm['X_sof_niche'] (the
+    /// default) against the cell embedding alone (`--no-niche`), same model (small preset), same
+    /// cells, best of two runs each.
+    Niche {
+        /// Cells of the synthetic tissue (its MERFISH-like file, ~55%, is embedded).
+        #[arg(long, default_value_t = 20_000)]
+        cells: usize,
+    },
     /// Radius graph + neighbourhood composition: `sof spatial` against squidpy
     /// (`spatial_neighbors(coord_type='generic', radius=r)` then adjacency x one-hot) on the same
     /// synthetic cells, with an identical-edges check.
@@ -330,6 +338,7 @@ fn main() -> Result<()> {
             bench_model(&preset, threads, long_cells, short_cells)
         }
         Job::Bench { what: Bench::Spatial { cells, radius, sections } } => bench_spatial(cells, radius, sections),
+        Job::Bench { what: Bench::Niche { cells } } => bench_niche(cells),
         Job::Bench { what: Bench::Tokenize { cells, peer_cells, dissociated_cells } } => {
             bench_tokenize(cells, peer_cells, dissociated_cells)
         }
@@ -877,7 +886,7 @@ fn bench_pretrain(preset: &str, steps: u64, batch_size: usize, cells: usize, thr
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split(',').collect();
-            (f.len() == 10 && f[8].is_empty()).then(|| f[6].parse().ok()).flatten()
+            (f.len() >= 10 && f[8].is_empty()).then(|| f[6].parse().ok()).flatten()
         })
         .collect();
     let skip = (ours.len() / 10).max(1).min(ours.len().saturating_sub(1));
@@ -915,12 +924,65 @@ fn bench_pretrain(preset: &str, steps: u64, batch_size: usize, cells: usize, thr
     Ok(())
 }
 
-/// `cargo xtask ablation`: the demo with and without the niche-aware objective.
+/// `cargo xtask bench niche`.
+fn bench_niche(cells: usize) -> Result<()> {
+    setup()?;
+    let sof = sof_release()?;
+    let dir = tempfile_dir("niche-bench")?;
+    run(Command::new(&sof)
+        .args(["-q", "demo", "--only-data", "--cells", &cells.to_string(), "--output"])
+        .arg(dir.join("demo")))?;
+    // A model to embed with: one step of the small preset (the weights do not change the cost).
+    run(Command::new(&sof)
+        .args(["-q", "pretrain", "--preset", "small", "--steps", "1", "--batch-size", "8", "--context-length", "128"])
+        .arg("--corpus")
+        .arg(dir.join("demo/corpus/merfish"))
+        .arg("--vocab")
+        .arg(dir.join("demo/vocab.tsv"))
+        .arg("--output")
+        .arg(dir.join("run")))?;
+    let input = dir.join("demo/spatial_merfish_targets.h5ad");
+    let n = {
+        let text = std::fs::read_to_string(dir.join("demo/corpus/merfish/manifest.json"))?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        v["cells_in"].as_u64().unwrap_or(0)
+    };
+    let time = |extra: Option<&str>| -> Result<f64> {
+        let mut best = f64::INFINITY;
+        for _ in 0..2 {
+            let mut c = Command::new(&sof);
+            c.args(["-q", "embed", "--checkpoint"]).arg(dir.join("run/model")).arg("--input").arg(&input);
+            c.args(["--technology", "merfish", "--modality", "spatial", "--section-key", "section", "--output"]);
+            c.arg(dir.join("embedded.h5ad"));
+            if let Some(flag) = extra {
+                c.arg(flag);
+            }
+            let t = Instant::now();
+            run(&mut c)?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    };
+    let cell_only = time(Some("--no-niche"))?;
+    let with_niche = time(None)?;
+    println!(
+        "bench niche: sof embed of {n} spatial cells (small preset, CPU, {} threads, end to end incl. reading and writing .h5ad): cell embedding only {cell_only:.2} s, with X_sof_niche (20 nearest neighbours per section) {with_niche:.2} s -> {:.3}x",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        with_niche / cell_only
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `cargo xtask ablation`: the demo with the label-free niche objective (its default), with the
+/// annotation-based one instead, and with neither.
 fn ablation(steps: u64, seed: u64, out: &Path) -> Result<()> {
     setup()?;
     let sof = sof_release()?;
     let mut rows: Vec<(String, String)> = Vec::new();
-    for (name, extra) in [("niche-aware", None), ("plain MLM", Some("--no-niche"))] {
+    for (name, extra) in
+        [("label-free", None), ("label-based", Some("--composition-objective")), ("plain MLM", Some("--no-niche"))]
+    {
         let dir = out.join(name.replace(' ', "_"));
         let mut c = Command::new(&sof);
         c.args(["-q", "demo", "--steps", &steps.to_string(), "--seed", &seed.to_string(), "--output"]).arg(&dir);
@@ -930,7 +992,9 @@ fn ablation(steps: u64, seed: u64, out: &Path) -> Result<()> {
         run(&mut c)?;
         rows.push((name.to_owned(), std::fs::read_to_string(dir.join("summary.json"))?));
     }
-    println!("ablation ({steps} steps, seed {seed}; embedding probes on held-out sections, PCA-50 alike for both):");
+    println!(
+        "ablation ({steps} steps, seed {seed}; embedding / niche-embedding probes on held-out sections, PCA-50 alike for all):"
+    );
     for (name, summary) in &rows {
         let v: serde_json::Value = serde_json::from_str(summary)?;
         let mut line = format!("  {name:<12}");
@@ -941,8 +1005,13 @@ fn ablation(steps: u64, seed: u64, out: &Path) -> Result<()> {
                 .and_then(|o| o.iter().find(|(k, _)| k.starts_with("embedding")))
                 .and_then(|(_, m)| m[metric].as_f64())
                 .unwrap_or(f64::NAN);
+            let niche = per
+                .as_object()
+                .and_then(|o| o.iter().find(|(k, _)| k.starts_with("niche embedding")))
+                .and_then(|(_, m)| m[metric].as_f64())
+                .unwrap_or(f64::NAN);
             let pca = per["PCA-50"][metric].as_f64().unwrap_or(f64::NAN);
-            line.push_str(&format!("  {task} {metric} {emb:.3} (PCA-50 {pca:.3})"));
+            line.push_str(&format!("  {task} {metric} {emb:.3} / niche {niche:.3} (PCA-50 {pca:.3})"));
         }
         let map = v["mapping"]["layer_accuracy"].as_f64().unwrap_or(f64::NAN);
         let val = v["pretrain"]["final_validation_loss"].as_f64().unwrap_or(f64::NAN);

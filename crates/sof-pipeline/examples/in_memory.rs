@@ -142,6 +142,7 @@ pub fn run(settings: &Settings, work: &Path) -> Result<Reports> {
             vocabulary_size: vocab.len(),
             unmapped_genes: Vec::new(),
             niche_profile: None,
+            density: None,
         };
         build_corpus(data as &dyn CellSource, &spec, &inputs, |_| {})?;
         corpora.push(CorpusEntry { path: spec.output.clone(), weight: 1.0 });

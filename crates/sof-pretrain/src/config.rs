@@ -83,12 +83,14 @@ impl OptimizerConfig {
 
 /// The niche-aware auxiliary objectives (ours), from the pooled cell embedding, for rows whose
 /// corpus carries the targets:
-/// - the label-free niche profile (on by default; `sof spatial` writes it from coordinates and
-///   counts only): MSE against the standardized neighbour-mean expression components;
+/// - the label-free niche profile (on by default; `sof spatial` and `sof tokenize` compute it
+///   from coordinates and counts only): MSE against the standardized neighbour-mean expression
+///   components;
+/// - the local density (on by default; label-free, from `sof spatial`): MSE on the standardized
+///   log neighbour count;
 /// - the neighbourhood composition (off by default): cross-entropy against the cell-type
 ///   proportions. It reads the annotations of every cell, test sections included, so a probe
-///   scored after it is transductive;
-/// - the local density (off by default): MSE on the standardized log neighbour count.
+///   scored after it is transductive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NicheConfig {
@@ -102,7 +104,7 @@ pub struct NicheConfig {
 
 impl Default for NicheConfig {
     fn default() -> Self {
-        Self { composition_weight: 0.0, density_weight: 0.0, profile_weight: 1.0 }
+        Self { composition_weight: 0.0, density_weight: 1.0, profile_weight: 1.0 }
     }
 }
 

@@ -323,7 +323,12 @@ impl Trainer {
         let d = self.model_cfg.d_model;
         let (mut composition, mut density, mut profile) = (Vec::new(), Vec::new(), Vec::new());
         let n = &self.cfg.niche;
-        if n.composition_weight > 0.0 || n.density_weight > 0.0 {
+        // Composition and density heads side by side (one seeded sequence), where a corpus
+        // carries either target.
+        let composition_carried =
+            n.composition_weight > 0.0 && self.facts.iter().any(|f| f.composition_width.is_some());
+        let density_carried = n.density_weight > 0.0 && self.facts.iter().any(|f| f.density_stats.is_some());
+        if composition_carried || density_carried {
             let mut reinit = SeededInit::new(self.cfg.seed ^ 0x41C4E);
             for f in &self.facts {
                 composition.push(LinearConfig::new(d, f.composition_width.unwrap_or(1)).init(device).map(&mut reinit));

@@ -140,6 +140,8 @@ pub struct CorpusInputs<'a> {
     /// The label-free niche profile (cells x width) when the source does not carry one in
     /// obsm['sof_niche_profile'] (`sof tokenize` computes it for spatial files).
     pub niche_profile: Option<&'a ndarray::Array2<f32>>,
+    /// The local density (neighbours per cell) when the source has no obs['sof_density'].
+    pub density: Option<&'a [f64]>,
 }
 
 struct Annotations {
@@ -255,6 +257,16 @@ pub fn build_corpus(
             ));
         }
         ann.profile = Some(p.mapv(f64::from));
+    }
+    if let (None, Some(d)) = (&ann.density, inputs.density) {
+        if d.len() != n_obs {
+            return Err(TokenizeError::invalid(
+                &src,
+                format!("the density given has {} values for {n_obs} cells", d.len()),
+                "compute it from this file's cells",
+            ));
+        }
+        ann.density = Some(d.to_vec());
     }
     let composition_columns =
         if ann.composition.is_some() { reader.uns_strings("sof_composition_columns")? } else { None };

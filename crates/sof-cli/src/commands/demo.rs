@@ -51,9 +51,9 @@ pub struct Args {
     /// Leave out the niche-aware objectives (plain masked-token pretraining).
     #[arg(long)]
     pub no_niche: bool,
-    /// Also pretrain on the annotation-based composition and density targets (transductive:
-    /// they read the cell types of every cell, held-out sections included). Off by default: the
-    /// default niche objective is the label-free niche profile.
+    /// Pretrain on the annotation-based composition target (with density) instead of the
+    /// label-free niche profile (transductive: composition reads the cell types of every cell,
+    /// held-out sections included; the demo's default before the profile existed).
     #[arg(long, conflicts_with = "no_niche")]
     pub composition_objective: bool,
     #[arg(long, value_enum, default_value = "cpu")]
@@ -172,7 +172,8 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 warmup_steps: None,
                 vocab: Some(vocab_path.clone()),
                 niche: args.composition_objective,
-                no_profile: args.no_niche,
+                no_profile: args.no_niche || args.composition_objective,
+                no_density: args.no_niche,
                 device: args.device,
                 replicas: None,
                 resume: false,

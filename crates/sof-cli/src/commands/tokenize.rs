@@ -27,11 +27,13 @@ use crate::util;
 /// Without --vocab, the vocabulary is the file's own genes (written to <output>/vocab.tsv);
 /// without --tech-means, the technology's means are computed from the input itself.
 ///
-/// A spatial input (--modality spatial, obsm['spatial']) also gets the label-free niche profile,
-/// the default pretraining target (what each cell's neighbourhood expresses; see `sof spatial`),
-/// from its coordinates and counts, unless the file carries obsm['sof_niche_profile'] already or
-/// --no-niche-profile is given. Pass --section-key where the file holds several sections: cells
-/// of different sections are never neighbours.
+/// A spatial input (--modality spatial, obsm['spatial']) also gets the label-free niche targets
+/// that pretraining learns by default, from its coordinates and counts alone: the niche profile
+/// (what each cell's 10 / 30 / 100 nearest neighbours express) and the local density (neighbours
+/// within the radius that gives 20 on average), each unless the file carries it already
+/// (obsm['sof_niche_profile'], obs['sof_density'] from `sof spatial`); --no-niche-profile skips
+/// both. Pass --section-key where the file holds several sections: cells of different sections
+/// are never neighbours.
 ///
 /// Example: sof tokenize --input starmap_mpfc.h5ad --technology merfish --species mouse
 ///          --modality spatial --vocab nicheformer/vocab.tsv --genes-dir genes/
@@ -71,7 +73,7 @@ pub struct Args {
     /// obs column naming sections (stored per row; the niche profile keeps sections apart).
     #[arg(long)]
     pub section_key: Option<String>,
-    /// Do not compute the label-free niche profile for a spatial input.
+    /// Do not compute the label-free niche targets (profile, density) for a spatial input.
     #[arg(long)]
     pub no_niche_profile: bool,
     /// Dataset name stored in every row (default: the input's file name).
@@ -254,14 +256,15 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         row_group_cells: 8_192.min(args.shard_cells),
     };
     let unmapped: Vec<String> = report.unmapped().iter().map(|s| s.to_string()).collect();
-    let profile = niche_profile(&args, reader, modality)?;
+    let targets = label_free_targets(&args, reader, modality)?;
     let inputs = CorpusInputs {
         tokenizer: &tokenizer,
         map: &map,
         vocabulary_hash: &vocabulary_hash(&vocab),
         vocabulary_size: vocab.len(),
         unmapped_genes: unmapped.clone(),
-        niche_profile: profile.as_ref(),
+        niche_profile: targets.profile.as_ref(),
+        density: targets.density.as_deref(),
     };
     let pb = util::progress(reader.n_obs() as u64, "tokenize", quiet);
     let m = build_corpus(reader, &spec, &inputs, |n| pb.inc(n as u64))?;
@@ -289,32 +292,67 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The label-free niche profile of a spatial input that does not carry one (None otherwise).
-fn niche_profile(
-    args: &Args,
-    reader: &dyn CellSource,
-    modality: Modality,
-) -> anyhow::Result<Option<ndarray::Array2<f32>>> {
+/// Neighbours per cell on average that the tokenizer's density radius gives (as `sof spatial
+/// --mean-neighbors 20`).
+const DENSITY_MEAN_NEIGHBOURS: f64 = 20.0;
+
+/// The label-free targets computed for a spatial input, where it lacks them.
+struct LabelFree {
+    /// When obsm['sof_niche_profile'] is absent.
+    profile: Option<ndarray::Array2<f32>>,
+    /// When obs['sof_density'] is absent.
+    density: Option<Vec<f64>>,
+}
+
+/// The label-free targets of a spatial input that does not carry them: its niche profile and
+/// local density. Nothing for dissociated input, input without coordinates, or
+/// --no-niche-profile.
+fn label_free_targets(args: &Args, reader: &dyn CellSource, modality: Modality) -> anyhow::Result<LabelFree> {
     let keys = reader.obsm_keys();
     let has = |k: &str| keys.iter().any(|x| x == k);
-    if args.no_niche_profile || modality != Modality::Spatial || !has("spatial") || has("sof_niche_profile") {
-        return Ok(None);
+    let none = LabelFree { profile: None, density: None };
+    if args.no_niche_profile || modality != Modality::Spatial || !has("spatial") {
+        return Ok(none);
+    }
+    let obs = reader.obs()?;
+    let (want_profile, want_density) = (!has("sof_niche_profile"), obs.get("sof_density").is_none());
+    if !(want_profile || want_density) {
+        return Ok(none);
     }
     let t = Instant::now();
-    let obs = reader.obs()?;
     let points = super::spatial::points(reader, &obs, args.section_key.as_deref())
-        .map_err(|e| anyhow::anyhow!("{e:#} (the niche profile needs positions; or pass --no-niche-profile)"))?;
-    // Every cell at once: a neighbourhood can span the whole file.
-    let x = reader.read_rows(0..reader.n_obs())?;
-    let (scales, components) = (sof_tasks::neighbourhood::PROFILE_SCALES, sof_tasks::neighbourhood::PROFILE_COMPONENTS);
-    let profile = sof_tasks::neighbourhood::niche_profile(&x, &points, &scales, components, 0)
-        .with_context(|| format!("{}: the niche profile", reader.name()))?;
+        .map_err(|e| anyhow::anyhow!("{e:#} (the niche targets need positions; or pass --no-niche-profile)"))?;
+    let density = if want_density {
+        let radius = sof_spatial::radius_for_mean_neighbors(&points, DENSITY_MEAN_NEIGHBOURS, 0.005)?.radius;
+        let graph = sof_spatial::RadiusGraph::build(&points, radius)?;
+        Some(graph.degrees().into_iter().map(f64::from).collect())
+    } else {
+        None
+    };
+    let profile = if want_profile {
+        // Every cell at once: a neighbourhood can span the whole file.
+        let x = reader.read_rows(0..reader.n_obs())?;
+        let (scales, components) =
+            (sof_tasks::neighbourhood::PROFILE_SCALES, sof_tasks::neighbourhood::PROFILE_COMPONENTS);
+        Some(
+            sof_tasks::neighbourhood::niche_profile(&x, &points, &scales, components, 0)
+                .with_context(|| format!("{}: the niche profile", reader.name()))?,
+        )
+    } else {
+        None
+    };
     util::say(format!(
-        "niche profile: {components} expression components averaged over the {scales:?} nearest neighbours in each of {} section(s), {:.2} s",
+        "label-free niche targets for {} section(s) in {:.2} s:{}{}",
         points.n_sections(),
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        if profile.is_some() {
+            " niche profile (16 expression components x the 10 / 30 / 100 nearest neighbours)"
+        } else {
+            ""
+        },
+        if density.is_some() { " local density (neighbours within the radius that gives 20 on average)" } else { "" },
     ));
-    Ok(Some(profile))
+    Ok(LabelFree { profile, density })
 }
 
 fn abbreviate(names: &[String], k: usize) -> String {

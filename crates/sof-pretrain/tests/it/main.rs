@@ -51,6 +51,7 @@ pub(crate) fn corpora(dir: &std::path::Path) -> (Vec<PathBuf>, String) {
             vocabulary_size: vocab.len(),
             unmapped_genes: vec![],
             niche_profile: None,
+            density: None,
         };
         build_corpus(&a, &spec, &inputs, |_| {}).unwrap();
         out.push(corpus);

@@ -64,6 +64,7 @@ fn corpus_rows_match_direct_tokenization() {
         vocabulary_size: s.vocab.len(),
         unmapped_genes: s.unmapped.clone(),
         niche_profile: None,
+        density: None,
     };
     let input = shared().unwrap().join("data/cosmx_human_lung.h5ad");
     let reader = sof_io::h5ad::H5adReader::open(&input).unwrap();
@@ -130,6 +131,7 @@ fn corpus_resumes_and_refuses_bad_shards() {
         vocabulary_size: s.vocab.len(),
         unmapped_genes: s.unmapped.clone(),
         niche_profile: None,
+        density: None,
     };
     let reader = sof_io::h5ad::H5adReader::open(shared().unwrap().join("data/starmap_mpfc.h5ad")).unwrap();
     let first = build_corpus(&reader, &sp, &inputs, |_| {}).unwrap();
