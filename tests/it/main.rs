@@ -264,9 +264,9 @@ fn spatial_targets_and_their_errors() {
 }
 
 /// Pretraining with default settings reads no annotation: `sof spatial` without a cell-type
-/// column writes the label-free niche profile and density, `sof tokenize` carries them, `sof
-/// pretrain` learns them by default, and the same tissue with every label column dropped gives
-/// bit-identical weights.
+/// column writes the label-free niche profile (and density), `sof tokenize` carries them, `sof
+/// pretrain` learns the profile by default, and the same tissue with every label column dropped
+/// gives bit-identical weights.
 #[test]
 fn default_pretraining_reads_no_label() {
     let d = tempfile::tempdir().unwrap();
@@ -343,10 +343,7 @@ fn default_pretraining_reads_no_label() {
         ])
         .unwrap();
         let rows = sof_pretrain::trainer::read_metrics(Path::new(&f("run"))).unwrap();
-        assert!(
-            rows.iter().all(|r| r.profile_loss.is_some_and(f64::is_finite) && r.density_loss.is_some()),
-            "the label-free losses (profile, density) are logged"
-        );
+        assert!(rows.iter().all(|r| r.profile_loss.is_some_and(f64::is_finite)), "the profile loss is logged");
         assert!(rows.iter().all(|r| r.composition_loss.is_none()), "no label-based objective by default");
         weights.push(std::fs::read(f("run/model/model.safetensors")).unwrap());
     }
@@ -405,6 +402,27 @@ fn default_pretraining_reads_no_label() {
     ])
     .unwrap();
     assert!(std::fs::read(p("plain/model/model.safetensors")).unwrap() != weights[0]);
+    // The label-free density objective is there to opt into.
+    sof(&[
+        "-q",
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--corpus",
+        &p("unlabelled/corpus"),
+        "--context-length",
+        "32",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--density",
+        "--output",
+        &p("density"),
+    ])
+    .unwrap();
+    let rows = sof_pretrain::trainer::read_metrics(Path::new(&p("density"))).unwrap();
+    assert!(rows.iter().all(|r| r.density_loss.is_some() && r.profile_loss.is_some() && r.composition_loss.is_none()));
 }
 
 /// `sof tokenize` on the synthetic tissue: a manifest that adds up, spatial targets carried into

@@ -86,8 +86,9 @@ impl OptimizerConfig {
 /// - the label-free niche profile (on by default; `sof spatial` and `sof tokenize` compute it
 ///   from coordinates and counts only): MSE against the standardized neighbour-mean expression
 ///   components;
-/// - the local density (on by default; label-free, from `sof spatial`): MSE on the standardized
-///   log neighbour count;
+/// - the local density (label-free too, off by default: beside the profile it helped density on
+///   STARmap but cost layer and placement on the demo, docs/PRETRAINING.md): MSE on the
+///   standardized log neighbour count;
 /// - the neighbourhood composition (off by default): cross-entropy against the cell-type
 ///   proportions. It reads the annotations of every cell, test sections included, so a probe
 ///   scored after it is transductive.
@@ -104,7 +105,7 @@ pub struct NicheConfig {
 
 impl Default for NicheConfig {
     fn default() -> Self {
-        Self { composition_weight: 0.0, density_weight: 1.0, profile_weight: 1.0 }
+        Self { composition_weight: 0.0, density_weight: 0.0, profile_weight: 1.0 }
     }
 }
 

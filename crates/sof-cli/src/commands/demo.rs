@@ -173,7 +173,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 vocab: Some(vocab_path.clone()),
                 niche: args.composition_objective,
                 no_profile: args.no_niche || args.composition_objective,
-                no_density: args.no_niche,
+                density: false,
                 device: args.device,
                 replicas: None,
                 resume: false,

@@ -65,19 +65,19 @@ pub struct Args {
     /// The vocabulary TSV the corpora were tokenized with (default: the first corpus's vocab.tsv).
     #[arg(long)]
     pub vocab: Option<PathBuf>,
-    /// Add the annotation-based niche objective: the neighbourhood's cell-type composition
-    /// (weight 1). It learns from the cell-type labels of every cell, test sections included, so
-    /// probes scored after it are transductive. The label-free objectives need no flag: the
-    /// niche profile and the local density are learned wherever a corpus carries them
+    /// Add the annotation-based niche objective: the neighbourhood's cell-type composition and
+    /// the local density (weight 1 each). Composition learns from the cell-type labels of every
+    /// cell, test sections included, so probes scored after it are transductive. The label-free
+    /// niche-profile objective needs no flag: it is learned wherever a corpus carries the profile
     /// (`sof tokenize` of a spatial file; `sof spatial`).
     #[arg(long)]
     pub niche: bool,
     /// Leave out the label-free niche-profile objective.
     #[arg(long)]
     pub no_profile: bool,
-    /// Leave out the local-density objective.
+    /// Add the local-density objective alone (label-free; `--niche` includes it).
     #[arg(long)]
-    pub no_density: bool,
+    pub density: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// Data-parallel replicas on the device (several GPUs: one replica each, see docs).
@@ -149,11 +149,11 @@ fn settings(args: &Args) -> anyhow::Result<PretrainConfig> {
         if args.niche {
             cfg.niche.composition_weight = 1.0;
         }
+        if args.niche || args.density {
+            cfg.niche.density_weight = 1.0;
+        }
         if args.no_profile {
             cfg.niche.profile_weight = 0.0;
-        }
-        if args.no_density {
-            cfg.niche.density_weight = 0.0;
         }
     }
     if let Some(v) = args.steps {
