@@ -271,6 +271,34 @@ fn spatial_targets_and_their_errors() {
 fn default_pretraining_reads_no_label() {
     let d = tempfile::tempdir().unwrap();
     let p = |s: &str| d.path().join(s).to_str().unwrap().to_owned();
+    let tokenize = |input: &str, modality: &str, out: &str| {
+        sof(&[
+            "-q",
+            "tokenize",
+            "--input",
+            input,
+            "--technology",
+            "merfish",
+            "--species",
+            "mouse",
+            "--modality",
+            modality,
+            "--section-key",
+            "section",
+            "--dataset",
+            "tissue",
+            "--output",
+            out,
+        ])
+    };
+    // A tiny run of 4 steps; returns its logged metrics.
+    let pretrain = |corpus: &str, out: &str, extra: &[&str]| {
+        let mut a = vec!["-q", "pretrain", "--preset", "tiny", "--corpus", corpus, "--context-length", "32"];
+        a.extend_from_slice(&["--steps", "4", "--batch-size", "8", "--output", out]);
+        a.extend_from_slice(extra);
+        sof(&a).unwrap();
+        sof_pretrain::trainer::read_metrics(Path::new(out)).unwrap()
+    };
     sof(&["-q", "synth", "--cells", "2000", "--seed", "3", "--output", &p("data")]).unwrap();
     // A copy with only the section left in obs (cell type, layer and niche dropped).
     let mut a = sof_io::h5ad::read_h5ad(p("data/spatial_merfish.h5ad")).unwrap();
@@ -304,72 +332,26 @@ fn default_pretraining_reads_no_label() {
         let profile = t.obsm("sof_niche_profile").unwrap();
         assert_eq!(profile.ncols(), 16 * 3, "16 components at 3 scales");
         assert!(!t.obsm_keys().iter().any(|k| k == "sof_composition"), "no cell types asked for, no composition");
-        sof(&[
-            "-q",
-            "tokenize",
-            "--input",
-            &f("targets.h5ad"),
-            "--technology",
-            "merfish",
-            "--species",
-            "mouse",
-            "--modality",
-            "spatial",
-            "--section-key",
-            "section",
-            "--dataset",
-            "tissue",
-            "--output",
-            &f("corpus"),
-        ])
-        .unwrap();
+        tokenize(&f("targets.h5ad"), "spatial", &f("corpus")).unwrap();
         let m = sof_tokenize::corpus::CorpusManifest::load(Path::new(&f("corpus"))).unwrap();
         assert_eq!(m.niche_profile_width, Some(48));
-        sof(&[
-            "-q",
-            "pretrain",
-            "--preset",
-            "tiny",
-            "--corpus",
-            &f("corpus"),
-            "--context-length",
-            "32",
-            "--steps",
-            "4",
-            "--batch-size",
-            "8",
-            "--output",
-            &f("run"),
-        ])
-        .unwrap();
-        let rows = sof_pretrain::trainer::read_metrics(Path::new(&f("run"))).unwrap();
+        let rows = pretrain(&f("corpus"), &f("run"), &[]);
         assert!(rows.iter().all(|r| r.profile_loss.is_some_and(f64::is_finite)), "the profile loss is logged");
         assert!(rows.iter().all(|r| r.composition_loss.is_none()), "no label-based objective by default");
         weights.push(std::fs::read(f("run/model/model.safetensors")).unwrap());
     }
     assert!(weights[0] == weights[1], "dropping every label column changes no weight");
 
+    // The profile objective moves the weights: without it the same run ends elsewhere.
+    pretrain(&p("labelled/corpus"), &p("plain"), &["--no-profile"]);
+    assert!(std::fs::read(p("plain/model/model.safetensors")).unwrap() != weights[0]);
+    // The label-free density objective is there to opt into.
+    let rows = pretrain(&p("unlabelled/corpus"), &p("density"), &["--density"]);
+    assert!(rows.iter().all(|r| r.density_loss.is_some() && r.profile_loss.is_some() && r.composition_loss.is_none()));
+
     // No `sof spatial` step: tokenizing the spatial file itself computes the same profile and
     // density.
-    let tok = |input: &str, modality: &str, out: &str| {
-        sof(&[
-            "-q",
-            "tokenize",
-            "--input",
-            input,
-            "--technology",
-            "merfish",
-            "--species",
-            "mouse",
-            "--modality",
-            modality,
-            "--section-key",
-            "section",
-            "--output",
-            out,
-        ])
-    };
-    tok(&p("unlabelled/tissue.h5ad"), "spatial", &p("direct")).unwrap();
+    tokenize(&p("unlabelled/tissue.h5ad"), "spatial", &p("direct")).unwrap();
     let shard = |c: &str| sof_tokenize::corpus::read_shard_rows(&d.path().join(c).join("shard-00000.parquet")).unwrap();
     let (direct, via_targets) = (shard("direct"), shard("unlabelled/corpus"));
     assert_eq!(direct.len(), via_targets.len());
@@ -379,50 +361,8 @@ fn default_pretraining_reads_no_label() {
         assert!(a.density.is_some() && a.density == b.density, "cell {}", a.cell_index);
     }
     // A dissociated corpus has no neighbourhood, hence no profile.
-    tok(&p("unlabelled/tissue.h5ad"), "dissociated", &p("dissociated")).unwrap();
+    tokenize(&p("unlabelled/tissue.h5ad"), "dissociated", &p("dissociated")).unwrap();
     assert!(shard("dissociated").iter().all(|r| r.profile.is_none() && r.density.is_none()));
-
-    // The profile objective moves the weights: without it the same run ends elsewhere.
-    sof(&[
-        "-q",
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--corpus",
-        &p("labelled/corpus"),
-        "--context-length",
-        "32",
-        "--steps",
-        "4",
-        "--batch-size",
-        "8",
-        "--no-profile",
-        "--output",
-        &p("plain"),
-    ])
-    .unwrap();
-    assert!(std::fs::read(p("plain/model/model.safetensors")).unwrap() != weights[0]);
-    // The label-free density objective is there to opt into.
-    sof(&[
-        "-q",
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--corpus",
-        &p("unlabelled/corpus"),
-        "--context-length",
-        "32",
-        "--steps",
-        "2",
-        "--batch-size",
-        "8",
-        "--density",
-        "--output",
-        &p("density"),
-    ])
-    .unwrap();
-    let rows = sof_pretrain::trainer::read_metrics(Path::new(&p("density"))).unwrap();
-    assert!(rows.iter().all(|r| r.density_loss.is_some() && r.profile_loss.is_some() && r.composition_loss.is_none()));
 }
 
 /// `sof tokenize` on the synthetic tissue: a manifest that adds up, spatial targets carried into
