@@ -319,6 +319,17 @@ fn label_free_targets(args: &Args, reader: &dyn CellSource, modality: Modality) 
     if !(want_profile || want_density) {
         return Ok(none);
     }
+    if args.section_key.is_none()
+        && let Some(col) =
+            ["section", "slice", "fov", "sample", "library_id"].into_iter().find(|c| obs.get(c).is_some())
+    {
+        let msg = format!(
+            "{}: no --section-key, so every cell is one section for the niche targets, but obs has a '{col}' column: if it names sections whose coordinates overlap, neighbours will cross them; pass --section-key {col}",
+            reader.name()
+        );
+        tracing::warn!("{msg}");
+        util::say(format!("warning: {msg}"));
+    }
     let t = Instant::now();
     let points = super::spatial::points(reader, &obs, args.section_key.as_deref())
         .map_err(|e| anyhow::anyhow!("{e:#} (the niche targets need positions; or pass --no-niche-profile)"))?;
@@ -341,16 +352,18 @@ fn label_free_targets(args: &Args, reader: &dyn CellSource, modality: Modality) 
     } else {
         None
     };
+    let what: Vec<&str> = [
+        profile.as_ref().map(|_| "niche profile (16 expression components x the 10 / 30 / 100 nearest neighbours)"),
+        density.as_ref().map(|_| "local density (neighbours within the radius that gives 20 on average)"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     util::say(format!(
-        "label-free niche targets for {} section(s) in {:.2} s:{}{}",
+        "label-free niche targets for {} section(s) in {:.2} s: {}",
         points.n_sections(),
         t.elapsed().as_secs_f64(),
-        if profile.is_some() {
-            " niche profile (16 expression components x the 10 / 30 / 100 nearest neighbours)"
-        } else {
-            ""
-        },
-        if density.is_some() { " local density (neighbours within the radius that gives 20 on average)" } else { "" },
+        what.join("; ")
     ));
     Ok(LabelFree { profile, density })
 }
