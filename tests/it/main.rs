@@ -261,6 +261,38 @@ fn spatial_targets_and_their_errors() {
         .unwrap_err()
     );
     assert!(e.contains("dissociated.h5ad") && e.contains("obsm['spatial'] is missing"), "{e}");
+    // The niche profile's parameters, and a profile that is not finite where tokenize reads it.
+    let e = err(args(&["--radius", "20", "--profile-scales", "0"]));
+    assert!(e.contains("spatial_merfish.h5ad") && e.contains("niche profile") && e.contains("scales"), "{e}");
+    run(args(&["--radius", "20"])).unwrap();
+    let mut t = sof_io::h5ad::read_h5ad(&out).unwrap();
+    t.obsm.get_mut("sof_niche_profile").unwrap()[[3, 0]] = f64::NAN;
+    let bad = d.path().join("bad_profile.h5ad");
+    sof_io::h5ad::write_h5ad(&bad, &t, &Default::default()).unwrap();
+    let e = format!(
+        "{:#}",
+        sof(&[
+            "tokenize",
+            "--input",
+            bad.to_str().unwrap(),
+            "--technology",
+            "merfish",
+            "--species",
+            "mouse",
+            "--modality",
+            "spatial",
+            "--output",
+            d.path().join("bad_corpus").to_str().unwrap(),
+        ])
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("bad_profile.h5ad")
+            && e.contains("sof_niche_profile")
+            && e.contains(&format!("cell '{}'", t.obs_names()[3]))
+            && e.contains("sof spatial"),
+        "{e}"
+    );
 }
 
 /// Pretraining with default settings reads no annotation: `sof spatial` without a cell-type

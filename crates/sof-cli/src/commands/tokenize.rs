@@ -352,9 +352,17 @@ fn label_free_targets(args: &Args, reader: &dyn CellSource, modality: Modality) 
     } else {
         None
     };
-    let what: Vec<&str> = [
-        profile.as_ref().map(|_| "niche profile (16 expression components x the 10 / 30 / 100 nearest neighbours)"),
-        density.as_ref().map(|_| "local density (neighbours within the radius that gives 20 on average)"),
+    let what: Vec<String> = [
+        profile.as_ref().map(|_| {
+            format!(
+                "niche profile ({} expression components x the {:?} nearest neighbours)",
+                sof_tasks::neighbourhood::PROFILE_COMPONENTS,
+                sof_tasks::neighbourhood::PROFILE_SCALES
+            )
+        }),
+        density.as_ref().map(|_| {
+            format!("local density (neighbours within the radius that gives {DENSITY_MEAN_NEIGHBOURS} on average)")
+        }),
     ]
     .into_iter()
     .flatten()
