@@ -1,6 +1,5 @@
 //! Logging, progress bars and small output helpers shared by the commands.
 
-use anyhow::Context;
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -62,29 +61,52 @@ pub fn say(line: impl AsRef<str>) {
     println!("{}", line.as_ref());
 }
 
-/// Rows whose obs satisfy every `col=value` / `col!=value` condition.
-pub fn filter_rows(obs: &sof_io::Frame, path: &std::path::Path, conditions: &[String]) -> anyhow::Result<Vec<bool>> {
-    let mut ok = vec![true; obs.len()];
-    for c in conditions {
-        let (key, value, equal) = match (c.split_once("!="), c.split_once('=')) {
-            (Some((k, v)), _) => (k, v, false),
-            (None, Some((k, v))) => (k, v, true),
-            _ => anyhow::bail!("'{c}': a condition is col=value or col!=value"),
-        };
-        let col = obs.get(key).with_context(|| {
-            format!(
-                "{}: obs has no column '{key}' (in '{c}'); columns are: {}",
-                path.display(),
-                obs.column_names().collect::<Vec<_>>().join(", ")
-            )
-        })?;
-        let labels = col.labels();
-        if !labels.iter().flatten().any(|l| l == value) {
-            anyhow::bail!("{}: no cell has {key} = '{value}' (in '{c}')", path.display());
+/// A flag that Ctrl-C sets (long jobs stop cleanly at their next checkpoint).
+pub fn stop_on_ctrl_c() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    STOP.get_or_init(|| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        // One handler per process (tests run commands in-process, so this runs once).
+        if ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).is_err() {
+            tracing::debug!("Ctrl-C handler already installed");
         }
-        for (o, l) in ok.iter_mut().zip(&labels) {
-            *o &= (l.as_deref() == Some(value)) == equal;
+        stop
+    })
+    .clone()
+}
+
+/// The progress style of pretraining: steps, eta, and loss / accuracy / speed in the prefix.
+pub fn steps_style(pb: &ProgressBar) {
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} steps, eta {eta} | loss {prefix}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+}
+
+/// Runs a pretraining with a progress bar (loss, accuracy, tokens/s); Ctrl-C writes a
+/// checkpoint and stops (`Summary::interrupted`).
+pub fn train(
+    trainer: &sof_pretrain::Trainer,
+    steps: u64,
+    resume: bool,
+    quiet: bool,
+) -> anyhow::Result<sof_pretrain::Summary> {
+    let stop = stop_on_ctrl_c();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let pb = progress(steps, "pretrain", quiet);
+    steps_style(&pb);
+    let summary = trainer.run(resume, &command, &stop, &mut |e| match e {
+        sof_pretrain::Event::Started { first_step, .. } => pb.set_position(first_step),
+        sof_pretrain::Event::Step { step, loss, accuracy, tokens_per_second, .. } => {
+            pb.set_position(step);
+            pb.set_prefix(format!("{loss:.3}, acc {:.1}%, {tokens_per_second:.0} tok/s", accuracy * 100.0));
         }
-    }
-    Ok(ok)
+        sof_pretrain::Event::Checkpoint { step, path } => tracing::info!(step, path = %path.display(), "checkpoint"),
+    })?;
+    pb.finish_and_clear();
+    Ok(summary)
 }

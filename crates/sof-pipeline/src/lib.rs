@@ -1,10 +1,42 @@
-//! The model in the downstream pipeline: [`CellEncoder`], a burn encoder with the tokenizer its
-//! cells need, embeds cells from their counts and is a [`sof_tasks::Embedder`], so probes and
-//! mapping take the model like any other feature set.
+//! The downstream pipeline as library calls, for Rust programs and behind the `sof` CLI:
+//!
+//! - [`CellEncoder`], a burn encoder with the tokenizer its cells need, embeds cells from their
+//!   counts and is a [`sof_tasks::Embedder`], so probes and mapping take the model like any
+//!   other feature set.
+//! - [`checkpoint`]: a checkpoint (ours, or the reference's weights) with the tokenizer for a
+//!   file's cells: vocabulary alignment, technology means, the recorded tokenizer settings.
+//! - [`probe`]: [`probe::probe_h5ad`], the probe of an embedded .h5ad beside the expression and
+//!   neighbourhood baselines on the same folds -> [`sof_tasks::probe::ProbeReport`].
+//! - [`map`]: [`map::map_h5ad`], query cells placed on an embedded spatial reference ->
+//!   [`map::MapOutcome`].
+//! - [`cells`]: obs row filters, label codes, coordinates with sections.
+//!
+//! Every call returns a [`PipelineError`] that names the file (or setting) and the fix.
 //!
 //! `examples/in_memory.rs` runs the whole pipeline from library calls (no CLI): synthetic
 //! tissue, spatial targets, tokens, a tiny pretraining, embeddings, a probe against PCA and the
 //! mapping of dissociated cells; `tests/in_memory.rs` runs it.
+
+pub mod cells;
+pub mod checkpoint;
+pub mod corpus;
+pub mod demo;
+pub mod embed;
+mod error;
+pub mod map;
+pub mod probe;
+pub mod spatial;
+
+pub use error::{PipelineError, Result};
+
+/// Writes `text` to `path` through a temporary file renamed into place: a reader never sees a
+/// half-written file.
+pub fn write_atomic(path: &std::path::Path, text: &str) -> Result<()> {
+    let tmp = sof_io::AtomicPath::new(path)?;
+    std::fs::write(tmp.path(), text).map_err(|source| PipelineError::File { path: path.to_path_buf(), source })?;
+    tmp.commit()?;
+    Ok(())
+}
 
 use burn::prelude::*;
 use ndarray::Array2;

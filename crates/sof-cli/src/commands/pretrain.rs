@@ -1,12 +1,10 @@
 //! `sof pretrain`: masked-token pretraining over token corpora, into a run folder.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use sof_pretrain::config::CorpusEntry;
-use sof_pretrain::{Event, PretrainConfig, Trainer};
+use sof_pretrain::{PretrainConfig, Trainer};
 
 use crate::device::{DeviceArg, device};
 use crate::util;
@@ -185,33 +183,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         "model"
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    // One handler per process; a second call (tests run commands in-process) keeps the first.
-    if ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).is_err() {
-        tracing::debug!("Ctrl-C handler already installed");
-    }
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let pb = util::progress(cfg.steps, "pretrain", quiet);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} steps, eta {eta} | loss {prefix}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_message("pretrain");
-    let mut baseline = None;
-    let summary = trainer.run(args.resume, &command, &stop, &mut |e| match e {
-        Event::Started { first_step, baselines } => {
-            pb.set_position(first_step);
-            baseline = Some(baselines.clone());
-        }
-        Event::Step { step, loss, accuracy, tokens_per_second, .. } => {
-            pb.set_position(step);
-            pb.set_prefix(format!("{loss:.3}, acc {:.1}%, {tokens_per_second:.0} tok/s", accuracy * 100.0));
-        }
-        Event::Checkpoint { step, path } => tracing::info!(step, path = %path.display(), "checkpoint"),
-    })?;
-    pb.finish_and_clear();
+    let summary = util::train(&trainer, cfg.steps, args.resume, quiet)?;
     if summary.interrupted {
         util::say(format!(
             "stopped at step {} of {}; checkpoint written. Continue with: sof pretrain --output {} --resume",

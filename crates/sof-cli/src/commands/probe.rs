@@ -4,15 +4,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use ndarray::{Array2, Axis};
 use sof_io::h5ad::H5adReader;
-use sof_pretrain::finetune::{FineTuneModel, FinetuneConfig};
-use sof_tasks::mlp::MlpConfig;
-use sof_tasks::probe::{self, ProbeReport, ProbeTask};
-use sof_tasks::split::{Fold, FoldPlan};
-use sof_tasks::{Cells, LinearHead, MlpHead, Target};
+use sof_pipeline::probe::{FineTune, Folds, HeadKind, ProbeOutcome, ProbeProgress, ProbeSpec, ProbeTarget, probe_h5ad};
+use sof_pretrain::finetune::FinetuneConfig;
+use sof_tasks::probe::ProbeReport;
+use sof_tasks::split::Fold;
 
-use super::embed::{self, TokenizerArgs};
+use super::embed::TokenizerArgs;
 use crate::device::{DeviceArg, device};
 use crate::util;
 
@@ -142,211 +140,70 @@ fn display(head: &str) -> &str {
     if head == "mlp" { "MLP" } else { head }
 }
 
-/// The cells kept (a usable target, not filtered out) and what is predicted for them.
-fn task(args: &Args, reader: &H5adReader, obs: &sof_io::Frame) -> anyhow::Result<(Vec<usize>, ProbeTask)> {
-    let n_all = reader.n_obs();
-    let allowed = util::filter_rows(obs, &args.input, &args.where_)?;
-    let col_name = args
-        .label
-        .clone()
-        .or_else(|| args.target.clone())
-        .or_else(|| args.target_obsm.clone())
-        .context("pass --label, --target or --target-obsm")?;
-    if let Some(key) = &args.target_obsm {
-        let y = reader.obsm(key)?;
-        let keep: Vec<usize> = (0..n_all).filter(|&i| allowed[i] && y.row(i).iter().all(|v| v.is_finite())).collect();
-        let names = sof_io::h5ad::read_uns_strings(&args.input, &format!("{key}_columns"))
-            .ok()
-            .flatten()
-            .filter(|n| n.len() == y.ncols())
-            .unwrap_or_else(|| (0..y.ncols()).map(|c| format!("{key}[{c}]")).collect());
-        let mut y = y.select(Axis(0), &keep);
-        if let Some(count_col) = &args.softmax_counts {
-            y = probe::softmax_of_counts(obs, &args.input, key, count_col, &keep, y)?;
-        }
-        let proportions = probe::are_proportions(&y);
-        let description = match (proportions, args.softmax_counts.is_some()) {
-            (true, true) => format!("regress {col_name} (softmax of neighbour counts, the reference's form)"),
-            (true, false) => format!("regress {col_name} (proportions)"),
-            _ => format!("regress {col_name}"),
-        };
-        let target = if proportions { Target::Proportions(y) } else { Target::Values(y) };
-        return Ok((
-            keep,
-            ProbeTask { description, target, classes: Vec::new(), target_columns: names, ordered: false },
-        ));
-    }
-    let col = obs.get(&col_name).with_context(|| {
-        format!(
-            "{}: obs has no column '{col_name}' (it has: {})",
-            args.input.display(),
-            obs.column_names().collect::<Vec<_>>().join(", ")
-        )
-    })?;
-    if args.label.is_some() {
-        let labels = col.labels();
-        let keep: Vec<usize> =
-            (0..n_all).filter(|&i| allowed[i] && labels[i].as_ref().is_some_and(|l| !args.drop.contains(l))).collect();
-        let mut classes: Vec<String> = keep.iter().filter_map(|&i| labels[i].clone()).collect();
-        classes.sort();
-        classes.dedup();
-        let classes = probe::order_classes(classes, &args.class_order, &args.input)?;
-        let y = keep
+/// The library's form of the flags.
+fn spec(args: &Args) -> anyhow::Result<ProbeSpec> {
+    let target = match (&args.label, &args.target, &args.target_obsm) {
+        (_, _, Some(key)) => ProbeTarget::Obsm { key: key.clone(), softmax_counts: args.softmax_counts.clone() },
+        (Some(key), _, None) => ProbeTarget::Label {
+            key: key.clone(),
+            drop: args.drop.clone(),
+            class_order: args.class_order.clone(),
+            class_balanced: args.class_balanced,
+            ordered: args.ordered,
+        },
+        (None, Some(key), None) => ProbeTarget::Obs(key.clone()),
+        (None, None, None) => bail!("pass --label, --target or --target-obsm"),
+    };
+    let folds = match (&args.split_key, args.spatial_blocks, args.random_folds) {
+        (Some(key), _, _) => Some(Folds::Sections(key.clone())),
+        (None, Some(grid), _) => Some(Folds::SpatialBlocks { grid, folds: args.folds }),
+        (None, None, true) => Some(Folds::Random { folds: args.folds }),
+        (None, None, false) => None,
+    };
+    let finetune = match &args.finetune {
+        Some(ckpt) => Some(FineTune {
+            checkpoint: ckpt.clone(),
+            tokenizer: args.tokenizer.overrides()?,
+            config: FinetuneConfig {
+                epochs: args.finetune_epochs,
+                batch_size: args.finetune_batch_size,
+                encoder_learning_rate: args.encoder_lr,
+                head_learning_rate: args.head_lr,
+                ..FinetuneConfig::default()
+            },
+            device: device(args.device)?.autodiff(),
+        }),
+        None => None,
+    };
+    Ok(ProbeSpec {
+        input: args.input.clone(),
+        target,
+        embedding: args.embedding.clone(),
+        folds,
+        section_key: args.section_key.clone().or_else(|| args.split_key.clone()),
+        neighbourhood_baselines: !args.no_neighbourhood_baselines,
+        seeds: args.seeds,
+        filters: args.where_.clone(),
+        heads: args
+            .head
             .iter()
-            .map(|&i| classes.iter().position(|c| Some(c) == labels[i].as_ref()).expect("a class"))
-            .collect();
-        let target = Target::Classes { y, n_classes: classes.len(), class_balanced: args.class_balanced };
-        let description = format!("classify {col_name}");
-        return Ok((
-            keep,
-            ProbeTask { description, target, classes, target_columns: Vec::new(), ordered: args.ordered },
-        ));
-    }
-    let v = col.as_f64().with_context(|| {
-        format!("{}: obs '{col_name}' is {}, not numeric; use --label for labels", args.input.display(), col.kind())
-    })?;
-    let keep: Vec<usize> = (0..n_all).filter(|&i| allowed[i] && v[i].is_finite()).collect();
-    let y = Array2::from_shape_fn((keep.len(), 1), |(i, _)| v[keep[i]]);
-    let task = ProbeTask {
-        description: format!("regress {col_name}"),
-        target: Target::Values(y),
-        classes: Vec::new(),
-        target_columns: vec![col_name.clone()],
-        ordered: false,
-    };
-    Ok((keep, task))
-}
-
-/// Every cell's position and section, for the neighbourhood baselines.
-fn section_points(
-    args: &Args,
-    reader: &H5adReader,
-    obs: &sof_io::Frame,
-) -> anyhow::Result<sof_spatial::SectionedPoints> {
-    let path = args.input.display();
-    let xy = reader.obsm("spatial")?;
-    if xy.ncols() < 2 {
-        bail!("{path}: obsm['spatial'] has {} column(s); coordinates need x and y", xy.ncols());
-    }
-    let sections: Vec<u32> = match args.section_key.as_ref().or(args.split_key.as_ref()) {
-        Some(key) => {
-            let col = obs.get(key).with_context(|| format!("{path}: obs has no column '{key}' (sections)"))?;
-            let labels = col.labels();
-            let mut names: Vec<&Option<String>> = labels.iter().collect();
-            names.sort();
-            names.dedup();
-            labels.iter().map(|l| names.binary_search(&l).unwrap_or(0) as u32).collect()
-        }
-        None => vec![0; xy.nrows()],
-    };
-    let pts: Vec<[f64; 2]> = xy.rows().into_iter().map(|r| [r[0], r[1]]).collect();
-    sof_spatial::SectionedPoints::new(pts, &sections)
-        .map_err(|e| anyhow::anyhow!("{path}: obsm['spatial']: {e} (or pass --no-neighbourhood-baselines)"))
-}
-
-/// The folds the flags ask for.
-fn fold_plan(args: &Args, reader: &H5adReader, obs: &sof_io::Frame, keep: &[usize]) -> anyhow::Result<FoldPlan> {
-    Ok(if let Some(key) = &args.split_key {
-        let g = obs.get(key).with_context(|| format!("{}: obs has no column '{key}'", args.input.display()))?;
-        let labels = g.labels();
-        FoldPlan::Groups(keep.iter().map(|&i| labels[i].clone().unwrap_or_default()).collect())
-    } else if let Some(grid) = args.spatial_blocks {
-        let xy = reader.obsm("spatial").context("--spatial-blocks needs obsm['spatial']")?;
-        FoldPlan::SpatialBlocks {
-            xy: keep.iter().map(|&i| (xy[[i, 0]], xy[[i, 1]])).collect(),
-            grid,
-            folds: args.folds,
-        }
-    } else if args.random_folds {
-        FoldPlan::Random { cells: keep.len(), folds: args.folds }
-    } else {
-        bail!(
-            "pass --split-key <obs column> or --spatial-blocks <N> (random cell splits leak neighbours; \
-             --random-folds is for dissociated data)"
-        )
+            .map(|h| match h {
+                Head::Linear => HeadKind::Linear,
+                Head::Mlp => HeadKind::Mlp,
+            })
+            .collect(),
+        finetune,
     })
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let reader = H5adReader::open(&args.input)?;
-    let obs = reader.obs()?;
-    let (keep, task) = task(&args, &reader, &obs)?;
-    if keep.len() < 10 {
-        bail!("{}: only {} cells have a usable target", args.input.display(), keep.len());
-    }
-    let emb = reader
-        .obsm(&args.embedding)
-        .with_context(|| format!("{}: run `sof embed` first (or pass --embedding <obsm key>)", args.input.display()))?;
-    let all = reader.read_rows(0..reader.n_obs())?;
-    let n_genes = all.n_cols();
-    let mut obsm: std::collections::BTreeMap<String, ndarray::Array2<f64>> =
-        [(args.embedding.clone(), emb.select(Axis(0), &keep))].into();
-    // The niche embedding of the same model (`sof embed` of a spatial file), scored beside it.
-    let niche_key = format!("{}_niche", args.embedding);
-    let niche = reader.obsm_keys().contains(&niche_key).then_some(niche_key);
-    if let Some(k) = &niche {
-        obsm.insert(k.clone(), reader.obsm(k)?.select(Axis(0), &keep));
-    }
-    let mut cells = Cells::new(all.select_rows(&keep), obsm)?;
-    let spatial = !args.no_neighbourhood_baselines && reader.obsm_keys().iter().any(|k| k == "spatial");
-    if spatial {
-        let points = section_points(&args, &reader, &obs)?;
-        cells = cells.with_neighbourhoods(&all, &points, &keep, &probe::NEIGHBOURHOOD_K)?;
-    }
-    let fold_sets = fold_plan(&args, &reader, &obs, &keep)?.fold_sets(args.seeds)?;
-    let (embedders, sets) = probe::standard_features(&args.embedding, niche.as_deref(), n_genes, spatial);
-    let mut kinds = args.head.clone();
-    kinds.dedup();
-    let heads = |seed: u64| -> Vec<Box<dyn sof_tasks::Head>> {
-        kinds
-            .iter()
-            .map(|h| -> Box<dyn sof_tasks::Head> {
-                match h {
-                    Head::Linear => Box::new(LinearHead::default()),
-                    Head::Mlp => Box::new(MlpHead(MlpConfig { seed, ..MlpConfig::default() })),
-                }
-            })
-            .collect()
-    };
-    // Fine-tuning: the checkpoint and its tokens for the kept cells, one more result row.
-    let (loaded, seqs) = match &args.finetune {
-        Some(ckpt) => {
-            let dev = device(args.device)?.autodiff();
-            let loaded = embed::load(ckpt, None, &args.tokenizer, &args.input, &dev)?;
-            let seqs = loaded.tokenize_all()?;
-            (Some((loaded.model, dev, ckpt)), keep.iter().map(|&i| seqs[i].clone()).collect::<Vec<_>>())
-        }
-        None => (None, Vec::new()),
-    };
-    let finetune = loaded.map(|(encoder, device, ckpt)| FineTuneModel {
-        name: format!("fine-tuned ({})", ckpt.display()),
-        encoder,
-        seqs: &seqs,
-        config: FinetuneConfig {
-            epochs: args.finetune_epochs,
-            batch_size: args.finetune_batch_size,
-            encoder_learning_rate: args.encoder_lr,
-            head_learning_rate: args.head_lr,
-            ..FinetuneConfig::default()
-        },
-        device,
-    });
-    let pb = util::progress(fold_sets.iter().map(|f| f.1.len() as u64).sum(), "probe", false);
-    let report = probe::probe(
-        &args.input.display().to_string(),
-        keep.clone(),
-        &cells,
-        &task,
-        &fold_sets,
-        &embedders,
-        &sets,
-        &heads,
-        finetune.as_ref().map(|m| m as &dyn probe::CellModel),
-        &mut |what| match what {
-            "fold" => pb.inc(1),
-            other => pb.set_message(other.to_owned()),
-        },
-    )?;
+    let spec = spec(&args)?;
+    let pb = util::progress(0, "probe", false);
+    let ProbeOutcome { report, fold_sets } = probe_h5ad(&spec, &mut |p| match p {
+        ProbeProgress::Planned(n) => pb.set_length(n),
+        ProbeProgress::Fold => pb.inc(1),
+        ProbeProgress::Stage(what) => pb.set_message(what.to_owned()),
+    })?;
     pb.finish_and_clear();
     util::write_atomic(&args.output, &serde_json::to_string_pretty(&report)?)?;
     util::say(format!(
@@ -362,6 +219,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         util::say(format!("  {:<29} {:<7} {}", r.features, display(&r.head), line.join(", ")));
     }
     if let Some(dir) = &args.plots {
+        let reader = H5adReader::open(&args.input)?;
         plots(dir, &reader, &report, &fold_sets[0].1)?;
         util::say(format!("  figures: {}", dir.display()));
     }

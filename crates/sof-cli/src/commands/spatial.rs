@@ -1,12 +1,9 @@
 //! `sof spatial`: neighbourhood composition, density and niches from coordinates.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use ndarray::Array2;
-use sof_io::h5ad::{H5adEditor, H5adReader, UnsValue};
-use sof_io::{CellSource, Column, Frame};
-use sof_spatial::{Composition, RadiusGraph, SectionedPoints, niches, radius_for_mean_neighbors};
+use anyhow::bail;
+use sof_pipeline::spatial::{Radius, SpatialSpec, spatial_h5ad};
 
 use crate::util;
 
@@ -78,170 +75,37 @@ pub struct Args {
     pub output: PathBuf,
 }
 
-/// Codes and names of an obs column used as labels; missing values are an error.
-pub fn label_codes(obs: &Frame, path: &Path, key: &str) -> anyhow::Result<(Vec<u32>, Vec<String>)> {
-    let col = obs.get(key).with_context(|| {
-        format!(
-            "{}: obs has no column '{key}'; columns are: {}",
-            path.display(),
-            obs.column_names().collect::<Vec<_>>().join(", ")
-        )
-    })?;
-    // Keep the file's own category order where it has one.
-    if let Column::Categorical { codes, categories, .. } = col {
-        if let Some(i) = codes.iter().position(|&c| c < 0) {
-            bail!(
-                "{}: obs/{key} has a missing value at cell '{}'; fill or drop cells without a label",
-                path.display(),
-                obs.index[i]
-            );
-        }
-        return Ok((codes.iter().map(|&c| c as u32).collect(), categories.clone()));
-    }
-    let labels = col.labels();
-    if let Some(i) = labels.iter().position(Option::is_none) {
-        bail!(
-            "{}: obs/{key} has a missing value at cell '{}'; fill or drop cells without a label",
-            path.display(),
-            obs.index[i]
-        );
-    }
-    match Column::categorical_from_labels(&labels.into_iter().map(Option::unwrap).collect::<Vec<_>>()) {
-        Column::Categorical { codes, categories, .. } => {
-            Ok((codes.into_iter().map(|c| c as u32).collect(), categories))
-        }
-        _ => unreachable!("categorical_from_labels builds a categorical"),
-    }
-}
-
-/// Coordinates and sections of a spatial file, with errors that name the file and the fix.
-/// Reads only obs and obsm['spatial'] (not X).
-pub fn points(reader: &dyn CellSource, obs: &Frame, section_key: Option<&str>) -> anyhow::Result<SectionedPoints> {
-    let name = reader.name();
-    let path = Path::new(&name);
-    if !reader.obsm_keys().iter().any(|k| k == "spatial") {
-        bail!(
-            "{}: obsm['spatial'] is missing: these cells have no coordinates (dissociated data?), so they have no spatial neighbourhood; spatial targets need a spatial dataset",
-            path.display()
-        );
-    }
-    let xy = reader.obsm("spatial")?;
-    if xy.ncols() < 2 {
-        bail!("{}: obsm['spatial'] has {} column(s); x and y are needed", path.display(), xy.ncols());
-    }
-    let pts: Vec<[f64; 2]> = xy.rows().into_iter().map(|r| [r[0], r[1]]).collect();
-    if let Some(i) = pts.iter().position(|p| !(p[0].is_finite() && p[1].is_finite())) {
-        bail!(
-            "{}: obsm['spatial'] of cell '{}' is ({}, {}); drop or fix cells without a position",
-            path.display(),
-            obs.index[i],
-            pts[i][0],
-            pts[i][1]
-        );
-    }
-    let sections = match section_key {
-        Some(k) => label_codes(obs, path, k)?.0,
-        None => vec![0; pts.len()],
-    };
-    Ok(SectionedPoints::new(pts, &sections)?)
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let reader = H5adReader::open(&args.input)?;
-    let obs = reader.obs()?;
-    let p = points(&reader, &obs, args.section_key.as_deref())?;
-    let types = args.cell_type_key.as_deref().map(|k| label_codes(&obs, &args.input, k)).transpose()?;
-    let n_obs = obs.len();
     let radius = match (args.radius, args.mean_neighbors) {
-        (Some(r), _) => {
-            anyhow::ensure!(
-                r.is_finite() && r > 0.0,
-                "--radius must be a number > 0 (in the coordinates' units), got {r}"
-            );
-            r
-        }
-        (None, Some(k)) => {
-            let s = radius_for_mean_neighbors(&p, k, 0.005)?;
-            util::say(format!(
-                "radius {:.4} gives {:.3} neighbours per cell on average (target {k})",
-                s.radius, s.mean_neighbors
-            ));
-            s.radius
-        }
+        (Some(r), _) => Radius::Fixed(r),
+        (None, Some(k)) => Radius::MeanNeighbours(k),
         (None, None) => bail!("pass --radius or --mean-neighbors"),
     };
-    let t0 = std::time::Instant::now();
-    let graph = RadiusGraph::build(&p, radius)?;
-    let composition = match &types {
-        Some((labels, names)) => Some((Composition::from_graph(&graph, labels, names.len())?.proportions(), names)),
-        None => None,
+    let spec = SpatialSpec {
+        input: args.input.clone(),
+        output: args.output.clone(),
+        cell_type_key: args.cell_type_key.clone(),
+        section_key: args.section_key.clone(),
+        radius,
+        niches: args.niches,
+        profile_components: args.profile_components,
+        profile_scales: args.profile_scales.clone(),
+        seed: args.seed,
+        depth: args.depth_from.clone().map(|key| (key, args.depth_order.clone())),
+        write_graph: args.write_graph,
     };
-    tracing::info!(
-        seconds = t0.elapsed().as_secs_f64(),
-        edges = graph.n_edges(),
-        "radius graph and composition computed"
-    );
-    // The label-free niche profile reads the expression (X), the rest only coordinates.
-    let profile = if args.profile_components > 0 {
-        let x = reader.read_rows(0..n_obs)?;
-        Some(
-            sof_tasks::neighbourhood::niche_profile(&x, &p, &args.profile_scales, args.profile_components, args.seed)
-                .with_context(|| format!("{}: the niche profile (--profile-*)", args.input.display()))?,
-        )
-    } else {
-        None
-    };
-    let compute_s = t0.elapsed().as_secs_f64();
-    let mut e = H5adEditor::copy_of(&args.input, &args.output)?;
-    if let Some((props, names)) = &composition {
-        e.put_obsm("sof_composition", &Array2::from_shape_vec((n_obs, names.len()), props.clone())?)?;
-        e.put_uns("sof_composition_columns", &UnsValue::Strings(names.to_vec()))?;
+    let out = spatial_h5ad(&spec)?;
+    if let (Radius::MeanNeighbours(k), Some(m)) = (radius, out.searched_mean_neighbours) {
+        util::say(format!("radius {:.4} gives {m:.3} neighbours per cell on average (target {k})", out.radius));
     }
-    if let Some(prof) = &profile {
-        e.put_obsm("sof_niche_profile", prof)?;
-        e.put_uns(
-            "sof_niche_profile_scales",
-            &UnsValue::Floats(args.profile_scales.iter().map(|&k| k as f64).collect()),
-        )?;
-    }
-    e.put_obs("sof_density", &Column::Int(graph.degrees().into_iter().map(i64::from).collect()))?;
-    e.put_uns("sof_radius", &UnsValue::Float(radius))?;
-    e.put_uns("sof_mean_neighbors", &UnsValue::Float(graph.mean_degree()))?;
-    if let (Some(k), Some((props, names))) = (args.niches, &composition) {
-        let km = niches(props, names.len(), k, args.seed)?;
-        let labels: Vec<String> = km.labels.iter().map(|l| format!("niche_{l}")).collect();
-        e.put_obs("sof_niche", &Column::categorical_from_labels(&labels))?;
-    }
-    if let Some(key) = &args.depth_from {
-        let col = obs.get(key).with_context(|| format!("{}: obs has no column '{key}'", args.input.display()))?;
-        let labels = col.labels();
-        if let Some(l) = labels.iter().flatten().find(|l| !args.depth_order.contains(l)) {
-            bail!(
-                "{}: obs/{key} has the value '{l}', which --depth-order ({}) does not list; list every layer in order",
-                args.input.display(),
-                args.depth_order.join(",")
-            );
-        }
-        let rank: Vec<f64> = labels
-            .iter()
-            .map(|l| {
-                l.as_ref().and_then(|l| args.depth_order.iter().position(|o| o == l)).map_or(f64::NAN, |r| r as f64)
-            })
-            .collect();
-        let depth = sof_spatial::layer_depth(&p, &rank)
-            .with_context(|| format!("{}: depth from '{key}'", args.input.display()))?;
-        e.put_obs("sof_depth", &Column::Float(depth))?;
-    }
-    if args.write_graph {
-        e.put_obsp_csr("sof_connectivities", graph.indptr(), graph.indices(), &vec![1.0; graph.n_edges()])?;
-    }
-    e.commit()?;
     util::say(format!(
-        "{} cells in {} section(s): radius {radius}, mean {:.2} neighbours, {} isolated, targets in {compute_s:.3} s, peak memory {:.0} MiB; wrote {}",
-        n_obs,
-        p.n_sections(),
-        graph.mean_degree(),
-        graph.degrees().iter().filter(|&&d| d == 0).count(),
+        "{} cells in {} section(s): radius {}, mean {:.2} neighbours, {} isolated, targets in {:.3} s, peak memory {:.0} MiB; wrote {}",
+        out.cells,
+        out.sections,
+        out.radius,
+        out.mean_neighbours,
+        out.isolated,
+        out.compute_seconds,
         util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0,
         args.output.display()
     ));

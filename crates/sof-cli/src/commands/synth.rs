@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use serde::Serialize;
-use sof_synth::{Generator, SynthConfig};
+use sof_pipeline::demo::{FileSummary, write_tissue};
+use sof_synth::SynthConfig;
 
 use crate::util;
 
@@ -34,15 +34,6 @@ pub struct Args {
     /// A TOML file overriding the built-in tissue (layers, cell types, technologies...).
     #[arg(long)]
     pub config: Option<PathBuf>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct FileSummary {
-    pub path: PathBuf,
-    pub technology: String,
-    pub cells: usize,
-    pub genes: usize,
-    pub median_counts: f64,
 }
 
 /// Builds the config from the flags.
@@ -74,30 +65,12 @@ pub fn config_from(args: &Args) -> anyhow::Result<SynthConfig> {
 pub fn generate(args: &Args, quiet: bool) -> anyhow::Result<Vec<FileSummary>> {
     let cfg = config_from(args)?;
     let total = cfg.cells_per_section * cfg.sections + cfg.dissociated_cells;
-    let generator = Generator::new(cfg)?;
     let pb = util::progress(total as u64, "synthesize", quiet);
     let start = Instant::now();
-    let mut totals: Vec<Vec<f64>> = Vec::new();
-    let paths = generator.write_all(&args.output, |i, block| {
-        pb.inc(block.truth.len() as u64);
-        totals.resize_with(totals.len().max(i + 1), Vec::new);
-        totals[i].extend(block.x.row_sums());
-    })?;
+    let files = write_tissue(cfg, &args.output, &mut |n| pb.inc(n))?;
     pb.finish_and_clear();
     tracing::info!(cells = total, seconds = start.elapsed().as_secs_f64(), "synthetic tissue written");
-    let mut out = Vec::new();
-    for ((path, (_, samples)), mut t) in paths.into_iter().zip(generator.outputs()).zip(totals) {
-        let tech = generator.tech_of(samples[0]);
-        let genes = generator.panel_names(&tech.name).map_or(0, |p| p.len());
-        out.push(FileSummary {
-            technology: tech.name.clone(),
-            cells: t.len(),
-            genes,
-            median_counts: util::median(&mut t),
-            path,
-        });
-    }
-    Ok(out)
+    Ok(files)
 }
 
 pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {

@@ -3,15 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, bail};
-use sof_io::genes::{AlignmentReport, GeneTables, Species, Vocabulary};
+use sof_io::genes::Species;
 use sof_io::h5ad::H5adReader;
 use sof_io::table::TableOptions;
 use sof_io::{CellSource, TableInput};
-use sof_tokenize::corpus::{CorpusInputs, CorpusSpec, build_corpus};
-use sof_tokenize::{
-    ContextTable, GeneMap, MeansAccumulator, Modality, Mode, TechMeans, Tokenizer, TokenizerConfig, vocabulary_hash,
-};
+use sof_pipeline::checkpoint::align;
+use sof_pipeline::corpus::{TokenizeSpec, tokenize_source};
+use sof_tokenize::{GeneMap, MeansAccumulator, Modality, Mode};
 
 use super::inspect::SpeciesArg;
 use crate::util;
@@ -144,131 +142,48 @@ pub fn species(s: SpeciesArg) -> Species {
     }
 }
 
-/// The vocabulary and how the file's genes map into it.
-pub fn align(
-    reader: &dyn CellSource,
-    vocab: Option<&Path>,
-    genes_dir: Option<&Path>,
-    species: Species,
-) -> anyhow::Result<(Vocabulary, AlignmentReport)> {
-    let genes = reader.var_names()?;
-    let vocab = match vocab {
-        Some(p) => Vocabulary::load_tsv(p)?,
-        None => Vocabulary::new(genes.clone()).map_err(|e| anyhow::anyhow!("{}: {e}", reader.name()))?,
-    };
-    let tables = match genes_dir {
-        Some(d) => GeneTables::load(d)?,
-        None => GeneTables::default(),
-    };
-    let report = tables.align(&genes, species, &vocab);
-    if report.n_mapped() == 0 {
-        bail!(
-            "{}: none of its {} genes maps into the vocabulary ({} genes); {}",
-            reader.name(),
-            genes.len(),
-            vocab.len(),
-            if genes_dir.is_none() {
-                "pass --genes-dir to map gene symbols to Ensembl ids"
-            } else {
-                "check --species and the vocabulary"
-            }
-        );
-    }
-    Ok((vocab, report))
-}
-
-fn context_table(path: Option<&Path>) -> anyhow::Result<ContextTable> {
-    Ok(match path {
-        Some(p) => ContextTable::with_config(
-            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-            &p.display().to_string(),
-        )?,
-        None => ContextTable::default(),
-    })
-}
-
-/// Means from `<dir>/<name>.tsv`, or computed from the input when no folder is given.
-pub fn load_means(
-    dir: Option<&Path>,
-    name: &str,
-    reader: &dyn CellSource,
-    vocab: &Vocabulary,
-    map: &GeneMap,
-) -> anyhow::Result<TechMeans> {
-    if let Some(dir) = dir {
-        let path = dir.join(format!("{name}.tsv"));
-        if !path.exists() {
-            let have: Vec<String> = std::fs::read_dir(dir)
-                .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            bail!(
-                "{}: no mean vector '{name}.tsv' (the folder has: {}); compute one with `sof tech-means`",
-                dir.display(),
-                have.join(", ")
-            );
-        }
-        return Ok(TechMeans::load_tsv(&path, vocab)?);
-    }
-    tracing::info!("no --tech-means: computing the technology's means from the input");
-    let mut acc = MeansAccumulator::new(vocab.len());
-    for start in (0..reader.n_obs()).step_by(65_536) {
-        acc.add(&reader.read_rows(start..(start + 65_536).min(reader.n_obs()))?, map);
-    }
-    Ok(acc.finish())
-}
-
 pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let start = Instant::now();
-    let table = context_table(args.context_config.as_deref())?;
-    let tech = table.get(&args.technology)?.clone();
-    let modality = Modality::parse(&args.modality)?;
-    let species = species(args.species);
     let reader = args.tables.open(&args.input)?;
     let reader = reader.as_ref();
-    let (vocab, report) = align(reader, args.vocab.as_deref(), args.genes_dir.as_deref(), species)?;
-    let map = GeneMap::from_report(&report);
-    std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
-    util::write_atomic(&args.output.join("gene_mapping.tsv"), &report.to_tsv(&vocab))?;
-    if args.vocab.is_none() {
-        util::write_atomic(&args.output.join("vocab.tsv"), &vocab.to_tsv())?;
-    }
-    let means = load_means(args.tech_means.as_deref(), &tech.means, reader, &vocab, &map)?;
-    let mode = match args.mode {
-        ModeArg::Fixed => Mode::Fixed,
-        ModeArg::Nicheformer => Mode::Nicheformer,
-    };
-    anyhow::ensure!(args.context_length > 3, "--context-length must leave room for genes after the 3 context tokens");
-    let config = TokenizerConfig { mode, context_length: args.context_length, ..TokenizerConfig::default() };
-    let tokenizer = Tokenizer::new(config, &means, species, tech.token, modality);
-    let dataset = args
-        .dataset
-        .clone()
-        .unwrap_or_else(|| args.input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
-    let spec = CorpusSpec {
+    let spec = TokenizeSpec {
         output: args.output.clone(),
-        dataset,
-        technology: args.technology.to_ascii_lowercase(),
-        species,
-        modality,
-        section_key: args.section_key.clone(),
+        technology: args.technology.clone(),
+        species: species(args.species),
+        modality: Modality::parse(&args.modality)?,
+        vocab: args.vocab.clone(),
+        genes_dir: args.genes_dir.clone(),
+        tech_means: args.tech_means.clone(),
+        mode: match args.mode {
+            ModeArg::Fixed => Mode::Fixed,
+            ModeArg::Nicheformer => Mode::Nicheformer,
+        },
         keep_obs: args.keep_obs.clone(),
+        section_key: args.section_key.clone(),
+        niche_targets: !args.no_niche_profile,
+        dataset: args
+            .dataset
+            .clone()
+            .unwrap_or_else(|| args.input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()),
+        context_config: args.context_config.clone(),
+        context_length: args.context_length,
         shard_cells: args.shard_cells,
-        row_group_cells: 8_192.min(args.shard_cells),
-    };
-    let unmapped: Vec<String> = report.unmapped().iter().map(|s| s.to_string()).collect();
-    let targets = label_free_targets(&args, reader, modality)?;
-    let inputs = CorpusInputs {
-        tokenizer: &tokenizer,
-        map: &map,
-        vocabulary_hash: &vocabulary_hash(&vocab),
-        vocabulary_size: vocab.len(),
-        unmapped_genes: unmapped.clone(),
-        niche_profile: targets.profile.as_ref(),
-        density: targets.density.as_deref(),
     };
     let pb = util::progress(reader.n_obs() as u64, "tokenize", quiet);
-    let m = build_corpus(reader, &spec, &inputs, |n| pb.inc(n as u64))?;
+    let out = tokenize_source(reader, &spec, &mut |n| pb.inc(n as u64))?;
     pb.finish_and_clear();
+    for w in &out.warnings {
+        util::say(format!("warning: {w}"));
+    }
+    if let Some(t) = &out.niche_targets {
+        util::say(format!(
+            "label-free niche targets for {} section(s) in {:.2} s: {}",
+            t.sections,
+            t.seconds,
+            t.computed.join("; ")
+        ));
+    }
+    let (m, unmapped) = (&out.manifest, &out.unmapped);
     let secs = start.elapsed().as_secs_f64();
     util::say(format!(
         "{}: {} cells -> {} tokenized ({} empty, skipped), median {} tokens per cell, {} shard(s) in {}",
@@ -284,96 +199,12 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         "genes: {}/{} mapped{}; {:.2} s ({:.0} cells/s), peak memory {:.0} MiB",
         m.genes_mapped,
         m.genes_in_file,
-        if unmapped.is_empty() { String::new() } else { format!(" (unmapped: {})", abbreviate(&unmapped, 12)) },
+        if unmapped.is_empty() { String::new() } else { format!(" (unmapped: {})", abbreviate(unmapped, 12)) },
         secs,
         m.cells_in as f64 / secs,
         util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0
     ));
     Ok(())
-}
-
-/// Neighbours per cell on average that the tokenizer's density radius gives (as `sof spatial
-/// --mean-neighbors 20`).
-const DENSITY_MEAN_NEIGHBOURS: f64 = 20.0;
-
-/// The label-free targets computed for a spatial input, where it lacks them.
-struct LabelFree {
-    /// When obsm['sof_niche_profile'] is absent.
-    profile: Option<ndarray::Array2<f32>>,
-    /// When obs['sof_density'] is absent.
-    density: Option<Vec<f64>>,
-}
-
-/// The label-free targets of a spatial input that does not carry them: its niche profile and
-/// local density. Nothing for dissociated input, input without coordinates, or
-/// --no-niche-profile.
-fn label_free_targets(args: &Args, reader: &dyn CellSource, modality: Modality) -> anyhow::Result<LabelFree> {
-    let keys = reader.obsm_keys();
-    let has = |k: &str| keys.iter().any(|x| x == k);
-    let none = LabelFree { profile: None, density: None };
-    if args.no_niche_profile || modality != Modality::Spatial || !has("spatial") {
-        return Ok(none);
-    }
-    let obs = reader.obs()?;
-    let (want_profile, want_density) = (!has("sof_niche_profile"), obs.get("sof_density").is_none());
-    if !(want_profile || want_density) {
-        return Ok(none);
-    }
-    if args.section_key.is_none()
-        && let Some(col) =
-            ["section", "slice", "fov", "sample", "library_id"].into_iter().find(|c| obs.get(c).is_some())
-    {
-        let msg = format!(
-            "{}: no --section-key, so every cell is one section for the niche targets, but obs has a '{col}' column: if it names sections whose coordinates overlap, neighbours will cross them; pass --section-key {col}",
-            reader.name()
-        );
-        tracing::warn!("{msg}");
-        util::say(format!("warning: {msg}"));
-    }
-    let t = Instant::now();
-    let points = super::spatial::points(reader, &obs, args.section_key.as_deref())
-        .map_err(|e| anyhow::anyhow!("{e:#} (the niche targets need positions; or pass --no-niche-profile)"))?;
-    let density = if want_density {
-        let radius = sof_spatial::radius_for_mean_neighbors(&points, DENSITY_MEAN_NEIGHBOURS, 0.005)?.radius;
-        let graph = sof_spatial::RadiusGraph::build(&points, radius)?;
-        Some(graph.degrees().into_iter().map(f64::from).collect())
-    } else {
-        None
-    };
-    let profile = if want_profile {
-        // Every cell at once: a neighbourhood can span the whole file.
-        let x = reader.read_rows(0..reader.n_obs())?;
-        let (scales, components) =
-            (sof_tasks::neighbourhood::PROFILE_SCALES, sof_tasks::neighbourhood::PROFILE_COMPONENTS);
-        Some(
-            sof_tasks::neighbourhood::niche_profile(&x, &points, &scales, components, 0)
-                .with_context(|| format!("{}: the niche profile", reader.name()))?,
-        )
-    } else {
-        None
-    };
-    let what: Vec<String> = [
-        profile.as_ref().map(|_| {
-            format!(
-                "niche profile ({} expression components x the {:?} nearest neighbours)",
-                sof_tasks::neighbourhood::PROFILE_COMPONENTS,
-                sof_tasks::neighbourhood::PROFILE_SCALES
-            )
-        }),
-        density.as_ref().map(|_| {
-            format!("local density (neighbours within the radius that gives {DENSITY_MEAN_NEIGHBOURS} on average)")
-        }),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    util::say(format!(
-        "label-free niche targets for {} section(s) in {:.2} s: {}",
-        points.n_sections(),
-        t.elapsed().as_secs_f64(),
-        what.join("; ")
-    ));
-    Ok(LabelFree { profile, density })
 }
 
 fn abbreviate(names: &[String], k: usize) -> String {
