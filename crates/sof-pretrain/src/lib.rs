@@ -6,15 +6,24 @@
 //!   checked against the model's vocabulary; a hash split holds out validation cells.
 //! - [`finetune`]: full fine-tuning of an encoder with a task head (lower encoder learning rate).
 //! - [`masking`]: the reference's masked-token corruption (15% / 80-10-10).
-//! - [`objective`]: the MLM loss, with the vocabulary head only at masked positions.
+//! - [`objective`]: the MLM loss, with the vocabulary head only at masked positions, and the
+//!   `Objective` seam every term of the loss goes through (the niche heads are in `niche`).
 //! - [`trainer`]: the loop (prefetch thread, accumulation, replicas, AdamW, validation,
-//!   checkpoints, resume, clean stop).
+//!   checkpoints, resume, clean stop); beside it, private: `niche` (the niche heads),
+//!   `batch` (a step's rows and their length-grouped chunks), `init` (seeded initialisation),
+//!   `metrics` (`metrics.csv`, `loss.png`; [`trainer::read_metrics`]), `run_files` (complete
+//!   checkpoints, JSON state, atomic writes, command.txt).
 
+mod batch;
 pub mod config;
 pub mod data;
 pub mod finetune;
+mod init;
 pub mod masking;
+mod metrics;
+mod niche;
 pub mod objective;
+mod run_files;
 pub mod trainer;
 
 pub use config::PretrainConfig;

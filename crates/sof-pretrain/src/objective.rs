@@ -44,3 +44,56 @@ pub fn masked_loss(model: &Encoder, hidden: Tensor<3>, labels: &[i64], device: &
     let loss = CrossEntropyLossConfig::new().init(device).forward(logits.clone(), targets.clone());
     Some(MlmOutput { loss, predicted: logits.argmax(1).reshape([n]), targets })
 }
+
+/// One chunk's forward pass, shared by every term of the loss.
+#[derive(Debug)]
+pub(crate) struct ChunkPass<'a> {
+    pub(crate) chunk: &'a crate::batch::Chunk,
+    /// `[rows, length]` token ids (masked).
+    pub(crate) tokens: Tensor<2, Int>,
+    /// `[rows, length, d_model]`, the last layer's outputs.
+    pub(crate) hidden: Tensor<3>,
+    pub(crate) device: &'a Device,
+}
+
+/// A term of the pretraining loss over a chunk of a step's rows: it adds `sum over the chunk /
+/// count over the whole step` (times its weight) through `add`, so the summed gradients are those
+/// of the step's mean loss however the step is split, and records its sums for the metrics.
+pub(crate) trait Objective {
+    fn add_terms(
+        &self,
+        model: &crate::trainer::PretrainModel,
+        pass: &ChunkPass<'_>,
+        totals: &crate::niche::Totals,
+        sums: &mut crate::niche::Sums,
+        add: &mut dyn FnMut(Tensor<1>),
+    );
+
+    /// The weighted mean loss of this term over `sums` (0 when it has none), for the metrics.
+    fn weighted_mean(&self, _sums: &crate::niche::Sums) -> f64 {
+        0.0
+    }
+}
+
+/// Masked-token prediction: cross-entropy at the chosen positions.
+#[derive(Debug)]
+pub(crate) struct MaskedTokens;
+
+impl Objective for MaskedTokens {
+    fn add_terms(
+        &self,
+        model: &crate::trainer::PretrainModel,
+        pass: &ChunkPass<'_>,
+        totals: &crate::niche::Totals,
+        sums: &mut crate::niche::Sums,
+        add: &mut dyn FnMut(Tensor<1>),
+    ) {
+        if let Some(out) = masked_loss(&model.encoder, pass.hidden.clone(), &pass.chunk.labels, pass.device) {
+            let n = out.targets.dims()[0] as u64;
+            sums.chosen = n;
+            sums.correct = out.predicted.equal(out.targets).int().sum().into_scalar::<i64>() as u64;
+            sums.mlm = out.loss.clone().into_scalar::<f32>() as f64 * n as f64;
+            add(out.loss * (n as f64 / totals.chosen.max(1) as f64));
+        }
+    }
+}

@@ -26,14 +26,21 @@ use burn::prelude::*;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use serde::{Deserialize, Serialize};
 use sof_model::checkpoint::RunInfo;
-use sof_model::{Encoder, EncoderConfig, Pooling};
+use sof_model::{Encoder, EncoderConfig};
 use sof_tokenize::context::{N_SPECIAL, PAD};
-use sof_tokenize::corpus::{CorpusManifest, read_shard_rows};
+use sof_tokenize::corpus::CorpusManifest;
 
+use crate::batch::{Chunk, StepBatch};
 use crate::config::PretrainConfig;
-use crate::data::{Sequence, SequenceStream, Split, pad};
+use crate::data::{SequenceStream, Split};
+use crate::init::{Renumber, SeededInit};
 use crate::masking::{IGNORE, mask_batch, rng};
-use crate::objective::masked_loss;
+use crate::metrics::MetricsLog;
+pub use crate::metrics::{StepMetrics, read_metrics};
+use crate::niche::{CorpusFacts, NicheHeads, Sums, Totals, density_stats};
+use crate::objective::{ChunkPass, MaskedTokens, Objective, masked_loss};
+pub use crate::run_files::latest_checkpoint;
+use crate::run_files::{append_command, complete_checkpoints, read_json, write_atomic};
 
 /// Why training stopped early, or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +60,11 @@ pub enum TrainError {
     Config(#[from] crate::config::ConfigError),
 }
 
-fn invalid(path: &Path, problem: impl Into<String>, fix: impl Into<String>) -> TrainError {
+pub(crate) fn invalid(path: &Path, problem: impl Into<String>, fix: impl Into<String>) -> TrainError {
     TrainError::Invalid { path: path.display().to_string(), problem: problem.into(), fix: fix.into() }
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| invalid(path, e.to_string(), "check that the run folder is writable and has space")
 }
 
@@ -69,74 +76,6 @@ pub struct PretrainModel {
     pub density: Vec<Linear>,
     /// The label-free niche-profile heads.
     pub profile: Vec<Linear>,
-}
-
-/// Per-corpus facts the loss needs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CorpusFacts {
-    dataset: String,
-    composition_width: Option<usize>,
-    profile_width: Option<usize>,
-    /// Mean and standard deviation of ln(density) over the corpus (standardizes the target).
-    density_stats: Option<(f64, f64)>,
-}
-
-/// One step's data, prepared on the prefetch thread.
-struct StepBatch {
-    seqs: Vec<Sequence>,
-    tokens: Vec<i64>,
-    labels: Vec<i64>,
-    length: usize,
-}
-
-/// Sums over (part of) a step.
-#[derive(Debug, Clone, Copy, Default)]
-struct Sums {
-    mlm: f64,
-    correct: u64,
-    chosen: u64,
-    composition: f64,
-    composition_rows: u64,
-    density: f64,
-    density_rows: u64,
-    profile: f64,
-    profile_rows: u64,
-    tokens: u64,
-}
-
-impl Sums {
-    fn add(&mut self, o: &Sums) {
-        self.mlm += o.mlm;
-        self.correct += o.correct;
-        self.chosen += o.chosen;
-        self.composition += o.composition;
-        self.composition_rows += o.composition_rows;
-        self.density += o.density;
-        self.density_rows += o.density_rows;
-        self.profile += o.profile;
-        self.profile_rows += o.profile_rows;
-        self.tokens += o.tokens;
-    }
-}
-
-/// What the loop reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepMetrics {
-    pub step: u64,
-    pub learning_rate: f64,
-    /// Mean masked-token cross-entropy over the logging window (nats).
-    pub loss: f64,
-    /// Masked-token accuracy over the window.
-    pub accuracy: f64,
-    pub composition_loss: Option<f64>,
-    pub density_loss: Option<f64>,
-    /// Mean squared error per profile dimension (the label-free niche target).
-    pub profile_loss: Option<f64>,
-    /// Non-PAD tokens processed per second over the window.
-    pub tokens_per_second: f64,
-    pub elapsed_seconds: f64,
-    pub validation_loss: Option<f64>,
-    pub validation_accuracy: Option<f64>,
 }
 
 /// Events for progress displays.
@@ -553,19 +492,13 @@ impl Trainer {
         Ok(summary)
     }
 
+    /// The niche heads' weighted mean loss over `s` (beside the masked-token loss).
     fn aux_loss(&self, s: &Sums) -> f64 {
-        let n = &self.cfg.niche;
-        let mut aux = 0.0;
-        if s.composition_rows > 0 {
-            aux += n.composition_weight * s.composition / s.composition_rows as f64;
-        }
-        if s.density_rows > 0 {
-            aux += n.density_weight * s.density / s.density_rows as f64;
-        }
-        if s.profile_rows > 0 {
-            aux += n.profile_weight * s.profile / s.profile_rows as f64;
-        }
-        aux
+        self.niche_heads().weighted_mean(s)
+    }
+
+    fn niche_heads(&self) -> NicheHeads<'_> {
+        NicheHeads { facts: &self.facts, config: &self.cfg.niche }
     }
 
     /// The gradients of one step's mean loss, from every micro-batch and replica.
@@ -647,6 +580,7 @@ impl Trainer {
         let b = chunk.seqs.len();
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(chunk.tokens.clone(), [b, chunk.length]), device);
         let hidden = model.encoder.forward(tokens.clone());
+        let pass = ChunkPass { chunk, tokens, hidden, device };
         let mut loss: Option<Tensor<1>> = None;
         let mut add = |t: Tensor<1>| {
             loss = Some(match loss.take() {
@@ -654,85 +588,10 @@ impl Trainer {
                 None => t,
             })
         };
-        if let Some(out) = masked_loss(&model.encoder, hidden.clone(), &chunk.labels, device) {
-            let n = out.targets.dims()[0] as u64;
-            sums.chosen = n;
-            sums.correct = out.predicted.equal(out.targets).int().sum().into_scalar::<i64>() as u64;
-            sums.mlm = out.loss.clone().into_scalar::<f32>() as f64 * n as f64;
-            add(out.loss * (n as f64 / totals.chosen.max(1) as f64));
-        }
-        let niche = &self.cfg.niche;
-        if !(model.composition.is_empty() && model.profile.is_empty()) {
-            let pooled = model.encoder.pool(tokens, hidden, Pooling::PadExcluded); // [b, d]
-            for (c, fact) in self.facts.iter().enumerate() {
-                let rows: Vec<usize> = (0..b).filter(|&i| chunk.seqs[i].source == c).collect();
-                if niche.composition_weight > 0.0 && fact.composition_width.is_some() {
-                    let (idx, target): (Vec<i64>, Vec<f32>) = rows
-                        .iter()
-                        .filter_map(|&i| chunk.seqs[i].composition.as_ref().map(|t| (i as i64, t)))
-                        .fold((Vec::new(), Vec::new()), |(mut idx, mut tg), (i, t)| {
-                            idx.push(i);
-                            tg.extend(t);
-                            (idx, tg)
-                        });
-                    if !idx.is_empty() {
-                        let (n, k) = (idx.len(), target.len() / idx.len());
-                        let x =
-                            pooled.clone().select(0, Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), device));
-                        let logp = burn::tensor::activation::log_softmax(model.composition[c].forward(x), 1); // [n, k]
-                        let t = Tensor::<2>::from_data(TensorData::new(target, [n, k]), device);
-                        let sum = (logp * t).sum().neg(); // cross-entropy against the proportions
-                        sums.composition += sum.clone().into_scalar::<f32>() as f64;
-                        sums.composition_rows += n as u64;
-                        add(sum * (niche.composition_weight / totals.composition_rows.max(1) as f64));
-                    }
-                }
-                if let (Some(head), Some(width)) = (model.profile.get(c), fact.profile_width) {
-                    let (idx, target): (Vec<i64>, Vec<f32>) = rows
-                        .iter()
-                        .filter_map(|&i| {
-                            chunk.seqs[i].profile.as_ref().filter(|t| t.len() == width).map(|t| (i as i64, t))
-                        })
-                        .fold((Vec::new(), Vec::new()), |(mut idx, mut tg), (i, t)| {
-                            idx.push(i);
-                            tg.extend(t);
-                            (idx, tg)
-                        });
-                    if !idx.is_empty() {
-                        let n = idx.len();
-                        let x =
-                            pooled.clone().select(0, Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), device));
-                        let t = Tensor::<2>::from_data(TensorData::new(target, [n, width]), device);
-                        // Squared error averaged over the profile's dimensions, summed over rows.
-                        let sum = (head.forward(x) - t).square().sum() / width as f64;
-                        sums.profile += sum.clone().into_scalar::<f32>() as f64;
-                        sums.profile_rows += n as u64;
-                        add(sum * (niche.profile_weight / totals.profile_rows.max(1) as f64));
-                    }
-                }
-                if let (true, Some((mean, sd))) = (niche.density_weight > 0.0, fact.density_stats) {
-                    let (idx, target): (Vec<i64>, Vec<f32>) = rows
-                        .iter()
-                        .filter_map(|&i| {
-                            chunk.seqs[i]
-                                .density
-                                .filter(|d| *d > 0.0)
-                                .map(|d| (i as i64, ((f64::from(d).ln() - mean) / sd) as f32))
-                        })
-                        .unzip();
-                    if !idx.is_empty() {
-                        let n = idx.len();
-                        let x =
-                            pooled.clone().select(0, Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), device));
-                        let pred = model.density[c].forward(x).reshape([n]);
-                        let t = Tensor::<1>::from_data(TensorData::new(target, [n]), device);
-                        let sum = (pred - t).square().sum();
-                        sums.density += sum.clone().into_scalar::<f32>() as f64;
-                        sums.density_rows += n as u64;
-                        add(sum * (niche.density_weight / totals.density_rows.max(1) as f64));
-                    }
-                }
-            }
+        // The terms in a fixed order (the summed loss, hence the run, is bit-reproducible).
+        let niche = self.niche_heads();
+        for objective in [&MaskedTokens as &dyn Objective, &niche] {
+            objective.add_terms(model, &pass, totals, &mut sums, &mut add);
         }
         (loss, sums)
     }
@@ -856,315 +715,4 @@ impl Trainer {
         }
         Ok(dest)
     }
-}
-
-/// Re-draws every randomly initialised parameter from a generator seeded by the run's seed,
-/// with burn's default initializers (embeddings N(0, 1); linear weights `[in, out]` and their
-/// biases U(-1/sqrt(in), 1/sqrt(in)); constant tensors such as LayerNorm gains and zero biases
-/// stay): the initial weights then depend on the seed alone, not on the backend's
-/// process-wide generator that every model in the process shares.
-struct SeededInit {
-    rng: rand_xoshiro::Xoshiro256PlusPlus,
-    fan_in: usize,
-}
-
-impl SeededInit {
-    fn new(seed: u64) -> Self {
-        Self { rng: rng(seed), fan_in: 1 }
-    }
-}
-
-impl burn::module::ModuleMapper for SeededInit {
-    fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<D>>) -> burn::module::Param<Tensor<D>> {
-        use rand::Rng;
-        use rand_distr::{Distribution, StandardNormal};
-        param.map(|t| {
-            let values: Vec<f32> = t.clone().into_data().try_to_vec::<f32>().unwrap_or_default();
-            let n = values.len().max(1) as f64;
-            let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-            let var = values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
-            let dims = t.dims();
-            if D == 2 {
-                self.fan_in = dims[0].max(1);
-            }
-            // Constant initialisations (LayerNorm gains 1, offsets 0, zero biases) stay; a
-            // one-element random bias has no spread but is not one of them.
-            let constant =
-                values.windows(2).all(|w| w[0] == w[1]) && values.first().is_some_and(|&v| v == 0.0 || v == 1.0);
-            if constant {
-                return t;
-            }
-            let fresh: Vec<f32> = if D == 2 && var > 0.5 {
-                (0..values.len()).map(|_| Distribution::<f64>::sample(&StandardNormal, &mut self.rng) as f32).collect()
-            } else {
-                let a = 1.0 / (self.fan_in as f64).sqrt();
-                (0..values.len()).map(|_| self.rng.random_range(-a..a) as f32).collect()
-            };
-            let require = t.is_require_grad();
-            let out = Tensor::<D>::from_data(TensorData::new(fresh, dims), &t.device());
-            if require { out.require_grad() } else { out }
-        })
-    }
-}
-
-/// Gives parameters the ids 1, 2, 3... in module order.
-struct Renumber {
-    next: u64,
-}
-
-impl burn::module::ModuleMapper for Renumber {
-    fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<D>>) -> burn::module::Param<Tensor<D>> {
-        let (_, tensor, mapper) = param.consume();
-        self.next += 1;
-        burn::module::Param::from_mapped_value(burn::module::ParamId::from(self.next - 1), tensor, mapper)
-    }
-}
-
-/// Step-wide counts that normalize every chunk's loss.
-#[derive(Debug)]
-struct Totals {
-    chosen: u64,
-    composition_rows: u64,
-    density_rows: u64,
-    profile_rows: u64,
-}
-
-impl Totals {
-    fn of(batch: &StepBatch, facts: &[CorpusFacts], niche: &crate::config::NicheConfig) -> Self {
-        let chosen = batch.labels.iter().filter(|&&l| l != IGNORE).count() as u64;
-        let composition_rows = if niche.composition_weight > 0.0 {
-            batch.seqs.iter().filter(|s| s.composition.is_some() && facts[s.source].composition_width.is_some()).count()
-                as u64
-        } else {
-            0
-        };
-        let density_rows = if niche.density_weight > 0.0 {
-            batch
-                .seqs
-                .iter()
-                .filter(|s| s.density.is_some_and(|d| d > 0.0) && facts[s.source].density_stats.is_some())
-                .count() as u64
-        } else {
-            0
-        };
-        let profile_rows = if niche.profile_weight > 0.0 {
-            batch
-                .seqs
-                .iter()
-                .filter(|s| s.profile.as_ref().is_some_and(|p| Some(p.len()) == facts[s.source].profile_width))
-                .count() as u64
-        } else {
-            0
-        };
-        Self { chosen, composition_rows, density_rows, profile_rows }
-    }
-}
-
-/// Rows of a step, trimmed to their own longest sequence.
-struct Chunk {
-    seqs: Vec<Sequence>,
-    tokens: Vec<i64>,
-    labels: Vec<i64>,
-    length: usize,
-}
-
-impl Chunk {
-    fn new(batch: &StepBatch, rows: &[usize]) -> Self {
-        let seqs: Vec<Sequence> = rows.iter().map(|&r| batch.seqs[r].clone()).collect();
-        let (_, length) = pad(&seqs);
-        let mut tokens = Vec::with_capacity(rows.len() * length);
-        let mut labels = Vec::with_capacity(rows.len() * length);
-        for &r in rows {
-            let at = r * batch.length;
-            tokens.extend_from_slice(&batch.tokens[at..at + length]);
-            labels.extend_from_slice(&batch.labels[at..at + length]);
-        }
-        Self { seqs, tokens, labels, length }
-    }
-
-    /// Rows `first..first + rows`, grouped by length class (powers of two) so that short spatial
-    /// panels are not padded to the longest dissociated cell of the batch: each group is its own
-    /// forward pass, and the summed gradients are unchanged (each part's loss is normalized by
-    /// the step's totals).
-    fn buckets(batch: &StepBatch, first: usize, rows: usize) -> Vec<Chunk> {
-        let class = |r: usize| batch.seqs[r].tokens.len().max(1).next_power_of_two();
-        let mut order: Vec<usize> = (first..first + rows).collect();
-        order.sort_by_key(|&r| (class(r), r));
-        order.chunk_by(|&a, &b| class(a) == class(b)).map(|group| Chunk::new(batch, group)).collect()
-    }
-}
-
-fn density_stats(dir: &Path, m: &CorpusManifest) -> Result<Option<(f64, f64)>, TrainError> {
-    let (mut n, mut sum, mut sq) = (0f64, 0f64, 0f64);
-    for s in &m.shards {
-        for r in read_shard_rows(&dir.join(&s.file)).map_err(crate::data::DataError::from)? {
-            if let Some(d) = r.density.filter(|d| *d > 0.0) {
-                let l = f64::from(d).ln();
-                n += 1.0;
-                sum += l;
-                sq += l * l;
-            }
-        }
-    }
-    if n < 2.0 {
-        return Ok(None);
-    }
-    let mean = sum / n;
-    Ok(Some((mean, (sq / n - mean * mean).max(0.0).sqrt().max(1e-6))))
-}
-
-fn complete_checkpoints(root: &Path) -> Vec<(u64, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
-    entries
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let step = e.file_name().to_str()?.strip_prefix("step-")?.parse().ok()?;
-            e.path().join("state.json").exists().then(|| (step, e.path()))
-        })
-        .collect()
-}
-
-/// The newest complete checkpoint under `root` (`step-NNNNNNNN` folders with a `state.json`).
-pub fn latest_checkpoint(root: &Path) -> Option<(u64, PathBuf)> {
-    complete_checkpoints(root).into_iter().max()
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(path, e.to_string(), "use an earlier checkpoint"))?;
-    serde_json::from_str(&text).map_err(|e| invalid(path, e.to_string(), "the checkpoint is damaged"))
-}
-
-/// Temporary file beside `path`, renamed into place (the project's `AtomicPath`).
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let failed = |e: sof_io::Error| invalid(path, e.to_string(), "check that the run folder is writable and has space");
-    let tmp = sof_io::AtomicPath::new(path).map_err(failed)?;
-    std::fs::write(tmp.path(), bytes).map_err(io(path))?;
-    tmp.commit().map_err(failed)
-}
-
-fn append_command(dir: &Path, command: &str) -> Result<(), TrainError> {
-    use std::io::Write;
-    let path = dir.join("command.txt");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
-    writeln!(f, "{command}").map_err(io(&path))
-}
-
-/// `metrics.csv`: one row per logged step; on resume, rows past the checkpoint are dropped.
-struct MetricsLog {
-    path: PathBuf,
-    rows: Vec<StepMetrics>,
-}
-
-const HEADER: &str = "step,learning_rate,loss,accuracy,composition_loss,density_loss,tokens_per_second,elapsed_seconds,validation_loss,validation_accuracy,profile_loss";
-
-impl MetricsLog {
-    fn open(dir: &Path, resume_step: u64) -> Result<Self, TrainError> {
-        let path = dir.join("metrics.csv");
-        let mut rows = Vec::new();
-        if resume_step > 0
-            && let Ok(text) = std::fs::read_to_string(&path)
-        {
-            rows = text.lines().skip(1).filter_map(parse_row).filter(|r| r.step <= resume_step).collect();
-        }
-        let log = Self { path, rows };
-        log.write()?;
-        Ok(log)
-    }
-
-    fn append(&mut self, row: &StepMetrics) -> Result<(), TrainError> {
-        use std::io::Write;
-        self.rows.push(row.clone());
-        let mut f = std::fs::OpenOptions::new().append(true).open(&self.path).map_err(io(&self.path))?;
-        writeln!(f, "{}", format_row(row)).map_err(io(&self.path))
-    }
-
-    fn write(&self) -> Result<(), TrainError> {
-        let mut text = format!("{HEADER}\n");
-        for r in &self.rows {
-            text.push_str(&format_row(r));
-            text.push('\n');
-        }
-        write_atomic(&self.path, text.as_bytes())
-    }
-
-    /// `loss.png`: training and validation loss against the unigram baseline.
-    fn plot(&self, dir: &Path, baselines: &Baselines) {
-        let train: Vec<(f64, f64)> = self.rows.iter().map(|r| (r.step as f64, r.loss)).collect();
-        let val: Vec<(f64, f64)> =
-            self.rows.iter().filter_map(|r| r.validation_loss.map(|v| (r.step as f64, v))).collect();
-        let last = train.last().map_or(1.0, |p| p.0);
-        let mut series = vec![
-            sof_plot::Series::line("training loss", train, sof_plot::PALETTE[0]),
-            sof_plot::Series::line("validation loss", val, sof_plot::PALETTE[1]).with_markers(),
-        ];
-        if baselines.validation_masked_tokens > 0 {
-            series.push(
-                sof_plot::Series::line(
-                    "unigram baseline",
-                    vec![(0.0, baselines.unigram_loss), (last, baselines.unigram_loss)],
-                    sof_plot::GREY,
-                )
-                .dashed(),
-            );
-        }
-        let chart = sof_plot::LineChart {
-            title: "Masked-token loss".into(),
-            x_label: "step".into(),
-            y_label: "cross-entropy (nats)".into(),
-            series,
-        };
-        if let Err(e) = chart.write_png(&dir.join("loss.png"), 900, 540) {
-            tracing::warn!("loss.png not written: {e}");
-        }
-    }
-}
-
-fn opt(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.6}")).unwrap_or_default()
-}
-
-fn format_row(r: &StepMetrics) -> String {
-    format!(
-        "{},{:.6e},{:.6},{:.6},{},{},{:.1},{:.2},{},{},{}",
-        r.step,
-        r.learning_rate,
-        r.loss,
-        r.accuracy,
-        opt(r.composition_loss),
-        opt(r.density_loss),
-        r.tokens_per_second,
-        r.elapsed_seconds,
-        opt(r.validation_loss),
-        opt(r.validation_accuracy),
-        opt(r.profile_loss)
-    )
-}
-
-fn parse_row(line: &str) -> Option<StepMetrics> {
-    let f: Vec<&str> = line.split(',').collect();
-    // Ten columns before the profile loss existed, eleven since.
-    if f.len() != 10 && f.len() != 11 {
-        return None;
-    }
-    let o = |s: &str| if s.is_empty() { None } else { s.parse().ok() };
-    Some(StepMetrics {
-        step: f[0].parse().ok()?,
-        learning_rate: f[1].parse().ok()?,
-        loss: f[2].parse().ok()?,
-        accuracy: f[3].parse().ok()?,
-        composition_loss: o(f[4]),
-        density_loss: o(f[5]),
-        tokens_per_second: f[6].parse().ok()?,
-        elapsed_seconds: f[7].parse().ok()?,
-        validation_loss: o(f[8]),
-        validation_accuracy: o(f[9]),
-        profile_loss: f.get(10).and_then(|s| o(s)),
-    })
-}
-
-/// Reads a run's `metrics.csv`.
-pub fn read_metrics(dir: &Path) -> Result<Vec<StepMetrics>, TrainError> {
-    let path = dir.join("metrics.csv");
-    let text = std::fs::read_to_string(&path).map_err(|e| invalid(&path, e.to_string(), "is this a run folder?"))?;
-    Ok(text.lines().skip(1).filter_map(parse_row).collect())
 }
