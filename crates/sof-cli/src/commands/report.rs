@@ -5,7 +5,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde_json::Value;
 use sof_io::h5ad::H5adReader;
 use sof_plot::{CategoricalMaps, ConfusionMatrix, LineChart, PALETTE, Series};
 use sof_tasks::probe::{FeatureResult, ProbeReport};
@@ -44,24 +43,13 @@ fn feature<'a>(probe: &'a ProbeReport, prefix: &str) -> Option<&'a FeatureResult
 }
 
 fn base64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let n =
-            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for k in 0..4 {
-            if k <= c.len() {
-                out.push(T[((n >> (18 - 6 * k)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// Text escaped for HTML content and quoted attribute values.
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
 /// Maps of the reference coloured by the truth and by the embedding probe's held-out
@@ -253,7 +241,7 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
     }
     table.push_str("</table>");
 
-    let pretrain = load::<Value>(&inputs.run_dir.join("summary.json")).ok();
+    let pretrain = load::<sof_pretrain::Summary>(&inputs.run_dir.join("summary.json")).ok();
     let mut html = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>SpatialOmics-Foundation demo report</title>\
          <style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}figure{margin:2em 0}\
@@ -266,12 +254,12 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
         let _ = write!(
             html,
             "<p>Pretraining: {} steps, {} parameters; held-out masked-token loss {:.3} nats (unigram baseline {:.3}), accuracy {:.1}% (most frequent token {:.1}%).</p>",
-            p["steps_done"],
-            p["parameters"],
-            p["final_validation_loss"].as_f64().unwrap_or(f64::NAN),
-            p["baselines"]["unigram_loss"].as_f64().unwrap_or(f64::NAN),
-            100.0 * p["final_validation_accuracy"].as_f64().unwrap_or(f64::NAN),
-            100.0 * p["baselines"]["most_frequent_accuracy"].as_f64().unwrap_or(f64::NAN)
+            p.steps_done,
+            p.parameters,
+            p.final_validation_loss.unwrap_or(f64::NAN),
+            p.baselines.unigram_loss,
+            100.0 * p.final_validation_accuracy.unwrap_or(f64::NAN),
+            100.0 * p.baselines.most_frequent_accuracy
         );
     }
     html.push_str("<h2>Probes beside the baselines (held-out sections)</h2>");
@@ -314,5 +302,10 @@ mod tests {
         assert_eq!(super::base64(b"f"), "Zg==");
         assert_eq!(super::base64(b"fo"), "Zm8=");
         assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn escape_covers_attribute_quotes() {
+        assert_eq!(super::escape(r#"a<b>&"c" 'd'"#), "a&lt;b&gt;&amp;&quot;c&quot; &#39;d&#39;");
     }
 }
