@@ -45,6 +45,19 @@ enum Command {
     Datasets(commands::datasets::Args),
 }
 
+/// A job stopped on request (Ctrl-C) after saving its work; `sof` exits with 130, as a shell
+/// expects of an interrupted command, so `sof pretrain ... && sof embed ...` stops too.
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// Parses `args` (program name first) and runs the command.
 pub fn run<I, T>(args: I) -> anyhow::Result<()>
 where

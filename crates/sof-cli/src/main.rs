@@ -5,11 +5,17 @@ fn main() -> std::process::ExitCode {
     match sof_cli::run(std::env::args_os()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            let interrupted = e.downcast_ref::<sof_cli::Interrupted>().is_some();
             #[allow(clippy::print_stderr)]
             {
-                eprintln!("error: {e:#}");
+                if interrupted {
+                    eprintln!("{e}");
+                } else {
+                    eprintln!("error: {e:#}");
+                }
             }
-            std::process::ExitCode::FAILURE
+            // 130 = 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C.
+            if interrupted { std::process::ExitCode::from(130) } else { std::process::ExitCode::FAILURE }
         }
     }
 }

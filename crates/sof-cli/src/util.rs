@@ -56,9 +56,16 @@ pub fn median(values: &mut [f64]) -> f64 {
 }
 
 /// Prints a line of the final summary on stdout (the one thing commands print there).
-#[allow(clippy::print_stdout)]
+/// A reader that closed the pipe (`sof inspect x.h5ad | head -1`) ends the process quietly
+/// with success, as Unix tools do.
 pub fn say(line: impl AsRef<str>) {
-    println!("{}", line.as_ref());
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{}", line.as_ref()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        tracing::error!("writing to stdout: {e}");
+    }
 }
 
 /// A flag that Ctrl-C sets (long jobs stop cleanly at their next checkpoint).

@@ -70,6 +70,37 @@ impl ReferenceConfig {
     }
 }
 
+/// Sizes the forward pass cannot run with (they would divide by zero, fail a reshape or index
+/// past the embedding table), refused where the weights are loaded.
+fn check_config(path: &Path, c: &EncoderConfig) -> Result<(), ModelError> {
+    let fix = "the config does not describe these weights: pass the config.json they were saved with";
+    if c.n_heads == 0 || c.d_model == 0 || !c.d_model.is_multiple_of(c.n_heads) {
+        return Err(invalid(
+            path,
+            format!("nheads {} must be at least 1 and divide dim_model {}", c.n_heads, c.d_model),
+            fix,
+        ));
+    }
+    if c.context_length == 0 || c.n_tokens == 0 {
+        return Err(invalid(
+            path,
+            format!("context_length {} and n_tokens {} must be at least 1", c.context_length, c.n_tokens),
+            fix,
+        ));
+    }
+    if c.embedding_rows < c.n_tokens {
+        return Err(invalid(
+            path,
+            format!(
+                "the embedding table has {} rows but n_tokens is {}: token ids past the table would be looked up",
+                c.embedding_rows, c.n_tokens
+            ),
+            fix,
+        ));
+    }
+    Ok(())
+}
+
 fn invalid(path: &Path, problem: impl Into<String>, fix: impl Into<String>) -> ModelError {
     ModelError::Invalid { path: path.display().to_string(), problem: problem.into(), fix: fix.into() }
 }
@@ -236,6 +267,14 @@ fn build(
         report: "missing: embeddings.weight (is this a Nicheformer checkpoint?)".into(),
     })?;
     let cfg = config.to_encoder_config(rows);
+    check_config(path, &cfg)?;
+    if let Some(name) = weights.tensors.iter().find(|(_, (_, v))| v.iter().any(|x| !x.is_finite())).map(|(n, _)| n) {
+        return Err(invalid(
+            path,
+            format!("tensor {name} holds NaN or infinite values, so every embedding would be NaN"),
+            "the training diverged before this was saved: use an earlier checkpoint",
+        ));
+    }
     let mut enc = cfg.init(device);
     let (d, ff) = (cfg.d_model, cfg.d_ff);
     let mut l = Loader { weights, used: Vec::new(), problems: Vec::new(), device: device.clone() };

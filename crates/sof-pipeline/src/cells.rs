@@ -93,6 +93,12 @@ pub fn points(reader: &dyn CellSource, obs: &Frame, section_key: Option<&str>) -
             format!("obsm['spatial'] has {} column(s); x and y are needed", xy.ncols()),
         ));
     }
+    if xy.ncols() > 2 {
+        tracing::warn!(
+            "{name}: obsm['spatial'] has {} columns; neighbourhoods use the first two (x, y) only, as within one z-plane",
+            xy.ncols()
+        );
+    }
     let pts: Vec<[f64; 2]> = xy.rows().into_iter().map(|r| [r[0], r[1]]).collect();
     if let Some(i) = pts.iter().position(|p| !(p[0].is_finite() && p[1].is_finite())) {
         return Err(PipelineError::input(

@@ -239,6 +239,15 @@ impl PretrainConfig {
                 "choose a batch size every micro-batch and device gets an equal share of",
             );
         }
+        if let Some(l) = self.context_length
+            && l <= 3
+        {
+            // The three context tokens fill the cell: nothing is left to mask, the loss is 0.
+            return err(
+                format!("context_length = {l} leaves no position for genes after the 3 context tokens"),
+                "use a context length of at least 4 (the presets use 1500)",
+            );
+        }
         let o = &self.optimizer;
         if !(o.learning_rate > 0.0 && o.learning_rate.is_finite() && (0.0..=1.0).contains(&o.min_lr_ratio)) {
             return err(
@@ -293,6 +302,10 @@ mod tests {
         bad.batch_size = 7;
         let e = bad.validate("x.toml").unwrap_err().to_string();
         assert!(e.starts_with("x.toml:") && e.contains("batch_size 7"), "{e}");
+        let short = PretrainConfig { context_length: Some(2), ..cfg.clone() };
+        let e = short.validate("x.toml").unwrap_err().to_string();
+        assert!(e.contains("context_length = 2") && e.contains("at least 4"), "{e}");
+        PretrainConfig { context_length: Some(4), ..cfg.clone() }.validate("x.toml").unwrap();
         let e = toml::from_str::<PretrainConfig>("stepz = 3").unwrap_err().to_string();
         assert!(e.contains("stepz"), "unknown fields are refused: {e}");
     }

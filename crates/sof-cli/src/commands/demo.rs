@@ -128,6 +128,13 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             }
         }
         Progress::Note(line) => util::say(line),
+    })
+    .map_err(|e| {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::Error::new(crate::Interrupted(format!("{e}")))
+        } else {
+            e.into()
+        }
     })?;
     if let Some(files) = files {
         let t = Instant::now();

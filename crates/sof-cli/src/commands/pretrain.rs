@@ -185,13 +185,13 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
 
     let summary = util::train(&trainer, cfg.steps, args.resume, quiet)?;
     if summary.interrupted {
-        util::say(format!(
+        return Err(crate::Interrupted(format!(
             "stopped at step {} of {}; checkpoint written. Continue with: sof pretrain --output {} --resume",
             summary.steps_done,
             cfg.steps,
             args.output.display()
-        ));
-        return Ok(());
+        ))
+        .into());
     }
     let b = &summary.baselines;
     util::say(format!(

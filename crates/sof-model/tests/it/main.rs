@@ -227,3 +227,47 @@ fn checkpoints_round_trip() {
     assert!(e.contains("no run.json") && e.contains("earlier checkpoint"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Configs the forward pass cannot run with, and non-finite weights, are refused on load with
+/// the file and the fix (not a divide-by-zero panic, not all-NaN embeddings).
+#[test]
+fn impossible_configs_and_nan_weights_are_refused() {
+    let device = Device::flex();
+    let dir = std::env::temp_dir().join(format!("sof-model-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fresh = EncoderConfig::tiny(80).with_norm_first(false).init(&device);
+    sof_model::import::export_reference(&fresh, &EncoderConfig::tiny(80), &dir).unwrap();
+    let weights = dir.join("model.safetensors");
+    let good = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let with = |key: &str, value: usize| {
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        v[key] = value.into();
+        std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
+        load_reference(&weights, None, &device).map(|_| ()).unwrap_err().to_string()
+    };
+    let e = with("nheads", 0);
+    assert!(e.contains("config.json") || e.contains("model.safetensors"), "{e}");
+    assert!(e.contains("nheads 0") && e.contains("pass the config.json"), "{e}");
+    assert!(with("nheads", 3).contains("divide dim_model 32"));
+    assert!(with("n_tokens", 200).contains("embedding table has 85 rows"));
+    std::fs::write(dir.join("config.json"), &good).unwrap();
+    load_reference(&weights, None, &device).unwrap();
+    // A NaN in one tensor: the file is refused, naming the tensor.
+    let bytes = std::fs::read(&weights).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec())).collect();
+    let (name, _, data) = tensors.iter_mut().find(|t| t.0 == "embeddings.weight").unwrap();
+    data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let name = name.clone();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, shape, d)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), d).unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &weights).unwrap();
+    let e = load_reference(&weights, None, &device).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains(&name) && e.contains("NaN") && e.contains("earlier checkpoint"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}

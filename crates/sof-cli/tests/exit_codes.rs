@@ -1,0 +1,74 @@
+//! The `sof` binary's exit status as a shell sees it: a reader that closes the pipe ends it
+//! quietly with success, and Ctrl-C during pretraining writes a checkpoint and exits with 130.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sof() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sof"))
+}
+
+fn ok(c: &mut Command) {
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let d = tempfile::tempdir().unwrap();
+    let mut child = sof()
+        .args(["-q", "synth", "--cells", "600", "--output"])
+        .arg(d.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the summary lines are written (`sof ... | head -0`).
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "exit {:?}: {err}", o.status.code());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(d.path().join("spatial_merfish.h5ad").exists(), "the work itself is done");
+}
+
+#[test]
+fn ctrl_c_checkpoints_and_exits_130() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |s: &str| d.path().join(s);
+    ok(sof().args(["-q", "synth", "--cells", "1500", "--output"]).arg(p("data")));
+    ok(sof()
+        .args(["-q", "tokenize", "--input"])
+        .arg(p("data/spatial_merfish.h5ad"))
+        .args(["--technology", "merfish", "--species", "mouse", "--modality", "spatial", "--no-niche-profile"])
+        .arg("--output")
+        .arg(p("corpus")));
+    let run = p("run");
+    let mut child = sof()
+        .args(["-q", "pretrain", "--preset", "tiny", "--context-length", "32", "--batch-size", "4"])
+        .args(["--steps", "1000000", "--corpus"])
+        .arg(p("corpus"))
+        .arg("--output")
+        .arg(&run)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once training is under way (its first metrics row is written at step 10).
+    let start = Instant::now();
+    while !has_rows(&run.join("metrics.csv")) {
+        assert!(start.elapsed() < Duration::from_secs(120), "pretraining did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().any(|e| e.path().join("state.json").exists()),
+        "a checkpoint is written before the exit"
+    );
+}
+
+fn has_rows(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| t.lines().count() > 1)
+}
