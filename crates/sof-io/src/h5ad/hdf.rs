@@ -12,8 +12,18 @@ use crate::frame::Column;
 pub(crate) fn read_strings(c: &Container) -> hdf5::Result<Vec<String>> {
     let desc = c.dtype()?.to_descriptor()?;
     let out = match desc {
-        TypeDescriptor::VarLenUnicode => c.read_raw::<VarLenUnicode>()?.iter().map(|s| s.as_str().to_owned()).collect(),
-        TypeDescriptor::VarLenAscii => c.read_raw::<VarLenAscii>()?.iter().map(|s| s.as_str().to_owned()).collect(),
+        TypeDescriptor::VarLenUnicode => c
+            .read_raw::<VarLenUnicode>()?
+            .iter()
+            .enumerate()
+            .map(|(i, s)| utf8(s.as_bytes(), i))
+            .collect::<Result<_, _>>()?,
+        TypeDescriptor::VarLenAscii => c
+            .read_raw::<VarLenAscii>()?
+            .iter()
+            .enumerate()
+            .map(|(i, s)| utf8(s.as_bytes(), i))
+            .collect::<Result<_, _>>()?,
         TypeDescriptor::FixedAscii(n) => fixed_ascii(c, n)?,
         TypeDescriptor::FixedUnicode(n) => fixed_unicode(c, n)?,
         _ if c.size() == 0 => Vec::new(),
@@ -27,12 +37,24 @@ pub(crate) fn read_strings(c: &Container) -> hdf5::Result<Vec<String>> {
     Ok(out)
 }
 
+/// The `i`-th string, checked: HDF5 stores bytes, and the `hdf5` crate's `as_str` does not check
+/// that they are UTF-8 (names that are not would reach vocab.tsv and Parquet as invalid text).
+fn utf8(bytes: &[u8], i: usize) -> hdf5::Result<String> {
+    std::str::from_utf8(bytes).map(str::to_owned).map_err(|e| {
+        format!(
+            "string {i} is not valid UTF-8 ({e}; bytes {:02x?}); rewrite the names as UTF-8 text (anndata cannot read them either)",
+            &bytes[..bytes.len().min(16)]
+        )
+        .into()
+    })
+}
+
 macro_rules! fixed_reader {
     ($name:ident, $ty:ident) => {
         fn $name(c: &Container, n: usize) -> hdf5::Result<Vec<String>> {
             // HDF5 converts between fixed-length string sizes, so read into the next bucket.
             fn go<const N: usize>(c: &Container) -> hdf5::Result<Vec<String>> {
-                Ok(c.read_raw::<$ty<N>>()?.iter().map(|s| s.as_str().to_owned()).collect())
+                c.read_raw::<$ty<N>>()?.iter().enumerate().map(|(i, s)| utf8(s.as_bytes(), i)).collect()
             }
             match n {
                 0..=16 => go::<16>(c),

@@ -166,6 +166,29 @@ fn column_indices_outside_the_matrix() {
     }
 }
 
+/// Gene names whose bytes are not UTF-8 are an error naming the field and the string, not text
+/// passed on unchecked.
+#[test]
+#[allow(unsafe_code)]
+fn gene_names_that_are_not_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("latin1.h5ad");
+    write_h5ad(&p, &toy(vec![1.0, 2.0], &["A", "B"]), &BTreeMap::new()).unwrap();
+    {
+        let f = hdf5::File::open_rw(&p).unwrap();
+        let var = f.group("var").unwrap();
+        var.unlink("_index").unwrap();
+        // SAFETY: from_ascii_unchecked only skips the ASCII check; the bytes are plain bytes
+        // (0xe9 is 'é' in Latin-1), no &str is made from them.
+        let names = [hdf5::types::VarLenAscii::from_ascii("A").unwrap(), unsafe {
+            hdf5::types::VarLenAscii::from_ascii_unchecked(b"Caf\xe9")
+        }];
+        var.new_dataset_builder().with_data(&names).create("_index").unwrap();
+    }
+    check(read_h5ad(&p), &p, &["var", "string 1 is not valid UTF-8", "UTF-8 text"]);
+    check(H5adReader::open(&p).and_then(|r| r.var()), &p, &["not valid UTF-8"]);
+}
+
 #[test]
 fn duplicate_gene_names() {
     let dir = tempfile::tempdir().unwrap();
