@@ -6,7 +6,10 @@ use std::ops::Range;
 ///
 /// Invariants (checked by [`CsrMatrix::new`]): `indptr.len() == n_rows + 1`, `indptr` starts at 0,
 /// never decreases and ends at `indices.len() == data.len()`; every column index is `< n_cols`.
-/// Column indices within a row are not required to be sorted.
+/// Column indices within a row are not required to be sorted. A column that appears twice in a
+/// row is one entry holding the sum of the values (scipy's `sum_duplicates`, what `X[i, j]` reads
+/// there): [`CsrMatrix::new`] merges them, so every reader and the tokenizer see one value per
+/// gene.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CsrMatrix {
     n_rows: usize,
@@ -55,7 +58,47 @@ impl CsrMatrix {
             let row = indptr.partition_point(|&p| p as usize <= pos) - 1;
             return Err(CsrError::ColumnRange { row, col: indices[pos], n_cols });
         }
-        Ok(Self { n_rows, n_cols, indptr, indices, data })
+        let mut m = Self { n_rows, n_cols, indptr, indices, data };
+        m.sum_duplicates();
+        Ok(m)
+    }
+
+    /// Merges repeated column indices within each row into their first position, summing the
+    /// values. One pass with a per-column stamp; a matrix without duplicates is left untouched.
+    fn sum_duplicates(&mut self) {
+        let mut stamp = vec![u64::MAX; self.n_cols];
+        let mut duplicated = false;
+        'rows: for i in 0..self.n_rows {
+            for k in self.row_range(i) {
+                let c = self.indices[k] as usize;
+                if stamp[c] == i as u64 {
+                    duplicated = true;
+                    break 'rows;
+                }
+                stamp[c] = i as u64;
+            }
+        }
+        if !duplicated {
+            return;
+        }
+        let mut at = vec![0usize; self.n_cols];
+        stamp.fill(u64::MAX);
+        let (mut indptr, mut indices, mut data) = (vec![0u64], Vec::new(), Vec::new());
+        for i in 0..self.n_rows {
+            for k in self.row_range(i) {
+                let c = self.indices[k] as usize;
+                if stamp[c] == i as u64 {
+                    data[at[c]] += self.data[k];
+                } else {
+                    stamp[c] = i as u64;
+                    at[c] = indices.len();
+                    indices.push(self.indices[k]);
+                    data.push(self.data[k]);
+                }
+            }
+            indptr.push(indices.len() as u64);
+        }
+        (self.indptr, self.indices, self.data) = (indptr, indices, data);
     }
 
     /// An empty matrix with `n_cols` genes and no cells.
@@ -280,6 +323,18 @@ mod tests {
         assert_eq!(d, vec![1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0]);
         assert_eq!(CsrMatrix::from_dense(3, 3, &d), m);
         assert_eq!(m.row_sums(), vec![3.0, 0.0, 3.0]);
+    }
+
+    #[test]
+    fn repeated_columns_are_summed() {
+        // Row 0 holds column 2 twice (1 + 4), row 1 column 0 three times; row 2 is clean.
+        let m =
+            CsrMatrix::new(3, 3, vec![0, 3, 6, 7], vec![2, 0, 2, 0, 0, 0, 1], vec![1.0, 2.0, 4.0, 1.0, 1.0, 1.0, 5.0])
+                .unwrap();
+        assert_eq!(m.to_dense(), vec![2.0, 0.0, 5.0, 3.0, 0.0, 0.0, 0.0, 5.0, 0.0]);
+        assert_eq!(m.indptr(), &[0, 2, 3, 4]);
+        assert_eq!(m.row(0), (&[2u32, 0][..], &[5.0f32, 2.0][..]), "first positions kept, values summed");
+        assert_eq!(small().indices(), &[0, 2, 1], "no duplicates: untouched");
     }
 
     #[test]
