@@ -376,7 +376,35 @@ fn default_pretraining_reads_no_label() {
 
     // The profile objective moves the weights: without it the same run ends elsewhere.
     pretrain(&p("labelled/corpus"), &p("plain"), &["--no-profile"]);
-    assert!(std::fs::read(p("plain/model/model.safetensors")).unwrap() != weights[0]);
+    let plain = std::fs::read(p("plain/model/model.safetensors")).unwrap();
+    assert!(plain != weights[0]);
+    // A finished run is not replaced by accident, even with its checkpoints gone; --force
+    // trains again. An empty checkpoints/ (a start that failed) blocks nothing.
+    std::fs::remove_dir_all(p("plain/checkpoints")).unwrap();
+    let again = [
+        "-q",
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--corpus",
+        &p("labelled/corpus"),
+        "--context-length",
+        "32",
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--no-profile",
+        "--output",
+        &p("plain"),
+    ];
+    let e = sof(&again).unwrap_err().to_string();
+    assert!(e.contains("plain") && e.contains("finished model") && e.contains("--force"), "{e}");
+    pretrain(&p("labelled/corpus"), &p("plain"), &["--no-profile", "--force"]);
+    assert!(std::fs::read(p("plain/model/model.safetensors")).unwrap() == plain, "the same run again");
+    std::fs::create_dir_all(p("fresh/checkpoints")).unwrap();
+    pretrain(&p("labelled/corpus"), &p("fresh"), &["--no-profile"]);
+    assert!(std::fs::read(p("fresh/model/model.safetensors")).unwrap() == plain);
     // The label-free density objective is there to opt into.
     let rows = pretrain(&p("unlabelled/corpus"), &p("density"), &["--density"]);
     assert!(rows.iter().all(|r| r.density_loss.is_some() && r.profile_loss.is_some() && r.composition_loss.is_none()));

@@ -13,6 +13,26 @@ pub struct AtomicPath {
     committed: bool,
 }
 
+/// Removes temporary outputs `<prefix><pid>` in `dir` left by processes that no longer run (a
+/// killed job's half-written shard or .h5ad copy). Only where `/proc` tells which processes are
+/// alive (Linux); elsewhere nothing is removed.
+fn remove_stale(dir: &Path, prefix: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(prefix)).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(path = %e.path().display(), "removing the temporary output of a stopped run");
+            let _ = if e.path().is_dir() { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
+        }
+    }
+}
+
 impl AtomicPath {
     pub fn new(dest: impl AsRef<Path>) -> Result<Self> {
         let dest = dest.as_ref().to_path_buf();
@@ -28,6 +48,7 @@ impl AtomicPath {
         }
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        remove_stale(&dir, &format!(".{name}.tmp-"));
         Ok(Self { dest, tmp, committed: false })
     }
 
@@ -49,5 +70,32 @@ impl Drop for AtomicPath {
         if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporaries_of_dead_processes_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        // Above any pid_max: no such process runs.
+        let stale = d.path().join(".out.h5ad.tmp-999999999");
+        let stale_dir = d.path().join(".out.h5ad.tmp-999999998");
+        let other = d.path().join(".other.h5ad.tmp-999999999");
+        let live = d.path().join(format!(".out.h5ad.tmp-{}", std::process::id()));
+        std::fs::write(&stale, b"half").unwrap();
+        std::fs::create_dir(&stale_dir).unwrap();
+        std::fs::write(&other, b"half").unwrap();
+        let a = AtomicPath::new(d.path().join("out.h5ad")).unwrap();
+        std::fs::write(a.path(), b"whole").unwrap();
+        assert_eq!(a.path(), live);
+        if Path::new("/proc/self").exists() {
+            assert!(!stale.exists() && !stale_dir.exists(), "a dead run's temporaries go");
+        }
+        assert!(other.exists(), "another output's temporaries stay");
+        a.commit().unwrap();
+        assert_eq!(std::fs::read(d.path().join("out.h5ad")).unwrap(), b"whole");
     }
 }

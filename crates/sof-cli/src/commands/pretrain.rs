@@ -84,6 +84,9 @@ pub struct Args {
     /// Continue the run in --output from its newest checkpoint (its config.toml is used).
     #[arg(long)]
     pub resume: bool,
+    /// Train again in an --output that holds a finished model, replacing it.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
 }
 
 fn settings(args: &Args) -> anyhow::Result<PretrainConfig> {
@@ -165,9 +168,17 @@ fn settings(args: &Args) -> anyhow::Result<PretrainConfig> {
 
 pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let cfg = settings(&args)?;
-    if !args.resume && args.output.join("checkpoints").exists() {
+    // Only complete checkpoints count: a start that failed leaves an empty checkpoints/ that
+    // must block neither a rerun nor --resume's message.
+    if !args.resume && sof_pretrain::trainer::latest_checkpoint(&args.output.join("checkpoints")).is_some() {
         bail!(
             "{}: this run folder already has checkpoints; pass --resume to continue it, or choose a new --output",
+            args.output.display()
+        );
+    }
+    if !args.resume && !args.force && args.output.join("model").join("run.json").exists() {
+        bail!(
+            "{}: this run folder holds a finished model (model/); choose a new --output, or pass --force to train again and replace it",
             args.output.display()
         );
     }

@@ -50,6 +50,12 @@ pub(crate) fn open_hdf5(path: &Path) -> Result<File> {
 fn open_hdf5_with(path: &Path, chunk_cache: bool) -> Result<File> {
     match std::fs::metadata(path) {
         Err(e) => return Err(Error::io(path, e)),
+        Ok(m) if m.is_dir() => {
+            return Err(Error::Open {
+                path: path.into(),
+                reason: "this is a folder, not a file (pass the .h5ad or .loom file itself)".into(),
+            });
+        }
         Ok(m) if m.len() == 0 => {
             return Err(Error::Open { path: path.into(), reason: "the file is empty (0 bytes)".into() });
         }

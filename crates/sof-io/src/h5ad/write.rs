@@ -215,7 +215,8 @@ impl H5adEditor {
         let (input, output) = (input.as_ref(), output.as_ref());
         let n_obs = H5adReader::open(input)?.n_obs();
         let tmp = AtomicPath::new(output)?;
-        std::fs::copy(input, tmp.path()).map_err(|e| Error::io(input, e))?;
+        // The input was just read, so a failure here is the output's (read-only folder, full disk).
+        std::fs::copy(input, tmp.path()).map_err(|e| Error::io(output, e))?;
         let file = strong(false, tmp.path()).map_err(|e| Error::hdf5(output, "/", e))?;
         Ok(Self { path: output.to_path_buf(), file, n_obs, tmp })
     }

@@ -189,6 +189,28 @@ fn gene_names_that_are_not_utf8() {
     check(H5adReader::open(&p).and_then(|r| r.var()), &p, &["not valid UTF-8"]);
 }
 
+/// A folder given as input, and an output folder that cannot be written, are named as such.
+#[test]
+fn folders_in_and_read_only_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("run.h5ad");
+    std::fs::create_dir(&folder).unwrap();
+    check(H5adReader::open(&folder), &folder, &["folder, not a file"]);
+    let p = dir.path().join("ok.h5ad");
+    write_h5ad(&p, &toy(vec![1.0, 2.0], &["A", "B"]), &BTreeMap::new()).unwrap();
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let mut perm = std::fs::metadata(&ro).unwrap().permissions();
+    perm.set_readonly(true);
+    std::fs::set_permissions(&ro, perm).unwrap();
+    let out = ro.join("out.h5ad");
+    // Root ignores permissions (CI runs as root): only check where the folder is really read-only.
+    if std::fs::write(ro.join("probe"), b"").is_err() {
+        let e = H5adEditor::copy_of(&p, &out).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains(&out.display().to_string()), "names the output: {e}");
+    }
+}
+
 #[test]
 fn duplicate_gene_names() {
     let dir = tempfile::tempdir().unwrap();
