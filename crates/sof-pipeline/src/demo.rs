@@ -364,14 +364,9 @@ struct Prepared {
     label_tasks: Vec<(String, String)>,
 }
 
-/// Median of a slice (0 for an empty one).
+/// Median of a slice (0 for an empty one, not NaN: a file summary of no cells).
 fn median(values: &mut [f64]) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 { values[n / 2] } else { 0.5 * (values[n / 2 - 1] + values[n / 2]) }
+    if values.is_empty() { 0.0 } else { sof_tasks::metrics::median(values) }
 }
 
 /// Generates the synthetic tissue of `cfg` into `dir` (one .h5ad per sample), a summary per

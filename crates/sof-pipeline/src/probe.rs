@@ -14,6 +14,7 @@ use sof_tasks::probe::{self, ProbeReport, ProbeTask};
 use sof_tasks::split::{Fold, FoldPlan};
 use sof_tasks::{Cells, LinearHead, MlpHead, Target};
 
+use crate::cells::obs_column;
 use crate::checkpoint::{self, TokenizerOverrides};
 use crate::error::{PipelineError, Result};
 
@@ -185,16 +186,6 @@ fn task(spec: &ProbeSpec, reader: &H5adReader, obs: &sof_io::Frame) -> Result<(V
             Ok((keep, task))
         }
     }
-}
-
-/// An obs column, or an error that lists the columns there are.
-fn obs_column<'a>(obs: &'a sof_io::Frame, file: &std::path::Path, key: &str) -> Result<&'a sof_io::Column> {
-    obs.get(key).ok_or_else(|| {
-        PipelineError::input(
-            file.display(),
-            format!("obs has no column '{key}' (it has: {})", obs.column_names().collect::<Vec<_>>().join(", ")),
-        )
-    })
 }
 
 /// Every cell's position and section, for the neighbourhood baselines.

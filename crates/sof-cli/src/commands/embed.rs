@@ -97,10 +97,7 @@ impl TokenizerArgs {
             vocab: self.vocab.clone(),
             genes_dir: self.genes_dir.clone(),
             tech_means: self.tech_means.clone(),
-            mode: self.mode.map(|m| match m {
-                ModeArg::Fixed => Mode::Fixed,
-                ModeArg::Nicheformer => Mode::Nicheformer,
-            }),
+            mode: self.mode.map(Mode::from),
             context_config: self.context_config.clone(),
         })
     }

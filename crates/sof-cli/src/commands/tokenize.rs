@@ -135,6 +135,15 @@ pub enum ModeArg {
     Nicheformer,
 }
 
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Fixed => Mode::Fixed,
+            ModeArg::Nicheformer => Mode::Nicheformer,
+        }
+    }
+}
+
 pub fn species(s: SpeciesArg) -> Species {
     match s {
         SpeciesArg::Human => Species::Human,
@@ -154,10 +163,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         vocab: args.vocab.clone(),
         genes_dir: args.genes_dir.clone(),
         tech_means: args.tech_means.clone(),
-        mode: match args.mode {
-            ModeArg::Fixed => Mode::Fixed,
-            ModeArg::Nicheformer => Mode::Nicheformer,
-        },
+        mode: args.mode.into(),
         keep_obs: args.keep_obs.clone(),
         section_key: args.section_key.clone(),
         niche_targets: !args.no_niche_profile,
