@@ -422,8 +422,8 @@ fn results_markdown(
         "Folds: STARmap holds out one section at a time (train on two, test on the third, all three rotations); \
          osmFISH and smFISH hold out spatial blocks (4 x 4 grid dealt into 4 folds, {} seed(s)); the dissociated \
          intestine cells, which have no sections or coordinates, use 5 shuffled folds ({} seed(s)). Every feature set \
-         gets the same folds and the same heads: the linear probe (logistic regression on whitened features; ridge \
-         for values; softmax-linear for proportions) and a one-hidden-layer MLP. Baselines: PCA of log1p \
+         gets the same folds and the same heads: the linear probe (logistic regression on standardized features, \
+         fitted by L-BFGS; ridge for values; softmax-linear for proportions) and a one-hidden-layer MLP. Baselines: PCA of log1p \
          10k-normalized expression fitted on the training cells (50 components, and the best of 10/20/50/100 on the \
          test folds — optimistic on purpose), the raw log-normalized expression and, on the spatial datasets, the \
          neighbourhood baselines: NichePCA (expression averaged over each cell and its k nearest neighbours in its \
@@ -614,7 +614,7 @@ fn results_markdown(
         "Each STARmap section in turn is held out, embedded with the *dissociated* modality token, its coordinates \
          not used, and mapped onto the other two sections (embedded as spatial), two ways: softmax-weighted cosine \
          neighbours (`sof map --head knn`, k = 30), and heads trained on the reference cells (`--head linear`: \
-         whitened logistic regression for the layer, ridge for depth). Depth is each cell's position along the \
+         standardized logistic regression for the layer, ridge for depth). Depth is each cell's position along the \
          cortical axis of its own section, 0 at the pia-side edge and 1 at the white-matter edge (`sof spatial \
          --depth-from layer`), so sections in different coordinate frames are comparable. Beside it: the same \
          mapper on PCA-50 of expression, and the prior (the reference's most frequent layer; its mean depth).\n"

@@ -32,7 +32,7 @@ pub trait Head: Send + Sync {
     fn fit(&self, x: ArrayView2<f64>, target: &Target) -> Box<dyn Predictor>;
 }
 
-/// The linear probe: whitened multinomial logistic regression for classes, softmax-linear
+/// The linear probe: multinomial logistic regression on standardized features for classes, softmax-linear
 /// (cross-entropy against the target distribution) for proportions, ridge for values.
 #[derive(Debug, Clone)]
 pub struct LinearHead {

@@ -11,7 +11,7 @@
 //! - [`neighbourhood`]: the NichePCA- and BANKSY-style baselines (expression averaged over each
 //!   cell's spatial neighbours in its section, then PCA) that a spatial embedding must beat.
 //! - [`split`]: leave-one-section-out, spatial-block and shuffled folds.
-//! - [`linear`]: logistic regression on whitened features and ridge regression.
+//! - [`linear`]: logistic regression on standardized features (L-BFGS) and ridge regression.
 //! - [`mlp`]: a one-hidden-layer MLP (classes, values, proportions) with early stopping.
 //! - [`pca`]: the expression baselines (log1p of 10k-normalized counts; randomized PCA fitted on
 //!   the training cells).

@@ -21,51 +21,22 @@ impl Standardizer {
     }
 }
 
-/// Whitening fitted on training rows: standardize, rotate onto the principal axes of the
-/// training covariance and scale each to unit variance (directions with variance below 1e-9 of
-/// the largest are dropped). A linear map, so a linear probe on whitened features is still a
-/// linear probe; it removes the ill-conditioning of anisotropic embeddings (most variance in a few
-/// directions), which otherwise stops gradient training short of the optimum. Above
-/// [`Whitener::MAX_DIM`] features it only standardizes (the eigendecomposition is cubic).
-#[derive(Debug, Clone)]
-pub struct Whitener {
-    scaler: Standardizer,
-    /// `d x k` rotation and scaling, or `None` (standardize only).
-    projection: Option<Array2<f64>>,
-}
-
-impl Whitener {
-    pub const MAX_DIM: usize = 768;
-
-    pub fn fit(x: ArrayView2<f64>) -> Self {
-        let scaler = Standardizer::fit(x);
-        if x.ncols() > Self::MAX_DIM || x.nrows() < 2 {
-            return Self { scaler, projection: None };
-        }
-        let xs = scaler.transform(x);
-        let cov = xs.t().dot(&xs) / (xs.nrows() - 1) as f64;
-        let (vals, vecs) = crate::pca::symmetric_eigen(cov);
-        let top = vals.first().copied().unwrap_or(0.0).max(1e-300);
-        let kept: Vec<usize> = (0..vals.len()).filter(|&i| vals[i] > 1e-9 * top).collect();
-        let projection =
-            Array2::from_shape_fn((x.ncols(), kept.len()), |(r, c)| vecs[[r, kept[c]]] / vals[kept[c]].sqrt());
-        Self { scaler, projection: Some(projection) }
-    }
-
-    pub fn transform(&self, x: ArrayView2<f64>) -> Array2<f64> {
-        let xs = self.scaler.transform(x);
-        match &self.projection {
-            Some(p) => xs.dot(p),
-            None => xs,
-        }
-    }
-}
-
-/// Softmax regression with L2 penalty on whitened features, trained full-batch with Adam
-/// (deterministic).
+/// Softmax regression with an L2 penalty on standardized features, fitted to convergence by
+/// L-BFGS (the `argmin` crate) — the problem scikit-learn's `LogisticRegression` solves, and
+/// deterministic.
+///
+/// Standardized, not whitened: whitening (rotating onto the training covariance's principal axes,
+/// each scaled to unit variance) turns the L2 penalty into one that barely restrains the
+/// low-variance directions, where a probe overfits to whatever tells training sections apart.
+/// Measured on STARmap layer (three sections, each held out once): an embedding beside its
+/// neighbours' mean (`X_sof_niche`, 256 correlated columns) scored macro F1 0.771 whitened and
+/// 0.85 standardized, while PCA features (already decorrelated) scored the same either way.
+/// Gradient descent (Adam, 500 full-batch epochs, what this was before) stops short of the
+/// optimum on standardized anisotropic embeddings, which is what the whitening was for; L-BFGS
+/// does not.
 #[derive(Debug, Clone)]
 pub struct LogisticRegression {
-    scaler: Whitener,
+    scaler: Standardizer,
     w: Array2<f64>,
     b: Array1<f64>,
 }
@@ -73,16 +44,18 @@ pub struct LogisticRegression {
 /// Settings of [`LogisticRegression::fit`].
 #[derive(Debug, Clone)]
 pub struct LogisticConfig {
+    /// Penalty `l2 / 2 * |W|^2` beside the mean (row-weighted) cross-entropy; the bias is not
+    /// penalized.
     pub l2: f64,
-    pub epochs: usize,
-    pub learning_rate: f64,
+    /// L-BFGS iterations at most (it usually stops earlier, at a gradient norm of 1e-6).
+    pub max_iterations: u64,
     /// Weight classes inversely to their frequency.
     pub class_balanced: bool,
 }
 
 impl Default for LogisticConfig {
     fn default() -> Self {
-        Self { l2: 1e-3, epochs: 500, learning_rate: 0.05, class_balanced: false }
+        Self { l2: 1e-3, max_iterations: 500, class_balanced: false }
     }
 }
 
@@ -94,6 +67,77 @@ pub(crate) fn softmax_rows(mut z: Array2<f64>) -> Array2<f64> {
         row /= s;
     }
     z
+}
+
+/// The penalized softmax cross-entropy over standardized rows, parameters `[W (d x k) row-major,
+/// b (k)]` flattened for L-BFGS.
+struct SoftmaxLoss<'a> {
+    x: &'a Array2<f64>,
+    targets: ArrayView2<'a, f64>,
+    /// Row weights summing to 1.
+    row_w: &'a Array1<f64>,
+    l2: f64,
+}
+
+impl SoftmaxLoss<'_> {
+    fn unpack(&self, p: &[f64]) -> (Array2<f64>, Array1<f64>) {
+        let (d, k) = (self.x.ncols(), self.targets.ncols());
+        let w = Array2::from_shape_vec((d, k), p[..d * k].to_vec()).expect("d x k parameters");
+        (w, Array1::from(p[d * k..].to_vec()))
+    }
+
+    /// Loss and gradient together (one pass over the rows).
+    fn evaluate(&self, p: &[f64]) -> (f64, Vec<f64>) {
+        let (w, b) = self.unpack(p);
+        let mut z = self.x.dot(&w) + &b; // [n, k]
+        let mut loss = 0.0;
+        for ((mut row, t), &rw) in z.rows_mut().into_iter().zip(self.targets.rows()).zip(self.row_w) {
+            let m = row.fold(f64::MIN, |a, &v| a.max(v));
+            let log_sum = row.iter().map(|&v| (v - m).exp()).sum::<f64>().ln() + m;
+            loss -= rw * row.iter().zip(t).map(|(&v, &tc)| tc * (v - log_sum)).sum::<f64>();
+            // The row becomes d loss / d z = rw * (softmax - target).
+            row.zip_mut_with(&t, |v, &tc| *v = rw * ((*v - log_sum).exp() - tc));
+        }
+        loss += 0.5 * self.l2 * w.iter().map(|v| v * v).sum::<f64>();
+        let gw = self.x.t().dot(&z) + &(&w * self.l2);
+        let gb = z.sum_axis(Axis(0));
+        (loss, gw.iter().chain(gb.iter()).copied().collect())
+    }
+}
+
+impl argmin::core::CostFunction for SoftmaxLoss<'_> {
+    type Param = Vec<f64>;
+    type Output = f64;
+    fn cost(&self, p: &Vec<f64>) -> Result<f64, argmin::core::Error> {
+        Ok(self.evaluate(p).0)
+    }
+}
+
+impl argmin::core::Gradient for SoftmaxLoss<'_> {
+    type Param = Vec<f64>;
+    type Gradient = Vec<f64>;
+    fn gradient(&self, p: &Vec<f64>) -> Result<Vec<f64>, argmin::core::Error> {
+        Ok(self.evaluate(p).1)
+    }
+}
+
+/// Keeps the best parameters seen, so a line search that gives up near the optimum (argmin
+/// returns an error then, without its state) still leaves the fit it had reached.
+#[derive(Clone)]
+struct KeepBest(std::sync::Arc<std::sync::Mutex<Option<Vec<f64>>>>);
+
+impl argmin::core::observers::Observe<argmin::core::IterState<Vec<f64>, Vec<f64>, (), (), (), f64>> for KeepBest {
+    fn observe_iter(
+        &mut self,
+        state: &argmin::core::IterState<Vec<f64>, Vec<f64>, (), (), (), f64>,
+        _: &argmin::core::KV,
+    ) -> Result<(), argmin::core::Error> {
+        use argmin::core::State;
+        if let Some(p) = state.get_best_param() {
+            *self.0.lock().expect("not poisoned") = Some(p.clone());
+        }
+        Ok(())
+    }
 }
 
 impl LogisticRegression {
@@ -124,34 +168,31 @@ impl LogisticRegression {
         Self::fit_weighted(x, targets, row_w, cfg)
     }
 
-    fn fit_weighted(x: ArrayView2<f64>, onehot: ArrayView2<f64>, row_w: Array1<f64>, cfg: &LogisticConfig) -> Self {
-        let scaler = Whitener::fit(x);
+    fn fit_weighted(x: ArrayView2<f64>, targets: ArrayView2<f64>, row_w: Array1<f64>, cfg: &LogisticConfig) -> Self {
+        use argmin::core::{Executor, State, observers::ObserverMode};
+        use argmin::solver::{linesearch::MoreThuenteLineSearch, quasinewton::LBFGS};
+        let scaler = Standardizer::fit(x);
         let xs = scaler.transform(x);
-        let d = xs.ncols();
-        let n_classes = onehot.ncols();
-        let total_w = row_w.sum().max(1e-12);
-        let mut w = Array2::<f64>::zeros((d, n_classes));
-        let mut b = Array1::<f64>::zeros(n_classes);
-        let (mut mw, mut vw) = (w.clone(), w.clone());
-        let (mut mb, mut vb) = (b.clone(), b.clone());
-        let (b1, b2, eps) = (0.9, 0.999, 1e-8);
-        for t in 1..=cfg.epochs {
-            let p = softmax_rows(xs.dot(&w) + &b);
-            let mut g = p - onehot; // [n, k]
-
-            for (mut row, &rw) in g.rows_mut().into_iter().zip(row_w.iter()) {
-                row *= rw / total_w;
-            }
-            let gw = xs.t().dot(&g) + &(&w * cfg.l2);
-            let gb = g.sum_axis(Axis(0));
-            let (c1, c2) = (1.0 - f64::powi(b1, t as i32), 1.0 - f64::powi(b2, t as i32));
-            mw = &mw * b1 + &gw * (1.0 - b1);
-            vw = &vw * b2 + &gw.mapv(|v| v * v) * (1.0 - b2);
-            mb = &mb * b1 + &gb * (1.0 - b1);
-            vb = &vb * b2 + &gb.mapv(|v| v * v) * (1.0 - b2);
-            w = &w - &((&mw / c1) / ((&vw / c2).mapv(f64::sqrt) + eps) * cfg.learning_rate);
-            b = &b - &((&mb / c1) / ((&vb / c2).mapv(f64::sqrt) + eps) * cfg.learning_rate);
+        let (d, k) = (xs.ncols(), targets.ncols());
+        let row_w = &row_w / row_w.sum().max(1e-12);
+        let problem = SoftmaxLoss { x: &xs, targets, row_w: &row_w, l2: cfg.l2 };
+        let start = vec![0.0; d * k + k];
+        let best = KeepBest(Default::default());
+        let solver = LBFGS::new(MoreThuenteLineSearch::new(), 10)
+            .with_tolerance_grad(1e-6)
+            .and_then(|s| s.with_tolerance_cost(1e-12))
+            .expect("positive tolerances");
+        let run = Executor::new(problem, solver)
+            .configure(|s| s.param(start.clone()).max_iters(cfg.max_iterations))
+            .add_observer(best.clone(), ObserverMode::Always)
+            .run();
+        let p = match run {
+            Ok(r) => r.state().get_best_param().cloned(),
+            Err(_) => best.0.lock().expect("not poisoned").take(),
         }
+        .unwrap_or(start);
+        let problem = SoftmaxLoss { x: &xs, targets, row_w: &row_w, l2: cfg.l2 };
+        let (w, b) = problem.unpack(&p);
         Self { scaler, w, b }
     }
 
@@ -261,21 +302,38 @@ mod tests {
         assert!(p.rows().into_iter().all(|r| (r.sum() - 1.0).abs() < 1e-9));
     }
 
+    /// Nearly collinear, overlapping classes (the ill-conditioned case where gradient descent
+    /// stalls): the fit is the optimum of the penalized objective — its gradient there is ~0 —
+    /// and the same call gives the same weights.
     #[test]
-    fn whitened_training_features_have_identity_covariance() {
-        // Strongly anisotropic, correlated features.
-        let x = Array2::from_shape_fn((200, 3), |(i, j)| {
-            let t = (i as f64 * 0.37).sin();
-            let u = (i as f64 * 1.3).cos();
-            [100.0 * t + 0.01 * u, 100.0 * t - 0.01 * u, 0.5 * u + t][j]
+    fn logistic_regression_reaches_the_optimum_on_collinear_features() {
+        let n = 300;
+        let x = Array2::from_shape_fn((n, 4), |(i, j)| {
+            let t = (i as f64 * 0.71).sin() + (i % 3) as f64 * 0.4;
+            let u = (i as f64 * 1.93).cos();
+            [t, t + 1e-3 * u, u, 0.5 * t - u + 1e-3 * (i as f64 * 0.11).sin()][j]
         });
-        let w = Whitener::fit(x.view());
-        let z = w.transform(x.view());
-        let cov = z.t().dot(&z) / (z.nrows() - 1) as f64;
-        assert_eq!(cov.nrows(), 2, "the third direction is a combination of the first two");
-        for ((r, c), v) in cov.indexed_iter() {
-            assert!((v - if r == c { 1.0 } else { 0.0 }).abs() < 1e-6, "cov[{r},{c}] = {v}");
+        let y: Vec<usize> = (0..n).map(|i| ((i % 3) + usize::from(i % 7 == 0)) % 3).collect();
+        let cfg = LogisticConfig::default();
+        let m = LogisticRegression::fit(x.view(), &y, 3, &cfg);
+        let xs = m.scaler.transform(x.view());
+        let mut onehot = Array2::<f64>::zeros((n, 3));
+        y.iter().enumerate().for_each(|(i, &c)| onehot[[i, c]] = 1.0);
+        let row_w = Array1::from_elem(n, 1.0 / n as f64);
+        let loss = SoftmaxLoss { x: &xs, targets: onehot.view(), row_w: &row_w, l2: cfg.l2 };
+        let p: Vec<f64> = m.w.iter().chain(m.b.iter()).copied().collect();
+        let (_, grad) = loss.evaluate(&p);
+        let norm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
+        assert!(norm < 1e-5, "gradient norm at the fit {norm}");
+        // A step away from the fit in any coordinate costs more.
+        let (at, _) = loss.evaluate(&p);
+        for k in 0..p.len() {
+            let mut q = p.clone();
+            q[k] += 1e-2;
+            assert!(loss.evaluate(&q).0 > at, "coordinate {k}");
         }
+        let again = LogisticRegression::fit(x.view(), &y, 3, &cfg);
+        assert_eq!(again.w, m.w);
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! A small MLP head on frozen features: one hidden ReLU layer, trained with mini-batch Adam and
 //! early stopping on a held-out tenth of the training rows (seeded, so deterministic).
 //!
+//! Features are standardized, not whitened: with whitened inputs (unit variance on every
+//! principal axis of the training cells, the noise axes included) a STARmap layer MLP on
+//! `X_sof_niche` scored macro F1 0.49 against 0.91 standardized (scikit-learn's MLP, one section
+//! held out, measured 2026-12-01) — it fits what tells the training sections apart.
+//!
 //! Three targets: classes (softmax cross-entropy, optionally class-balanced), values (MSE on
 //! standardized targets) and proportions (softmax output, cross-entropy against the target
 //! distribution — the KL divergence up to a constant — so predictions are proportions).
@@ -12,7 +17,7 @@ use rand_distr::{Distribution, Normal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::Target;
-use crate::linear::{Whitener, softmax_rows};
+use crate::linear::{Standardizer, softmax_rows};
 
 /// Settings of [`Mlp::fit`].
 #[derive(Debug, Clone)]
@@ -52,7 +57,7 @@ enum Output {
 /// A fitted head.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    scaler: Whitener,
+    scaler: Standardizer,
     w1: Array2<f64>,
     b1: Array1<f64>,
     w2: Array2<f64>,
@@ -73,7 +78,7 @@ struct Adam {
 
 impl Mlp {
     pub fn fit(x: ArrayView2<f64>, target: &Target, cfg: &MlpConfig) -> Self {
-        let scaler = Whitener::fit(x);
+        let scaler = Standardizer::fit(x);
         let xs = scaler.transform(x);
         let (n, d) = xs.dim();
         // Targets as an `n x k` matrix plus a weight per row.

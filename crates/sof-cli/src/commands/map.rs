@@ -61,7 +61,7 @@ pub struct Args {
     #[arg(long)]
     pub pca_baseline: bool,
     /// What predicts the label, composition, density and --transfer columns: the softmax-weighted
-    /// neighbours (knn), or a head trained on the reference cells (linear: whitened logistic /
+    /// neighbours (knn), or a head trained on the reference cells (linear: standardized logistic /
     /// softmax-linear / ridge; mlp: one hidden layer). Locations always come from the neighbours.
     #[arg(long, value_enum, default_value = "knn")]
     pub head: MapHead,
