@@ -1226,3 +1226,82 @@ fn map_reports_bad_input() {
     assert!(e.contains("same model"), "{e}");
     sof(&["-q", "map", "--reference", &r, "--query", &q, "--label", "layer", "--output", &out]).unwrap();
 }
+
+/// One writer per output: every command that writes refuses an output whose lock is held by a
+/// process that runs (PID 1 always does), naming the holder, and leaves the holder's lock alone.
+#[test]
+fn a_second_writer_of_any_output_is_refused() {
+    if !Path::new("/proc/1").exists() {
+        eprintln!("skipped: no /proc to tell which processes run");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let p = |s: &str| d.path().join(s).to_str().unwrap().to_owned();
+    sof(&["-q", "synth", "--cells", "600", "--sections", "1", "--dissociated-cells", "0", "--output", &p("data")])
+        .unwrap();
+    let input = p("data/spatial_merfish.h5ad");
+    let tokenize = |out: &str| {
+        sof(&[
+            "-q",
+            "tokenize",
+            "--input",
+            &input,
+            "--technology",
+            "merfish",
+            "--species",
+            "mouse",
+            "--modality",
+            "spatial",
+            "--output",
+            out,
+        ])
+    };
+    tokenize(&p("corpus")).unwrap();
+    let held = |output: &str, run: &dyn Fn() -> anyhow::Result<()>| {
+        let out = Path::new(output);
+        let lock = out.parent().unwrap().join(format!(".{}.lock", out.file_name().unwrap().to_str().unwrap()));
+        std::fs::write(&lock, "1\n").unwrap();
+        let e = format!("{:#}", run().expect_err(output));
+        assert!(e.contains("another sof run (pid 1)") && e.contains(output), "{output}: {e}");
+        assert_eq!(std::fs::read_to_string(&lock).unwrap(), "1\n", "{output}: the holder's lock stays");
+        std::fs::remove_file(&lock).unwrap();
+    };
+    held(&p("corpus2"), &|| tokenize(&p("corpus2")));
+    assert!(!Path::new(&p("corpus2")).join("manifest.json").exists(), "nothing written while refused");
+    let sp = p("targets.h5ad");
+    held(&sp, &|| sof(&["-q", "spatial", "--input", &input, "--radius", "40", "--output", &sp]));
+    let run = p("run");
+    let pretrain = || {
+        sof(&[
+            "-q",
+            "pretrain",
+            "--preset",
+            "tiny",
+            "--corpus",
+            &p("corpus"),
+            "--context-length",
+            "32",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--output",
+            &run,
+        ])
+    };
+    held(&run, &pretrain);
+    assert!(!Path::new(&run).join("checkpoints").exists() && !Path::new(&run).join("metrics.csv").exists());
+    pretrain().unwrap();
+    let emb = p("embedded.h5ad");
+    let model = format!("{run}/model");
+    held(&emb, &|| sof(&["-q", "embed", "--input", &input, "--checkpoint", &model, "--output", &emb]));
+    sof(&["-q", "embed", "--input", &input, "--checkpoint", &model, "--output", &emb]).unwrap();
+    let probe = p("probe.json");
+    held(&probe, &|| sof(&["-q", "probe", "--input", &emb, "--label", "layer", "--output", &probe]));
+    let mapped = p("mapped.h5ad");
+    held(&mapped, &|| {
+        sof(&["-q", "map", "--reference", &emb, "--query", &emb, "--label", "layer", "--output", &mapped])
+    });
+    let demo = p("demo");
+    held(&demo, &|| sof(&["-q", "demo", "--cells", "600", "--steps", "2", "--preset", "tiny", "--output", &demo]));
+}

@@ -67,6 +67,8 @@ fn ctrl_c_checkpoints_and_exits_130() {
         std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().any(|e| e.path().join("state.json").exists()),
         "a checkpoint is written before the exit"
     );
+    let lock = run.parent().unwrap().join(format!(".{}.lock", run.file_name().unwrap().to_str().unwrap()));
+    assert!(!lock.exists(), "the run folder's writer lock is released on Ctrl-C");
 }
 
 fn has_rows(path: &Path) -> bool {

@@ -17,7 +17,7 @@ pub struct AtomicPath {
 /// killed job's half-written shard or .h5ad copy). Only where `/proc` tells which processes are
 /// alive (Linux); elsewhere nothing is removed.
 fn remove_stale(dir: &Path, prefix: &str) {
-    if !Path::new("/proc/self").exists() {
+    if crate::lock::process_runs(std::process::id()).is_none() {
         return;
     }
     let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -26,7 +26,7 @@ fn remove_stale(dir: &Path, prefix: &str) {
         let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(prefix)).and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        if pid != std::process::id() && crate::lock::process_runs(pid) == Some(false) {
             tracing::info!(path = %e.path().display(), "removing the temporary output of a stopped run");
             let _ = if e.path().is_dir() { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
         }

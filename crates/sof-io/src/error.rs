@@ -25,6 +25,11 @@ pub enum Error {
     /// Plain file-system errors (permissions, disk full, missing directory).
     #[error("{path}: {error}")]
     Io { path: PathBuf, error: std::io::Error },
+    /// Another process is writing the same output ([`crate::OutputLock`]).
+    #[error(
+        "{path}: another sof run (pid {pid}) is writing this output; wait for it to finish or stop it, or write elsewhere (its lock file {lock} goes when that process ends)"
+    )]
+    Locked { path: PathBuf, lock: PathBuf, pid: u32 },
 }
 
 /// Shorthand for results in this crate.

@@ -18,6 +18,7 @@ mod error;
 mod frame;
 pub mod genes;
 pub mod h5ad;
+mod lock;
 pub mod loom;
 pub mod manifest;
 mod matrix;
@@ -29,6 +30,7 @@ pub use anndata::AnnData;
 pub use atomic::AtomicPath;
 pub use error::{Error, Result};
 pub use frame::{Column, Frame};
+pub use lock::OutputLock;
 pub use matrix::{CsrError, CsrMatrix};
 pub use source::{CellFile, CellFormat, CellSource, TableInput, open_cells};
 

@@ -105,6 +105,8 @@ pub fn tokenize_source(
     spec: &TokenizeSpec,
     progress: &mut dyn FnMut(usize),
 ) -> Result<TokenizeOutcome> {
+    // One writer per corpus folder: two runs would mix their shards.
+    let _writer = sof_io::OutputLock::acquire(&spec.output)?;
     let table = context_table(spec.context_config.as_deref())?;
     let tech = table.get(&spec.technology)?.clone();
     let (vocab, report) = align(reader, spec.vocab.as_deref(), spec.genes_dir.as_deref(), spec.species)?;

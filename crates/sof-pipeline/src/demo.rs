@@ -182,6 +182,7 @@ pub fn demo(
     stop: &AtomicBool,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<(DemoSummary, Option<DemoFiles>)> {
+    let _writer = sof_io::OutputLock::acquire(&config.output)?;
     let start = Instant::now();
     let mut seconds = BTreeMap::new();
     let prepared = match &config.data {

@@ -78,6 +78,7 @@ pub fn embed_h5ad(spec: &EmbedSpec, progress: &mut dyn FnMut(usize)) -> Result<E
     if spec.batch_size == 0 {
         return Err(PipelineError::setting("--batch-size must be at least 1"));
     }
+    let _writer = sof_io::OutputLock::acquire(&spec.output)?;
     let loaded =
         checkpoint::load(&spec.checkpoint, spec.model_config.as_deref(), &spec.tokenizer, &spec.input, &spec.device)?;
     let (technology, mode) = (loaded.technology.clone(), loaded.mode);

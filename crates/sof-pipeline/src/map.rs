@@ -128,6 +128,7 @@ pub fn map_h5ad(spec: &MapSpec) -> Result<MapOutcome> {
     if cfg.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || cfg.k == 0 {
         return Err(PipelineError::setting("--temperature must be > 0 and --k at least 1"));
     }
+    let _writer = sof_io::OutputLock::acquire(&spec.output)?;
     let (rfile, qfile) = (spec.reference.display(), spec.query.display());
     let r = H5adReader::open(&spec.reference)?;
     let q = H5adReader::open(&spec.query)?;

@@ -88,6 +88,7 @@ pub struct SpatialOutcome {
 /// uns['sof_mean_neighbors']; with cell types obsm['sof_composition'] (+ its columns) and
 /// obs['sof_niche']; obs['sof_depth'] and obsp['sof_connectivities'] when asked.
 pub fn spatial_h5ad(spec: &SpatialSpec) -> Result<SpatialOutcome> {
+    let _writer = sof_io::OutputLock::acquire(&spec.output)?;
     let file = spec.input.display();
     let reader = H5adReader::open(&spec.input)?;
     let obs = reader.obs()?;

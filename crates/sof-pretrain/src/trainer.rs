@@ -58,6 +58,9 @@ pub enum TrainError {
     Model(#[from] sof_model::ModelError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The run folder is being written by another run ([`sof_io::OutputLock`]).
+    #[error(transparent)]
+    Output(#[from] sof_io::Error),
 }
 
 pub(crate) fn invalid(path: &Path, problem: impl Into<String>, fix: impl Into<String>) -> TrainError {
@@ -142,6 +145,8 @@ pub struct Trainer {
     run_info: RunInfo,
     facts: Vec<CorpusFacts>,
     vocab: Option<PathBuf>,
+    /// Train again where `dir` holds a finished model/, replacing it.
+    replace_finished: bool,
 }
 
 const VALIDATION_SEED: u64 = 0x005E_ED0F_0A11_DA7E;
@@ -243,10 +248,17 @@ impl Trainer {
             }
         }
         let run_info = RunInfo { tokenizer, vocabulary_hash, step: None };
-        Ok(Self { cfg, dir: dir.to_path_buf(), devices, model_cfg, run_info, facts, vocab })
+        Ok(Self { cfg, dir: dir.to_path_buf(), devices, model_cfg, run_info, facts, vocab, replace_finished: false })
     }
 
     /// The model's configuration.
+    /// Lets [`Trainer::run`] train again in a folder that holds a finished model/, replacing it
+    /// (`sof pretrain --force`); without it such a folder is refused.
+    pub fn replace_finished(mut self, yes: bool) -> Self {
+        self.replace_finished = yes;
+        self
+    }
+
     pub fn model_config(&self) -> &EncoderConfig {
         &self.model_cfg
     }
@@ -333,6 +345,24 @@ impl Trainer {
     ) -> Result<Summary, TrainError> {
         let cfg = &self.cfg;
         let dir = &self.dir;
+        // One writer per run folder: two runs would interleave metrics.csv and checkpoints.
+        let _writer = sof_io::OutputLock::acquire(dir)?;
+        // Only complete checkpoints count: a start that failed leaves an empty checkpoints/ that
+        // must block neither a rerun nor --resume's message.
+        if !resume && self.latest_checkpoint().is_some() {
+            return Err(invalid(
+                dir,
+                "this run folder already has checkpoints",
+                "pass --resume to continue it, or choose a new --output",
+            ));
+        }
+        if !resume && !self.replace_finished && dir.join("model").join("run.json").exists() {
+            return Err(invalid(
+                dir,
+                "this run folder holds a finished model (model/)",
+                "choose a new --output, or pass --force to train again and replace it",
+            ));
+        }
         std::fs::create_dir_all(self.checkpoints_dir()).map_err(io(dir))?;
         let device = self.devices[0].clone();
         let mut model = self.init_model(&device)?;

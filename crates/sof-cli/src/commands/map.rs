@@ -97,6 +97,7 @@ impl From<MapHead> for sof_pipeline::map::MapHead {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let _report_writer = args.report.as_deref().map(sof_io::OutputLock::acquire).transpose()?;
     let spec = MapSpec {
         reference: args.reference.clone(),
         query: args.query.clone(),

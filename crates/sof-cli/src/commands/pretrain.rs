@@ -168,23 +168,11 @@ fn settings(args: &Args) -> anyhow::Result<PretrainConfig> {
 
 pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
     let cfg = settings(&args)?;
-    // Only complete checkpoints count: a start that failed leaves an empty checkpoints/ that
-    // must block neither a rerun nor --resume's message.
-    if !args.resume && sof_pretrain::trainer::latest_checkpoint(&args.output.join("checkpoints")).is_some() {
-        bail!(
-            "{}: this run folder already has checkpoints; pass --resume to continue it, or choose a new --output",
-            args.output.display()
-        );
-    }
-    if !args.resume && !args.force && args.output.join("model").join("run.json").exists() {
-        bail!(
-            "{}: this run folder holds a finished model (model/); choose a new --output, or pass --force to train again and replace it",
-            args.output.display()
-        );
-    }
     let dev = device(args.device)?.autodiff();
     let devices = vec![dev; cfg.replicas];
-    let trainer = Trainer::new(cfg.clone(), &args.output, devices)?;
+    // Trainer::run refuses a folder with checkpoints (without --resume) or a finished model
+    // (without --force), and a folder another run is writing.
+    let trainer = Trainer::new(cfg.clone(), &args.output, devices)?.replace_finished(args.force);
     let mcfg = trainer.model_config();
     tracing::info!(
         preset = %cfg.preset,

@@ -198,6 +198,7 @@ fn spec(args: &Args) -> anyhow::Result<ProbeSpec> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = spec(&args)?;
+    let _writer = sof_io::OutputLock::acquire(&args.output)?;
     let pb = util::progress(0, "probe", false);
     let ProbeOutcome { report, fold_sets } = probe_h5ad(&spec, &mut |p| match p {
         ProbeProgress::Planned(n) => pb.set_length(n),
