@@ -15,6 +15,20 @@ pub(crate) fn complete_checkpoints(root: &Path) -> Vec<(u64, PathBuf)> {
         .collect()
 }
 
+/// Removes the partial checkpoints (`.step-N.tmp-PID/`) under `root`: while a run holds the
+/// folder's lock, any there were left by a run that was killed while writing one.
+pub(crate) fn remove_partial_checkpoints(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(".step-") && name.contains(".tmp-") {
+            tracing::info!(path = %e.path().display(), "removing the partial checkpoint of a stopped run");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The newest complete checkpoint under `root` (`step-NNNNNNNN` folders with a `state.json`).
 pub fn latest_checkpoint(root: &Path) -> Option<(u64, PathBuf)> {
     complete_checkpoints(root).into_iter().max()

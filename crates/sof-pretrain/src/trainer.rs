@@ -40,7 +40,7 @@ pub use crate::metrics::{StepMetrics, read_metrics};
 use crate::niche::{CorpusFacts, NicheHeads, Sums, Totals, density_stats};
 use crate::objective::{ChunkPass, MaskedTokens, Objective, masked_loss};
 pub use crate::run_files::latest_checkpoint;
-use crate::run_files::{append_command, complete_checkpoints, read_json, write_atomic};
+use crate::run_files::{append_command, complete_checkpoints, read_json, remove_partial_checkpoints, write_atomic};
 
 /// Why training stopped early, or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -347,6 +347,7 @@ impl Trainer {
         let dir = &self.dir;
         // One writer per run folder: two runs would interleave metrics.csv and checkpoints.
         let _writer = sof_io::OutputLock::acquire(dir)?;
+        remove_partial_checkpoints(&self.checkpoints_dir());
         // Only complete checkpoints count: a start that failed leaves an empty checkpoints/ that
         // must block neither a rerun nor --resume's message.
         if !resume && self.latest_checkpoint().is_some() {

@@ -85,7 +85,12 @@ fn resume_reaches_the_same_parameters() {
     assert_eq!((s.steps_done, s.interrupted), (5, true));
     assert!(parts.join("checkpoints/step-00000005/state.json").exists(), "a checkpoint on stop");
     assert!(!parts.join("model").exists(), "no final model from an interrupted run");
+    // What a run killed while writing a checkpoint leaves: removed by the next run of the folder.
+    let partial = parts.join("checkpoints/.step-00000006.tmp-999999999");
+    std::fs::create_dir_all(partial.join("model")).unwrap();
+    std::fs::write(partial.join("train_model.bpk"), b"half").unwrap();
     let s = run(&cfg, &parts, true, None);
+    assert!(!partial.exists(), "a killed run's partial checkpoint is removed");
     assert_eq!((s.steps_done, s.interrupted), (10, false));
 
     let a = std::fs::read(whole.join("model/model.safetensors")).unwrap();
