@@ -5,9 +5,16 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Whether process `pid` runs: `Some` where `/proc` tells (Linux), `None` elsewhere.
+/// Whether process `pid` runs: `Some` where `/proc` tells (Linux), `None` elsewhere. A zombie
+/// (killed, not yet reaped by its parent) has stopped: its state in `/proc/<pid>/stat`, the
+/// field after the command name's closing parenthesis, is `Z` (or `X`).
 pub(crate) fn process_runs(pid: u32) -> Option<bool> {
-    Path::new("/proc/self").exists().then(|| Path::new(&format!("/proc/{pid}")).exists())
+    if !Path::new("/proc/self").exists() {
+        return None;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return Some(false) };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    Some(!matches!(state, Some('Z' | 'X')))
 }
 
 /// An advisory lock on an output file or folder: the file `.<name>.lock` beside it, holding the
@@ -137,6 +144,27 @@ mod tests {
         // No temporaries left beside the output.
         let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert!(left.iter().all(|n| !n.to_string_lossy().contains(".tmp-")), "{left:?}");
+    }
+
+    /// A killed child not yet reaped (a zombie) holds no lock.
+    #[test]
+    fn a_zombie_does_not_run() {
+        if process_runs(std::process::id()).is_none() {
+            return;
+        }
+        assert_eq!(process_runs(std::process::id()), Some(true));
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        assert_eq!(process_runs(pid), Some(true));
+        child.kill().unwrap();
+        // Not waited for yet: a zombie once the signal is delivered.
+        let t = std::time::Instant::now();
+        while process_runs(pid) == Some(true) && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(process_runs(pid), Some(false), "a zombie is not running");
+        child.wait().unwrap();
+        assert_eq!(process_runs(pid), Some(false));
     }
 
     #[test]
