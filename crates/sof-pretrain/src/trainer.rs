@@ -251,7 +251,6 @@ impl Trainer {
         Ok(Self { cfg, dir: dir.to_path_buf(), devices, model_cfg, run_info, facts, vocab, replace_finished: false })
     }
 
-    /// The model's configuration.
     /// Lets [`Trainer::run`] train again in a folder that holds a finished model/, replacing it
     /// (`sof pretrain --force`); without it such a folder is refused.
     pub fn replace_finished(mut self, yes: bool) -> Self {
@@ -259,6 +258,7 @@ impl Trainer {
         self
     }
 
+    /// The model's configuration.
     pub fn model_config(&self) -> &EncoderConfig {
         &self.model_cfg
     }
