@@ -1304,4 +1304,8 @@ fn a_second_writer_of_any_output_is_refused() {
     });
     let demo = p("demo");
     held(&demo, &|| sof(&["-q", "demo", "--cells", "600", "--steps", "2", "--preset", "tiny", "--output", &demo]));
+    let synth = p("synth");
+    held(&synth, &|| sof(&["-q", "synth", "--cells", "300", "--output", &synth]));
+    let means = p("means.tsv");
+    held(&means, &|| sof(&["-q", "tech-means", "--input", &input, "--species", "mouse", "--output", &means]));
 }

@@ -373,6 +373,7 @@ fn median(values: &mut [f64]) -> f64 {
 /// Generates the synthetic tissue of `cfg` into `dir` (one .h5ad per sample), a summary per
 /// file; `progress` is told the cells written.
 pub fn write_tissue(cfg: SynthConfig, dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<Vec<FileSummary>> {
+    let _writer = sof_io::OutputLock::acquire(dir)?;
     let generator = Generator::new(cfg)?;
     let mut totals: Vec<Vec<f64>> = Vec::new();
     let paths = generator.write_all(dir, |i, block| {

@@ -41,6 +41,7 @@ pub enum SpeciesArg {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let _report_writer = args.report.as_deref().map(sof_io::OutputLock::acquire).transpose()?;
     let adata = sof_io::read_cells(&args.input)?;
     let enc = match args.input.extension().and_then(|e| e.to_str()) {
         Some("loom") => "loom (genes x cells, dense)".to_owned(),

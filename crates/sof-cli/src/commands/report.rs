@@ -92,6 +92,7 @@ fn label_maps(inputs: &Inputs, task: &str, xy: &ndarray::Array2<f64>, dir: &Path
 /// Writes the report into `inputs.dir`; returns the HTML path.
 pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
     let dir = &inputs.dir;
+    let _writer = sof_io::OutputLock::acquire(dir)?;
     std::fs::create_dir_all(dir)?;
     let reader = H5adReader::open(&inputs.reference)?;
     let xy = reader.obsm("spatial")?;

@@ -240,6 +240,7 @@ pub struct MeansArgs {
 }
 
 pub fn run_means(args: MeansArgs) -> anyhow::Result<()> {
+    let _writer = sof_io::OutputLock::acquire(&args.output)?;
     let species = species(args.species);
     let first = H5adReader::open(&args.input[0])?;
     let (vocab, _) = align(&first, args.vocab.as_deref(), args.genes_dir.as_deref(), species)?;
