@@ -166,6 +166,35 @@ fn synth_honours_sizes_and_reports_bad_flags() {
     assert!(e.contains("bad.toml") && e.contains("sections"), "{e}");
 }
 
+/// `sof spatial --output` onto a file sof did not write (the user's data) is refused and leaves
+/// it as it was; `--force` replaces it, and a rerun onto sof's own output needs no flag.
+#[test]
+fn outputs_replace_foreign_files_only_with_force() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |s: &str| d.path().join(s).to_str().unwrap().to_owned();
+    sof(&["-q", "synth", "--cells", "400", "--sections", "1", "--dissociated-cells", "0", "--output", &p("data")])
+        .unwrap();
+    let input = p("data/spatial_merfish.h5ad");
+    // Someone's data, written without any sof_ entry in uns.
+    let mut theirs = sof_io::h5ad::read_h5ad(&input).unwrap();
+    theirs.obsm.clear();
+    sof_io::h5ad::write_h5ad(p("theirs.h5ad"), &theirs, &Default::default()).unwrap();
+    let before = std::fs::read(p("theirs.h5ad")).unwrap();
+    let spatial = |extra: &[&str]| {
+        let mut args = vec!["-q", "spatial", "--input", &input, "--mean-neighbors", "8", "--output"];
+        let out = p("theirs.h5ad");
+        args.push(&out);
+        args.extend_from_slice(extra);
+        sof(&args).map_err(|e| format!("{e:#}"))
+    };
+    let err = spatial(&[]).unwrap_err();
+    assert!(err.contains("theirs.h5ad") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(p("theirs.h5ad")).unwrap(), before, "the refused file is untouched");
+    spatial(&["--force"]).unwrap();
+    assert!(sof_io::h5ad::written_by_sof(p("theirs.h5ad")));
+    spatial(&[]).unwrap();
+}
+
 #[test]
 fn inspect_reports_missing_files_and_columns() {
     let d = tempfile::tempdir().unwrap();

@@ -36,6 +36,25 @@ enum Job {
     /// `cargo test --workspace`. In CI (CI=true) missing shared data or Python fail the run, and
     /// the wgpu and cuda features are type-checked (also with SOF_CHECK_GPU_FEATURES=1).
     Test,
+    /// The mutation harness (crates/sof-cli/tests/fuzz.rs): mutants of the shared .h5ad, .loom,
+    /// .safetensors and .ckpt files through inspect, spatial, tokenize and embed, each in its own
+    /// process with time and memory limits. Fails on any panic, abort, signal, hang, non-finite
+    /// output or output left by a failed run; prints counts per mutation and command.
+    Fuzz {
+        #[arg(long, default_value_t = 1000)]
+        iterations: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Mutants in flight at once (default: all cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Write the counts and any failures as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Run the release build of `sof` (a clean release build takes ~13 min here).
+        #[arg(long)]
+        release: bool,
+    },
     /// Benchmarks against named peers; results go to stdout (see docs/BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -284,6 +303,9 @@ fn main() -> Result<()> {
             }
             if in_ci() {
                 c.env("SOF_REQUIRE_SHARED", "1");
+                // The mutation harness's short seeded pass (~3 min on 2 cores; `cargo xtask
+                // fuzz` runs the long one).
+                c.env("SOF_FUZZ_ITERATIONS", "200");
             }
             run(&mut c)?;
             if in_ci() || std::env::var_os("SOF_CHECK_GPU_FEATURES").is_some() {
@@ -297,6 +319,25 @@ fn main() -> Result<()> {
                 run(cargo().args(["check", "-q", "-p", "sof-pipeline", "--no-default-features"]))?;
             }
             Ok(())
+        }
+        Job::Fuzz { iterations, seed, jobs, report, release } => {
+            setup()?;
+            let mut c = cargo();
+            c.arg("test");
+            if release {
+                c.arg("--release");
+            }
+            c.args(["-p", "sof-cli", "--test", "fuzz", "--", "--nocapture"])
+                .env("SOF_FUZZ_ITERATIONS", iterations.to_string())
+                .env("SOF_FUZZ_SEED", seed.to_string())
+                .env("SOF_REQUIRE_SHARED", "1");
+            if let Some(j) = jobs {
+                c.env("SOF_FUZZ_JOBS", j.to_string());
+            }
+            if let Some(r) = report {
+                c.env("SOF_FUZZ_REPORT", std::path::absolute(r)?);
+            }
+            run(&mut c)
         }
         Job::Bench { what: Bench::Synth { cells } } => {
             setup()?;

@@ -34,6 +34,8 @@ pub struct EmbedSpec {
     /// obs column of sections: neighbours never cross them.
     pub section_key: Option<String>,
     pub device: Device,
+    /// Replace an existing output file that sof did not write ([`sof_io::h5ad::check_replace`]).
+    pub force: bool,
 }
 
 impl EmbedSpec {
@@ -58,6 +60,7 @@ impl EmbedSpec {
             niche_k: None,
             section_key: None,
             device,
+            force: false,
         }
     }
 }
@@ -79,6 +82,7 @@ pub fn embed_h5ad(spec: &EmbedSpec, progress: &mut dyn FnMut(usize)) -> Result<E
         return Err(PipelineError::setting("--batch-size must be at least 1"));
     }
     let _writer = sof_io::OutputLock::acquire(&spec.output)?;
+    sof_io::h5ad::check_replace(&spec.output, spec.force)?;
     let loaded =
         checkpoint::load(&spec.checkpoint, spec.model_config.as_deref(), &spec.tokenizer, &spec.input, &spec.device)?;
     let (technology, mode) = (loaded.technology.clone(), loaded.mode);

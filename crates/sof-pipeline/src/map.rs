@@ -74,6 +74,8 @@ pub struct MapSpec {
     pub seed: u64,
     /// The copy of the query with the predictions.
     pub output: PathBuf,
+    /// Replace an existing output file that sof did not write ([`sof_io::h5ad::check_replace`]).
+    pub force: bool,
 }
 
 impl MapSpec {
@@ -99,6 +101,7 @@ impl MapSpec {
             head: MapHead::Knn,
             seed: 0,
             output: output.into(),
+            force: false,
         }
     }
 }
@@ -129,6 +132,7 @@ pub fn map_h5ad(spec: &MapSpec) -> Result<MapOutcome> {
         return Err(PipelineError::setting("--temperature must be > 0 and --k at least 1"));
     }
     let _writer = sof_io::OutputLock::acquire(&spec.output)?;
+    sof_io::h5ad::check_replace(&spec.output, spec.force)?;
     let (rfile, qfile) = (spec.reference.display(), spec.query.display());
     let r = H5adReader::open(&spec.reference)?;
     let q = H5adReader::open(&spec.query)?;

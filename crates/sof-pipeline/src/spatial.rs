@@ -45,6 +45,8 @@ pub struct SpatialSpec {
     pub depth: Option<(String, Vec<String>)>,
     /// Also write the neighbour graph as obsp['sof_connectivities'].
     pub write_graph: bool,
+    /// Replace an existing output file that sof did not write ([`sof_io::h5ad::check_replace`]).
+    pub force: bool,
 }
 
 impl SpatialSpec {
@@ -63,6 +65,7 @@ impl SpatialSpec {
             seed: 0,
             depth: None,
             write_graph: false,
+            force: false,
         }
     }
 }
@@ -89,6 +92,7 @@ pub struct SpatialOutcome {
 /// obs['sof_niche']; obs['sof_depth'] and obsp['sof_connectivities'] when asked.
 pub fn spatial_h5ad(spec: &SpatialSpec) -> Result<SpatialOutcome> {
     let _writer = sof_io::OutputLock::acquire(&spec.output)?;
+    sof_io::h5ad::check_replace(&spec.output, spec.force)?;
     let file = spec.input.display();
     let reader = H5adReader::open(&spec.input)?;
     let obs = reader.obs()?;

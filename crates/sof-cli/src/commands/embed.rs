@@ -36,6 +36,10 @@ pub struct Args {
     pub input: PathBuf,
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Replace an existing output file that sof did not write (without it, such a file is
+    /// refused: it may be data; files sof wrote are replaced, so reruns need no flag).
+    #[arg(long)]
+    pub force: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     #[arg(long, default_value_t = 64)]
@@ -126,6 +130,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         niche_k: args.niche_k,
         section_key: args.section_key.clone(),
         device: device(args.device)?,
+        force: args.force,
     };
     let n = H5adReader::open(&args.input)?.n_obs();
     let pb = util::progress(n as u64, "embed", quiet);

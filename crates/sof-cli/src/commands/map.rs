@@ -73,6 +73,10 @@ pub struct Args {
     pub report: Option<PathBuf>,
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Replace an existing output file that sof did not write (without it, such a file is
+    /// refused: it may be data; files sof wrote are replaced, so reruns need no flag).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// How labels and values are predicted for query cells.
@@ -112,6 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         head: args.head.into(),
         seed: args.seed,
         output: args.output.clone(),
+        force: args.force,
     };
     let out = map_h5ad(&spec)?;
     util::say(format!(

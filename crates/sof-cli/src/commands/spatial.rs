@@ -73,6 +73,10 @@ pub struct Args {
     /// Output .h5ad (a copy of the input with the results added).
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Replace an existing output file that sof did not write (without it, such a file is
+    /// refused: it may be data; files sof wrote are replaced, so reruns need no flag).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -93,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         depth: args.depth_from.clone().map(|key| (key, args.depth_order.clone())),
         write_graph: args.write_graph,
+        force: args.force,
     };
     let out = spatial_h5ad(&spec)?;
     if let (Radius::MeanNeighbours(k), Some(m)) = (radius, out.searched_mean_neighbours) {

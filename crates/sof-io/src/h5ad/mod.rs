@@ -7,4 +7,6 @@ mod write;
 pub(crate) use hdf::{read_plain_column, read_strings};
 pub(crate) use read::open_hdf5;
 pub use read::{H5adReader, XEncoding, read_h5ad};
-pub use write::{H5adEditor, H5adStreamWriter, UnsValue, read_uns_f64, read_uns_strings, write_h5ad};
+pub use write::{
+    H5adEditor, H5adStreamWriter, UnsValue, check_replace, read_uns_f64, read_uns_strings, write_h5ad, written_by_sof,
+};

@@ -199,6 +199,30 @@ fn scalar<T: H5Type>(g: &Group, name: &str, x: &T) -> hdf5::Result<()> {
     set_encoding(&ds, "numeric-scalar", "0.2.0")
 }
 
+/// Whether `path` is an `.h5ad` that sof wrote: its `uns` has an entry in sof's `sof_`
+/// namespace (every sof output that copies its input adds one: `sof_embedding`, `sof_radius`,
+/// `sof_map`).
+pub fn written_by_sof(path: impl AsRef<Path>) -> bool {
+    let Ok(f) = open_hdf5(path.as_ref()) else { return false };
+    f.group("uns").and_then(|g| g.member_names()).is_ok_and(|names| names.iter().any(|n| n.starts_with("sof_")))
+}
+
+/// Refuses to replace an existing file at `output` that sof did not write (the user's own data
+/// given as `--output` by mistake), unless `force`. Files sof wrote are replaced, so a rerun
+/// gives the same result without asking.
+pub fn check_replace(output: impl AsRef<Path>, force: bool) -> Result<()> {
+    let output = output.as_ref();
+    if force || !output.exists() || written_by_sof(output) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        output,
+        "(the output path)",
+        "already exists and was not written by sof (its uns has no sof_* entry), so it may be data",
+        "choose another --output, or pass --force to replace it",
+    ))
+}
+
 /// Adds results to a copy of an existing `.h5ad`, leaving everything else byte-for-byte as
 /// anndata wrote it. Nothing appears at the output path until [`H5adEditor::commit`].
 #[derive(Debug)]

@@ -144,3 +144,28 @@ fn editor_adds_results_to_a_copy() {
         dir.path(),
     );
 }
+
+/// An output path holding a file sof did not write (no uns['sof_*']) is refused without
+/// `force`, naming the file and the flag; one sof wrote is replaced (reruns need no flag).
+#[test]
+fn only_files_sof_wrote_are_replaced_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.h5ad");
+    write_h5ad(&data, &toy(), &BTreeMap::new()).unwrap();
+    assert!(!sof_io::h5ad::written_by_sof(&data));
+    let err = sof_io::h5ad::check_replace(&data, false).unwrap_err().to_string();
+    assert!(err.contains(&data.display().to_string()) && err.contains("--force"), "{err}");
+    sof_io::h5ad::check_replace(&data, true).unwrap();
+    sof_io::h5ad::check_replace(dir.path().join("new.h5ad"), false).unwrap();
+
+    let ours = dir.path().join("ours.h5ad");
+    let mut e = H5adEditor::copy_of(&data, &ours).unwrap();
+    e.put_uns("sof_radius", &UnsValue::Float(1.0)).unwrap();
+    e.commit().unwrap();
+    assert!(sof_io::h5ad::written_by_sof(&ours));
+    sof_io::h5ad::check_replace(&ours, false).unwrap();
+    // Not HDF5 at all: not ours either.
+    let text = dir.path().join("notes.h5ad");
+    std::fs::write(&text, "my notes").unwrap();
+    assert!(sof_io::h5ad::check_replace(&text, false).is_err());
+}
