@@ -271,3 +271,44 @@ fn impossible_configs_and_nan_weights_are_refused() {
     assert!(e.contains(&name) && e.contains("NaN") && e.contains("earlier checkpoint"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A .ckpt whose pickle asks for `posix.system('touch <marker>')` under `state_dict` (what a
+/// malicious checkpoint does to `torch.load` without `weights_only`) is refused with the file
+/// named, and nothing runs: the reader is a pickle interpreter in Rust that builds tensors and
+/// plain values only, never a Python callable.
+#[test]
+fn a_pickle_that_calls_code_is_refused_and_nothing_runs() {
+    use std::io::Write;
+    let dir = tempfile_dir("sof-model-evil");
+    let marker = dir.join("pwned");
+    let command = format!("touch {}", marker.display());
+    // Protocol 2: {'state_dict': posix.system(command)}
+    let mut pkl = vec![0x80, 0x02, b'}'];
+    let string = |s: &str, out: &mut Vec<u8>| {
+        out.push(b'X');
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    };
+    string("state_dict", &mut pkl);
+    pkl.extend_from_slice(b"cposix\nsystem\n");
+    string(&command, &mut pkl);
+    pkl.extend_from_slice(&[0x85, b'R', b's', b'.']);
+    let ckpt = dir.join("evil.ckpt");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&ckpt).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("archive/data.pkl", opts).unwrap();
+    z.write_all(&pkl).unwrap();
+    z.start_file("archive/version", opts).unwrap();
+    z.write_all(b"3\n").unwrap();
+    z.finish().unwrap();
+    let e = sof_model::import::load_ckpt(&ckpt, None, &Device::flex()).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("evil.ckpt"), "{e}");
+    assert!(!marker.exists(), "the pickle's command ran");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempfile_dir(prefix: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
