@@ -70,14 +70,38 @@ impl OptimizerConfig {
     /// The learning rate of optimizer step `step` (0-based) of `total`: linear warmup from
     /// `lr / warmup` to `lr`, then cosine decay to `lr * min_lr_ratio` at the last step.
     pub fn learning_rate_at(&self, step: u64, total: u64) -> f64 {
-        let lr = self.learning_rate;
-        if step < self.warmup_steps {
-            return lr * (step + 1) as f64 / self.warmup_steps as f64;
+        let decay = Decay::Cosine { floor_ratio: self.min_lr_ratio };
+        warmup_then_decay(step, total, self.learning_rate, self.warmup_steps, decay)
+    }
+}
+
+/// How [`warmup_then_decay`] falls after the warmup.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decay {
+    /// Cosine to `peak * floor_ratio` at the last step (pretraining).
+    Cosine { floor_ratio: f64 },
+    /// Linear to zero after the last step (fine-tuning).
+    Linear,
+}
+
+/// The learning rate of step `step` (0-based) of `total`: linear warmup from `peak / warmup` to
+/// `peak` over `warmup` steps, then `decay`.
+///
+/// Ours, not burn's `lr_scheduler`: a pure function of the step, so a resumed run needs no
+/// scheduler state in its checkpoint, where burn's schedulers are stateful iterators (and its
+/// cosine rises again after `num_iters`).
+pub fn warmup_then_decay(step: u64, total: u64, peak: f64, warmup: u64, decay: Decay) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    match decay {
+        Decay::Cosine { floor_ratio } => {
+            let span = total.saturating_sub(warmup).saturating_sub(1).max(1);
+            let t = ((step - warmup) as f64 / span as f64).min(1.0);
+            let floor = peak * floor_ratio;
+            floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
         }
-        let span = total.saturating_sub(self.warmup_steps).saturating_sub(1).max(1);
-        let t = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
-        let floor = lr * self.min_lr_ratio;
-        floor + (lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+        Decay::Linear => peak * total.saturating_sub(step) as f64 / total.saturating_sub(warmup).max(1) as f64,
     }
 }
 

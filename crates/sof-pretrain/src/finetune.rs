@@ -7,9 +7,10 @@
 //! Training is seeded (batch order, head initialization); the encoder starts from the weights
 //! it is given.
 
-use burn::module::Module;
+use burn::module::{Module, ParamGroup};
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
+use burn::optim::{AdamWConfig, ModuleOptimizer, MultiGradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
 use rand::SeedableRng;
@@ -18,6 +19,9 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use sof_model::{Encoder, Pooling};
 use sof_tasks::Target;
 use sof_tasks::probe::{CellModel, CellPredictor};
+
+use crate::config::{Decay, warmup_then_decay};
+use crate::objective::{Objective, share_gradients};
 
 /// Settings of [`finetune`].
 #[derive(Debug, Clone)]
@@ -41,6 +45,13 @@ impl Default for FinetuneConfig {
             seed: 0,
         }
     }
+}
+
+/// The encoder and a linear task head on its pooled cell embedding, trained together.
+#[derive(Module, Debug)]
+pub struct TaskModel {
+    pub encoder: Encoder,
+    pub head: Linear,
 }
 
 /// A fine-tuned encoder and head.
@@ -70,12 +81,58 @@ fn batch_tokens(seqs: &[Vec<i64>], rows: &[usize], device: &Device) -> Tensor<2,
     Tensor::from_data(TensorData::new(flat, [rows.len(), len]), device)
 }
 
-fn schedule(step: usize, total: usize, peak: f64) -> f64 {
-    let warmup = (total / 10).max(1);
-    if step < warmup {
-        peak * (step + 1) as f64 / warmup as f64
-    } else {
-        peak * (total - step) as f64 / (total - warmup).max(1) as f64
+/// A fine-tuning task as an [`Objective`] of a [`TaskModel`]: cross-entropy against the class
+/// (class-weighted) or against the proportions, or squared error on standardized values, from
+/// the head on the pooled embedding. A chunk is a list of cell indices into `seqs`.
+struct TaskObjective<'a> {
+    kind: Kind,
+    seqs: &'a [Vec<i64>],
+    /// Classes: the class of every cell; `rows`: per-cell targets, `width` each (standardized
+    /// values, proportions).
+    classes: Option<&'a [usize]>,
+    rows: &'a [f32],
+    class_weights: &'a [f32],
+    width: usize,
+    /// Cells in the whole step.
+    step_rows: usize,
+}
+
+impl Objective<TaskModel> for TaskObjective<'_> {
+    type Chunk = Vec<usize>;
+    /// Loss summed over the chunk's cells, and their number.
+    type Sums = (f64, usize);
+
+    fn chunk_loss(&self, model: &TaskModel, chunk: &Vec<usize>, device: &Device) -> (Option<Tensor<1>>, (f64, usize)) {
+        let (n, width) = (chunk.len(), self.width);
+        if n == 0 {
+            return (None, (0.0, 0));
+        }
+        let pooled = model.encoder.embed(batch_tokens(self.seqs, chunk, device), Pooling::PadExcluded); // [n, d]
+        let out = model.head.forward(pooled); // [n, width]
+        let targets = |t: Vec<f32>| Tensor::<2>::from_data(TensorData::new(t, [n, width]), device);
+        let per_cell = |i: usize| self.rows[i * width..(i + 1) * width].iter().copied();
+        let loss = match (self.kind, self.classes) {
+            (Kind::Classes, Some(y)) => {
+                let w = self.class_weights;
+                let onehot = chunk.iter().flat_map(|&i| (0..width).map(move |c| if c == y[i] { w[c] } else { 0.0 }));
+                (log_softmax(out, 1) * targets(onehot.collect())).sum().neg() / self.step_rows as f64
+            }
+            (Kind::Values, _) => {
+                let t = targets(chunk.iter().flat_map(|&i| per_cell(i)).collect());
+                (out - t).square().sum() / (self.step_rows * width) as f64
+            }
+            _ => {
+                let t = targets(chunk.iter().flat_map(|&i| per_cell(i)).collect());
+                (log_softmax(out, 1) * t).sum().neg() / self.step_rows as f64
+            }
+        };
+        let sum = loss.clone().into_scalar::<f32>() as f64 * self.step_rows as f64;
+        (Some(loss), (sum, n))
+    }
+
+    fn add_sums(total: &mut (f64, usize), part: &(f64, usize)) {
+        total.0 += part.0;
+        total.1 += part.1;
     }
 }
 
@@ -83,6 +140,11 @@ fn schedule(step: usize, total: usize, peak: f64) -> f64 {
 /// `Device::flex().autodiff()`) with a new head on the cells `train` of `seqs` (token ids with
 /// the context tokens first, as `sof embed` builds them); `target` is indexed like `seqs`.
 /// `on_step(step, total, loss)` reports progress.
+///
+/// Each step is one batch, trained through the same [`Objective`] seam and [`share_gradients`]
+/// as pretraining, with one AdamW whose learning rate is lower for the encoder than for the head
+/// (two parameter groups); both follow a linear warmup over the first tenth of the steps, then a
+/// linear decay to zero.
 pub fn finetune(
     encoder: Encoder,
     seqs: &[Vec<i64>],
@@ -96,7 +158,7 @@ pub fn finetune(
     // Values and proportions as f32 rows, row-major.
     let flat = |y: &ndarray::Array2<f64>| -> Vec<f32> { y.iter().map(|&v| v as f32).collect() };
     let d = encoder.embeddings.weight.dims()[1];
-    let mut encoder = encoder.fork(device);
+    let encoder = encoder.fork(device);
     // The head's initial weights from the seed (burn's generator is process-wide).
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed ^ 0xF1AE);
     let bound = (1.0 / d as f64).sqrt();
@@ -137,16 +199,20 @@ pub fn finetune(
         }
         _ => train.to_vec(),
     };
-    let optimizer = || -> ModuleOptimizer {
-        AdamWConfig::new()
-            .with_weight_decay(cfg.weight_decay)
-            .with_grad_clipping(Some(burn::optim::grad_clipping::GradientClippingConfig::Norm(1.0)))
-            .init()
+    let classes = match target {
+        Target::Classes { y, .. } => Some(y.as_slice()),
+        _ => None,
     };
-    let (mut opt_encoder, mut opt_head) = (optimizer(), optimizer());
+    let head_group = ParamGroup::ids_from_module(head.clone());
+    let mut model = TaskModel { encoder, head };
+    let mut optimizer: ModuleOptimizer = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay)
+        .with_grad_clipping(Some(burn::optim::grad_clipping::GradientClippingConfig::Norm(1.0)))
+        .init();
     let batch = cfg.batch_size.max(1);
     let per_epoch = train.len().div_ceil(batch);
     let total = per_epoch * cfg.epochs;
+    let warmup = (total / 10).max(1);
     let mut order = train.clone();
     let mut step = 0;
     let mut epoch_losses = Vec::new();
@@ -154,45 +220,32 @@ pub fn finetune(
         order.shuffle(&mut rng);
         let (mut sum, mut seen) = (0.0, 0usize);
         for chunk in order.chunks(batch) {
-            let tokens = batch_tokens(seqs, chunk, device);
-            let pooled = encoder.embed(tokens, Pooling::PadExcluded); // [b, d]
-            let out = head.forward(pooled); // [b, width]
-            let n = chunk.len();
-            let loss = match kind {
-                Kind::Classes => {
-                    let Target::Classes { y, .. } = target else { unreachable!() };
-                    let class_w = &class_w;
-                    let onehot: Vec<f32> = chunk
-                        .iter()
-                        .flat_map(|&i| (0..width).map(move |c| if c == y[i] { class_w[c] } else { 0.0 }))
-                        .collect();
-                    let t = Tensor::<2>::from_data(TensorData::new(onehot, [n, width]), device);
-                    (log_softmax(out, 1) * t).sum().neg() / n as f64
-                }
-                Kind::Proportions => {
-                    let t: Vec<f32> = chunk.iter().flat_map(|&i| rows[i * width..(i + 1) * width].to_vec()).collect();
-                    let t = Tensor::<2>::from_data(TensorData::new(t, [n, width]), device);
-                    (log_softmax(out, 1) * t).sum().neg() / n as f64
-                }
-                Kind::Values => {
-                    let t: Vec<f32> = chunk.iter().flat_map(|&i| rows[i * width..(i + 1) * width].to_vec()).collect();
-                    let t = Tensor::<2>::from_data(TensorData::new(t, [n, width]), device);
-                    (out - t).square().mean()
-                }
+            let objective = TaskObjective {
+                kind,
+                seqs,
+                classes,
+                rows: &rows,
+                class_weights: &class_w,
+                width,
+                step_rows: chunk.len(),
             };
-            sum += loss.clone().into_scalar::<f32>() as f64 * n as f64;
-            seen += n;
-            let mut grads = loss.backward();
-            let g_encoder = GradientsParams::from_module(&mut grads, &encoder);
-            let g_head = GradientsParams::from_module(&mut grads, &head);
-            encoder = opt_encoder.step(schedule(step, total, cfg.encoder_learning_rate), encoder, g_encoder);
-            head = opt_head.step(schedule(step, total, cfg.head_learning_rate), head, g_head);
+            let mut grads = MultiGradientsParams::default();
+            for (g, (s, n), dev) in share_gradients(&model, &objective, &[(device.clone(), vec![chunk.to_vec()])]) {
+                sum += s;
+                seen += n;
+                grads.grads.push((g, dev));
+            }
+            let lr_at = |peak: f64| warmup_then_decay(step as u64, total as u64, peak, warmup as u64, Decay::Linear);
+            let lr = ModuleLrScheduler::new(lr_at(cfg.encoder_learning_rate))
+                .with_group(head_group.clone(), lr_at(cfg.head_learning_rate))
+                .step();
+            model = optimizer.step_multi(lr, model, grads);
             step += 1;
-            on_step(step, total, sum / seen as f64);
+            on_step(step, total, sum / seen.max(1) as f64);
         }
         epoch_losses.push(sum / train.len().max(1) as f64);
     }
-    FineTuned { encoder, head, kind, mean, scale, epoch_losses }
+    FineTuned { encoder: model.encoder, head: model.head, kind, mean, scale, epoch_losses }
 }
 
 impl FineTuned {
@@ -291,7 +344,7 @@ mod tests {
     fn finetuning_learns_a_token_level_rule() {
         let device = Device::flex().autodiff();
         let cfg = EncoderConfig::tiny(200);
-        let encoder = cfg.init(&device);
+        let encoder = cfg.init(&device).map(&mut crate::init::SeededInit::new(7));
         let n = 160;
         let seqs: Vec<Vec<i64>> = (0..n)
             .map(|i| {
@@ -321,7 +374,7 @@ mod tests {
     #[test]
     fn values_are_predicted_in_their_own_units() {
         let device = Device::flex().autodiff();
-        let encoder = EncoderConfig::tiny(200).init(&device);
+        let encoder = EncoderConfig::tiny(200).init(&device).map(&mut crate::init::SeededInit::new(8));
         let n = 96;
         let seqs: Vec<Vec<i64>> = (0..n).map(|i| vec![5, 10, 15, 40 + (i % 4) as i64, 60]).collect();
         let values: Vec<f32> = (0..n).map(|i| 1000.0 + 100.0 * (i % 4) as f32).collect();
@@ -333,5 +386,25 @@ mod tests {
         let p = ft.predict(&seqs, &train, 32);
         let mae = p.iter().zip(&values).map(|(a, b)| (a - b).abs()).sum::<f32>() / n as f32;
         assert!(mae < 30.0, "mean absolute error {mae} (targets 1000..1300)");
+    }
+
+    /// The encoder and the head are one model with two learning-rate groups: an encoder rate of
+    /// zero leaves every encoder weight as it was while the head learns.
+    #[test]
+    fn the_encoder_and_head_learning_rates_are_separate_groups() {
+        let device = Device::flex().autodiff();
+        let encoder = EncoderConfig::tiny(200).init(&device).map(&mut crate::init::SeededInit::new(9));
+        let before = encoder.embeddings.weight.val().into_data().try_to_vec::<f32>().unwrap();
+        let n = 64;
+        let seqs: Vec<Vec<i64>> = (0..n).map(|i| vec![5, 10, 15, 40 + (i % 2) as i64, 60]).collect();
+        let targets = Target::Classes { y: (0..n).map(|i| i % 2).collect(), n_classes: 2, class_balanced: false };
+        let fcfg =
+            FinetuneConfig { epochs: 3, encoder_learning_rate: 0.0, head_learning_rate: 1e-2, ..Default::default() };
+        let train: Vec<usize> = (0..n).collect();
+        let ft = finetune(encoder, &seqs, &train, &targets, &fcfg, &device, &mut |_, _, _| {});
+        let after = ft.encoder.embeddings.weight.val().into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(before, after, "the encoder moved with a learning rate of 0");
+        let losses = &ft.epoch_losses;
+        assert!(losses[2] < losses[0], "the head did not learn: {losses:?}");
     }
 }

@@ -13,7 +13,7 @@ use sof_tokenize::corpus::{CorpusManifest, read_shard_rows};
 use crate::batch::StepBatch;
 use crate::config::NicheConfig;
 use crate::masking::IGNORE;
-use crate::objective::{ChunkPass, Objective};
+use crate::objective::{ChunkPass, Term};
 use crate::trainer::{PretrainModel, TrainError};
 
 /// Per-corpus facts the loss needs.
@@ -96,14 +96,14 @@ impl Totals {
     }
 }
 
-/// The niche heads of [`PretrainModel`] as an [`Objective`].
+/// The niche heads of [`PretrainModel`], a term of the pretraining objective.
 #[derive(Debug)]
 pub(crate) struct NicheHeads<'a> {
     pub(crate) facts: &'a [CorpusFacts],
     pub(crate) config: &'a NicheConfig,
 }
 
-impl Objective for NicheHeads<'_> {
+impl Term for NicheHeads<'_> {
     fn add_terms(
         &self,
         model: &PretrainModel,

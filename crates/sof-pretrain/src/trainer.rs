@@ -21,13 +21,13 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, MultiGradientsParams};
+use burn::optim::{AdamWConfig, ModuleOptimizer, MultiGradientsParams};
 use burn::prelude::*;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use serde::{Deserialize, Serialize};
 use sof_model::checkpoint::RunInfo;
 use sof_model::{Encoder, EncoderConfig};
-use sof_tokenize::context::{N_SPECIAL, PAD};
+use sof_tokenize::context::N_SPECIAL;
 use sof_tokenize::corpus::CorpusManifest;
 
 use crate::batch::{Chunk, StepBatch};
@@ -38,7 +38,7 @@ use crate::masking::{IGNORE, mask_batch, rng};
 use crate::metrics::MetricsLog;
 pub use crate::metrics::{StepMetrics, read_metrics};
 use crate::niche::{CorpusFacts, NicheHeads, Sums, Totals, density_stats};
-use crate::objective::{ChunkPass, MaskedTokens, Objective, masked_loss};
+use crate::objective::{Pretraining, Term, masked_loss, share_gradients};
 pub use crate::run_files::latest_checkpoint;
 use crate::run_files::{append_command, complete_checkpoints, read_json, remove_partial_checkpoints, write_atomic};
 
@@ -535,7 +535,7 @@ impl Trainer {
     /// The gradients of one step's mean loss, from every micro-batch and replica.
     fn step_gradients(&self, model: &PretrainModel, batch: &StepBatch) -> (MultiGradientsParams, Sums) {
         let cfg = &self.cfg;
-        let totals = Totals::of(batch, &self.facts, &cfg.niche);
+        let objective = Pretraining { niche: self.niche_heads(), totals: Totals::of(batch, &self.facts, &cfg.niche) };
         let parts = cfg.accumulation * cfg.replicas;
         let rows = batch.seqs.len() / parts;
         let mut multi = MultiGradientsParams::default();
@@ -547,84 +547,12 @@ impl Trainer {
                     (self.devices[r].clone(), Chunk::buckets(batch, first, rows))
                 })
                 .collect();
-            let share_gradients = |replica: PretrainModel, chunks: &[Chunk], dev: &Device| {
-                chunks
-                    .iter()
-                    .map(|chunk| {
-                        let (g, s) = self.chunk_gradients(replica.clone(), chunk, &totals, dev);
-                        (g, s, dev.clone())
-                    })
-                    .collect::<Vec<_>>()
-            };
-            let results: Vec<(GradientsParams, Sums, Device)> = if shares.len() == 1 {
-                let (dev, chunks) = &shares[0];
-                share_gradients(model.clone(), chunks, dev)
-            } else {
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = shares
-                        .iter()
-                        .map(|(dev, chunks)| {
-                            let replica = model.clone().fork(dev);
-                            let work = &share_gradients;
-                            scope.spawn(move || work(replica, chunks, dev))
-                        })
-                        .collect();
-                    handles.into_iter().flat_map(|h| h.join().expect("replica thread")).collect()
-                })
-            };
-            for (g, s, dev) in results {
+            for (g, s, dev) in share_gradients(model, &objective, &shares) {
                 sums.add(&s);
                 multi.grads.push((g, dev));
             }
         }
         (multi, sums)
-    }
-
-    /// Forward and backward of one chunk; its loss is `sum / step total` for each term.
-    fn chunk_gradients(
-        &self,
-        model: PretrainModel,
-        chunk: &Chunk,
-        totals: &Totals,
-        device: &Device,
-    ) -> (GradientsParams, Sums) {
-        let (loss, sums) = self.chunk_loss(&model, chunk, totals, device);
-        let grads = match loss {
-            Some(loss) => GradientsParams::from_grads(loss.backward(), &model),
-            None => GradientsParams::new(),
-        };
-        (grads, sums)
-    }
-
-    fn chunk_loss(
-        &self,
-        model: &PretrainModel,
-        chunk: &Chunk,
-        totals: &Totals,
-        device: &Device,
-    ) -> (Option<Tensor<1>>, Sums) {
-        let mut sums =
-            Sums { tokens: chunk.tokens.iter().filter(|&&t| t != i64::from(PAD)).count() as u64, ..Default::default() };
-        if chunk.length == 0 {
-            return (None, sums);
-        }
-        let b = chunk.seqs.len();
-        let tokens = Tensor::<2, Int>::from_data(TensorData::new(chunk.tokens.clone(), [b, chunk.length]), device);
-        let hidden = model.encoder.forward(tokens.clone());
-        let pass = ChunkPass { chunk, tokens, hidden, device };
-        let mut loss: Option<Tensor<1>> = None;
-        let mut add = |t: Tensor<1>| {
-            loss = Some(match loss.take() {
-                Some(l) => l + t,
-                None => t,
-            })
-        };
-        // The terms in a fixed order (the summed loss, hence the run, is bit-reproducible).
-        let niche = self.niche_heads();
-        for objective in [&MaskedTokens as &dyn Objective, &niche] {
-            objective.add_terms(model, &pass, totals, &mut sums, &mut add);
-        }
-        (loss, sums)
     }
 
     /// A fixed validation set: held-out rows, masked with a fixed generator.
