@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use serde::Deserialize;
+use sof_report::{FeatureResult, MapReport, Mapper, ProbeReport};
 
 use crate::{EXTRA_TECHNOLOGIES, manifest_field, root, run, setup, sof_release};
 
@@ -27,28 +28,102 @@ pub struct EvalArgs {
 
 /// One model's probe reports and held-out-section mappings.
 /// Mappings: (held-out section, head, report).
-type Outcome = (Vec<(Probe, Value)>, Vec<(&'static str, &'static str, Value)>);
+type Outcome = (Vec<(Probe, ProbeReport)>, Vec<(String, String, MapReport)>);
+
+/// The evaluation's task list, xtask/eval.toml.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tasks {
+    probe: Vec<ProbeEntry>,
+    mapping: MappingEntry,
+}
+
+/// A `[[probe]]` of xtask/eval.toml (see the comment at its top).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeEntry {
+    task: String,
+    dataset: String,
+    input: String,
+    args: Vec<String>,
+    #[serde(default)]
+    neighbours: Vec<u32>,
+    #[serde(default)]
+    finetune: bool,
+    figures: Option<String>,
+    #[serde(default = "yes")]
+    in_summary: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MappingEntry {
+    sections: Vec<String>,
+    heads: Vec<String>,
+}
 
 /// One probe: a name, the embedded file it reads, `sof probe` arguments, and whether the
 /// fine-tuned model joins.
+#[derive(Debug)]
 struct Probe {
     task: String,
-    dataset: &'static str,
+    dataset: String,
     file: PathBuf,
     args: Vec<String>,
     finetune: bool,
     /// Figures to keep (probe --plots), under this slug.
-    figures: Option<&'static str>,
+    figures: Option<String>,
     /// Counted in the summary table; false for the composition in the reference's form, shown
     /// for comparison in a table of its own.
     in_summary: bool,
 }
 
-/// Task-name suffix of the probes that score composition in the reference's form.
-const REFERENCE_FORM: &str = "softmax of counts (reference's form)";
+/// xtask/eval.toml, each probe expanded over its `neighbours`, with `{seeds}` filled in and
+/// inputs under `out`.
+fn read_tasks(out: &Path, seeds: u64) -> Result<(Vec<Probe>, MappingEntry)> {
+    let path = root().join("xtask/eval.toml");
+    let tasks: Tasks = toml::from_str(&std::fs::read_to_string(&path).with_context(|| path.display().to_string())?)
+        .with_context(|| format!("{}: not a valid task list", path.display()))?;
+    let mut probes = Vec::new();
+    for p in tasks.probe {
+        if !root().join("datasets").join(format!("{}.toml", p.dataset)).exists() {
+            bail!(
+                "{}: probe '{}' names dataset '{}', which has no manifest in datasets/",
+                path.display(),
+                p.task,
+                p.dataset
+            );
+        }
+        let ks: Vec<Option<u32>> =
+            if p.neighbours.is_empty() { vec![None] } else { p.neighbours.iter().map(|&k| Some(k)).collect() };
+        for k in ks {
+            let fill = |x: &str| {
+                let x = x.replace("{seeds}", &seeds.to_string());
+                k.map_or(x.clone(), |k| x.replace("{k}", &k.to_string()))
+            };
+            probes.push(Probe {
+                task: fill(&p.task),
+                dataset: p.dataset.clone(),
+                file: out.join(fill(&p.input)),
+                args: p.args.iter().map(|a| fill(a)).collect(),
+                finetune: p.finetune,
+                figures: p.figures.clone(),
+                in_summary: p.in_summary,
+            });
+        }
+    }
+    Ok((probes, tasks.mapping))
+}
 
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| (*x).to_owned()).collect()
+/// A file name for a probe's cached report: its dataset and task.
+fn slug(p: &Probe) -> String {
+    let task: String =
+        p.task.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    format!("{}__{}", p.dataset, task.split('_').filter(|w| !w.is_empty()).collect::<Vec<_>>().join("_"))
 }
 
 /// Tokenizer flags of a dataset (from its manifest in datasets/), for `sof embed` / `--finetune`.
@@ -119,7 +194,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         let images = root().join("docs/images/results");
         std::fs::create_dir_all(&images)?;
         for (p, _) in &reports {
-            if let Some(slug) = p.figures {
+            if let Some(slug) = &p.figures {
                 // The figures RESULTS.md shows: the maps and the embedding's confusion matrix.
                 for e in std::fs::read_dir(a.output.join("figures").join(slug))?.flatten() {
                     let name = e.file_name().to_string_lossy().to_string();
@@ -214,125 +289,35 @@ fn evaluate_model(
         Some("dissociated"),
     )?;
 
-    // 2. Probes.
-    let seeds = a.seeds.to_string();
-    let blocks = s(&["--spatial-blocks", "4", "--folds", "4", "--seeds", &seeds]);
+    // 2. Probes (xtask/eval.toml).
     let heads: &[&str] = if mlp { &["--head", "linear", "--head", "mlp"] } else { &["--head", "linear"] };
-    let mut probes = vec![
-        Probe {
-            task: "layer".into(),
-            dataset: "starmap_mpfc",
-            file: out.join("starmap_mpfc_emb.h5ad"),
-            args: s(&["--label", "layer", "--split-key", "section", "--ordered", "--class-order", "L1,L2/3,L5,L6"]),
-            finetune: true,
-            figures: Some("starmap_layer"),
-            in_summary: true,
-        },
-        Probe {
-            task: "cell type".into(),
-            dataset: "starmap_mpfc",
-            file: out.join("starmap_mpfc_emb.h5ad"),
-            args: s(&["--label", "cell_type", "--split-key", "section"]),
-            finetune: true,
-            figures: None,
-            in_summary: true,
-        },
-        Probe {
-            task: "region (Excluded dropped)".into(),
-            dataset: "osmfish_sscortex",
-            file: out.join("osmfish_sscortex_emb.h5ad"),
-            args: [s(&["--label", "Region", "--drop", "Excluded"]), blocks.clone()].concat(),
-            finetune: true,
-            figures: Some("osmfish_region"),
-            in_summary: true,
-        },
-        Probe {
-            task: "cortical depth (VISp cells)".into(),
-            dataset: "smfish_visp",
-            file: out.join("smfish_visp_emb.h5ad"),
-            args: [s(&["--target", "depth_um", "--where", "layer!=outside_VISp"]), blocks.clone()].concat(),
-            finetune: true,
-            figures: None,
-            in_summary: true,
-        },
-        Probe {
-            task: "zone".into(),
-            dataset: "intestine_zonation_dissociated",
-            file: out.join("intestine_zonation_dissociated_emb.h5ad"),
-            args: s(&["--label", "zone", "--ordered", "--random-folds", "--folds", "5", "--seeds", &seeds]),
-            finetune: false,
-            figures: None,
-            in_summary: true,
-        },
-    ];
-    for k in ["10", "20", "50"] {
-        for (dataset, split) in [("starmap_mpfc", s(&["--split-key", "section"])), ("osmfish_sscortex", blocks.clone())]
-        {
-            let file = out.join(format!("{dataset}_r{k}.h5ad"));
-            let mut comp = s(&["--target-obsm", "sof_composition"]);
-            comp.extend(split.clone());
-            let mut dens = s(&["--target", "sof_density"]);
-            dens.extend(split);
-            probes.push(Probe {
-                task: format!("composition, {k} neighbours"),
-                dataset,
-                file: file.clone(),
-                args: comp,
-                finetune: false,
-                figures: None,
-                in_summary: true,
-            });
-            probes.push(Probe {
-                task: format!("density, {k} neighbours"),
-                dataset,
-                file,
-                args: dens,
-                finetune: false,
-                figures: None,
-                in_summary: true,
-            });
-        }
-    }
-    // The reference's composition target (softmax of neighbour counts), for comparison with its
-    // numbers; appended last so the cached probe files above keep their names.
-    for (dataset, split) in [("starmap_mpfc", s(&["--split-key", "section"])), ("osmfish_sscortex", blocks.clone())] {
-        let mut args = s(&["--target-obsm", "sof_composition", "--softmax-counts", "sof_density"]);
-        args.extend(split);
-        probes.push(Probe {
-            task: format!("composition, 20 neighbours, {REFERENCE_FORM}"),
-            dataset,
-            file: out.join(format!("{dataset}_r20.h5ad")),
-            args,
-            finetune: false,
-            figures: None,
-            in_summary: false,
-        });
-    }
+    let (probes, mapping_tasks) = read_tasks(out, a.seeds)?;
     let mut reports = Vec::new();
-    for (i, p) in probes.into_iter().enumerate() {
-        let json = out.join("probes").join(format!("{i:02}_{}.json", p.dataset));
+    for p in probes {
+        let json = out.join("probes").join(format!("{}.json", slug(&p)));
         if !json.exists() {
             let mut c = sof(&bin);
             c.args(["probe", "--input"]).arg(&p.file).args(&p.args).args(heads).arg("--output").arg(&json);
-            if let Some(slug) = p.figures {
+            if let Some(slug) = &p.figures {
                 c.arg("--plots").arg(out.join("figures").join(slug));
             }
             if p.finetune && finetune_epochs > 0 {
                 c.args(["--finetune", &ckpt, "--finetune-epochs", &finetune_epochs.to_string()]);
                 c.args(["--encoder-lr", "3e-4", "--head-lr", "3e-3"]);
-                c.args(tokenizer_flags(a, p.dataset, None)?);
+                c.args(tokenizer_flags(a, &p.dataset, None)?);
             }
             run(&mut c)?;
         }
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+        let v: ProbeReport = serde_json::from_str(&std::fs::read_to_string(&json)?)
+            .with_context(|| format!("{}: not a probe report; delete it to rerun the probe", json.display()))?;
         reports.push((p, v));
     }
 
     // 3. A STARmap section held out, its coordinates unused, embedded as dissociated cells and
     //    mapped onto the other two sections; every rotation.
     let mut mapping = Vec::new();
-    for head in ["knn", "linear"] {
-        for section in ["BZ5", "BZ9", "BZ14"] {
+    for head in &mapping_tasks.heads {
+        for section in &mapping_tasks.sections {
             let tag = if head == "knn" { section.to_owned() } else { format!("{section}_{head}") };
             let json = out.join(format!("map_{tag}.json"));
             if !json.exists() {
@@ -350,7 +335,9 @@ fn evaluate_model(
                     .arg(out.join(format!("map_{tag}.h5ad")));
                 run(&mut c)?;
             }
-            mapping.push((section, head, serde_json::from_str::<Value>(&std::fs::read_to_string(&json)?)?));
+            let report: MapReport = serde_json::from_str(&std::fs::read_to_string(&json)?)
+                .with_context(|| format!("{}: not a map report; delete it to rerun the mapping", json.display()))?;
+            mapping.push((section.clone(), head.clone(), report));
         }
     }
 
@@ -372,36 +359,30 @@ fn reproduce(a: &EvalArgs) -> String {
     c
 }
 
-/// `mean ± sd` of a metric of one result row.
-fn cell(r: &Value, metric: &str) -> Option<(f64, f64)> {
-    Some((r["mean"][metric].as_f64()?, r["sd"][metric].as_f64().unwrap_or(0.0)))
+/// `mean ± sd` of a metric of one result row (none where undefined: NaN, JSON's `null`).
+fn cell(r: &FeatureResult, metric: &str) -> Option<(f64, f64)> {
+    let finite = |m: &std::collections::BTreeMap<String, f64>| m.get(metric).copied().filter(|v| !v.is_nan());
+    Some((finite(&r.mean)?, finite(&r.sd).unwrap_or(0.0)))
 }
 
 fn fmt(v: Option<(f64, f64)>) -> String {
     v.map_or_else(|| "–".to_owned(), |(m, s)| format!("{m:.3} ± {s:.3}"))
 }
 
-fn row_name(r: &Value) -> String {
-    let f = r["features"].as_str().unwrap_or("?");
+fn row_name(r: &FeatureResult) -> String {
+    let f = r.features.as_str();
     let f = if f.starts_with("fine-tuned") { "fine-tuned encoder" } else { f };
-    let head = match r["head"].as_str() {
-        Some("mlp") => "MLP",
+    let head = match r.head.as_str() {
+        "mlp" => "MLP",
         _ => "linear",
     };
     format!("{f} · {head}")
 }
 
-/// The expression baselines, the neighbourhood ones (NichePCA, BANKSY) included: "best baseline"
-/// is the best of all of them.
-fn is_baseline(r: &Value) -> bool {
-    let f = r["features"].as_str().unwrap_or("");
-    ["PCA", "raw", "NichePCA", "BANKSY"].iter().any(|b| f.starts_with(b))
-}
-
 fn results_markdown(
     a: &EvalArgs,
-    reports: &[(Probe, Value)],
-    mapping: &[(&str, &str, Value)],
+    reports: &[(Probe, ProbeReport)],
+    mapping: &[(String, String, MapReport)],
     compared: Option<&Outcome>,
     seconds: f64,
 ) -> Result<String> {
@@ -461,7 +442,7 @@ fn results_markdown(
         if !p.in_summary {
             continue;
         }
-        let regress = v["task"].as_str().unwrap_or("").starts_with("regress");
+        let regress = v.task.starts_with("regress");
         // Composition: mean absolute error over cells and types (R² averaged over dozens of
         // types is dominated by rare ones); lower is better there, higher everywhere else.
         let (metric, label, sign) = match (regress, p.task.starts_with("composition")) {
@@ -469,21 +450,18 @@ fn results_markdown(
             (true, false) => ("r2", "R²", 1.0),
             (false, false) => ("macro_f1", "macro F1", 1.0),
         };
-        let results = v["results"].as_array().context("results")?;
-        let best = |pred: &dyn Fn(&Value) -> bool| {
+        let results = &v.results;
+        let best = |pred: &dyn Fn(&FeatureResult) -> bool| {
             results
                 .iter()
                 .filter(|r| pred(r))
                 .filter_map(|r| cell(r, metric).map(|c| (c, row_name(r))))
                 .max_by(|x, y| (sign * x.0.0).total_cmp(&(sign * y.0.0)))
         };
-        let base = best(&is_baseline);
-        let find = |feat: &str, head: &str| {
-            results
-                .iter()
-                .find(|r| r["features"].as_str().unwrap_or("").starts_with(feat) && r["head"] == head)
-                .and_then(|r| cell(r, metric))
-        };
+        // The expression baselines, the neighbourhood ones (NichePCA, BANKSY) included: "best
+        // baseline" is the best of all of them.
+        let base = best(&FeatureResult::is_baseline);
+        let find = |feat: &str, head: &str| v.result(feat, head).and_then(|r| cell(r, metric));
         let lin = find("embedding", "linear");
         let mlp = find("embedding", "mlp");
         let ft = find("fine-tuned", "linear");
@@ -505,13 +483,10 @@ fn results_markdown(
         } else {
             lost.push(name);
         }
-        let second = compared.and_then(|c| c.0.get(k)).and_then(|(_, v)| {
-            v["results"]
-                .as_array()?
-                .iter()
-                .find(|r| r["features"].as_str().unwrap_or("").starts_with("embedding"))
-                .and_then(|r| cell(r, metric))
-        });
+        let second = compared
+            .and_then(|c| c.0.get(k))
+            .and_then(|(_, v)| v.results.iter().find(|r| r.features.starts_with("embedding")))
+            .and_then(|r| cell(r, metric));
         let second = match (compared, second) {
             (Some(_), Some(c)) => format!(" {:.3} |", c.0),
             (Some(_), None) => " – |".to_owned(),
@@ -542,7 +517,7 @@ fn results_markdown(
     )?;
     writeln!(t, "- Ours ahead: {}.", if won.is_empty() { "none".to_owned() } else { won.join("; ") })?;
     writeln!(t, "- The best baseline ahead: {}.\n", if lost.is_empty() { "none".to_owned() } else { lost.join("; ") })?;
-    let reference_form: Vec<&(Probe, Value)> = reports.iter().filter(|(p, _)| !p.in_summary).collect();
+    let reference_form: Vec<&(Probe, ProbeReport)> = reports.iter().filter(|(p, _)| !p.in_summary).collect();
     if !reference_form.is_empty() {
         writeln!(
             t,
@@ -554,17 +529,15 @@ fn results_markdown(
         writeln!(t, "| dataset | neighbours | metric | best baseline | linear probe (emb.) | MLP (emb.) |")?;
         writeln!(t, "|---|---|---|---|---|---|")?;
         for (p, v) in reference_form {
-            let results = v["results"].as_array().context("results")?;
+            let results = &v.results;
             for metric in ["mae", "mse"] {
                 let base = results
                     .iter()
-                    .filter(|r| is_baseline(r))
+                    .filter(|r| r.is_baseline())
                     .filter_map(|r| cell(r, metric).map(|c| (c.0, row_name(r))))
                     .min_by(|x, y| x.0.total_cmp(&y.0));
                 let find = |head: &str| {
-                    results
-                        .iter()
-                        .find(|r| r["features"].as_str().unwrap_or("").starts_with("embedding") && r["head"] == head)
+                    v.result("embedding", head)
                         .and_then(|r| cell(r, metric))
                         .map_or("–".into(), |c| format!("{:.4}", c.0))
                 };
@@ -625,52 +598,46 @@ fn results_markdown(
     )?;
     writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|")?;
     for (section, head, m) in mapping {
-        let g = |k: &str| m[k].as_f64().map_or("–".into(), |v| format!("{v:.3}"));
-        let head = if *head == "knn" { "neighbours" } else { "linear head" };
+        let g = |column: &str, metric: &str, mapper: Mapper| {
+            m.get(column, metric, mapper).filter(|v| !v.is_nan()).map_or("–".into(), |v| format!("{v:.3}"))
+        };
+        let head = if head == "knn" { "neighbours" } else { "linear head" };
         writeln!(
             t,
             "| {section} | {head} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            m["query_cells"].as_f64().unwrap_or(0.0),
-            g("layer_accuracy"),
-            g("layer_accuracy_pca50"),
-            g("layer_accuracy_prior"),
-            g("sof_depth_mae"),
-            g("sof_depth_mae_pca50"),
-            g("sof_depth_mae_prior"),
-            g("sof_depth_spearman"),
-            g("sof_depth_spearman_pca50"),
+            m.query_cells,
+            g("layer", "accuracy", Mapper::Ours),
+            g("layer", "accuracy", Mapper::Pca50),
+            g("layer", "accuracy", Mapper::Prior),
+            g("sof_depth", "mae", Mapper::Ours),
+            g("sof_depth", "mae", Mapper::Pca50),
+            g("sof_depth", "mae", Mapper::Prior),
+            g("sof_depth", "spearman", Mapper::Ours),
+            g("sof_depth", "spearman", Mapper::Pca50),
         )?;
     }
 
     // Full tables.
     writeln!(t, "\n## Every number\n")?;
     for (p, v) in reports {
-        let results = v["results"].as_array().context("results")?;
-        let mut metrics: Vec<String> =
-            results.iter().flat_map(|r| r["mean"].as_object().into_iter().flatten().map(|(k, _)| k.clone())).collect();
+        let results = &v.results;
+        let mut metrics: Vec<String> = results.iter().flat_map(|r| r.mean.keys().cloned()).collect();
         metrics.sort();
         metrics.dedup();
-        writeln!(
-            t,
-            "### {} — {} ({} cells, {} folds)\n",
-            p.dataset,
-            p.task,
-            v["cells"].as_u64().unwrap_or(0),
-            v["folds"].as_array().map_or(0, Vec::len)
-        )?;
+        writeln!(t, "### {} — {} ({} cells, {} folds)\n", p.dataset, p.task, v.cells, v.folds.len())?;
         writeln!(t, "| features · head | {} |", metrics.join(" | "))?;
         writeln!(t, "|---|{}", "---|".repeat(metrics.len()))?;
         for r in results {
             let cells: Vec<String> = metrics.iter().map(|m| fmt(cell(r, m))).collect();
             writeln!(t, "| {} | {} |", row_name(r), cells.join(" | "))?;
         }
-        if let Some(slug) = p.figures {
+        if let Some(slug) = &p.figures {
             writeln!(
                 t,
                 "\n![{} {}: true vs predicted, first held-out fold](images/results/{slug}_map_{}.png)",
                 p.dataset,
                 p.task,
-                v["task"].as_str().unwrap_or("").trim_start_matches("classify ").replace(['/', ' '], "_")
+                v.task.trim_start_matches("classify ").replace(['/', ' '], "_")
             )?;
             writeln!(
                 t,
@@ -689,4 +656,92 @@ fn results_markdown(
         a.output.strip_prefix(root()).unwrap_or(&a.output).display()
     )?;
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The task list parses, every probe names a manifest, `{k}` and `{seeds}` are filled in, and
+    /// no two probes share a cache file.
+    #[test]
+    fn the_task_list_expands_to_distinct_probes() {
+        let (probes, mapping) = read_tasks(Path::new("/out"), 3).unwrap();
+        assert_eq!(probes.len(), 5 + 4 * 3 + 2);
+        assert!(probes.iter().all(|p| !p.task.contains('{') && p.args.iter().all(|a| !a.contains('{'))));
+        assert!(probes.iter().any(|p| p.file == Path::new("/out/osmfish_sscortex_r50.h5ad")));
+        assert!(
+            probes.iter().filter(|p| p.args.contains(&"--seeds".to_owned())).all(|p| p.args.contains(&"3".to_owned()))
+        );
+        let mut slugs: Vec<String> = probes.iter().map(slug).collect();
+        slugs.sort();
+        slugs.dedup();
+        assert_eq!(slugs.len(), probes.len(), "{slugs:?}");
+        assert_eq!(probes.iter().filter(|p| !p.in_summary).count(), 2);
+        assert_eq!(mapping.sections.len() * mapping.heads.len(), 6);
+    }
+
+    fn result(features: &str, head: &str, metric: &str, mean: f64) -> FeatureResult {
+        FeatureResult {
+            features: features.into(),
+            head: head.into(),
+            values: [(metric.to_owned(), vec![mean])].into(),
+            mean: [(metric.to_owned(), mean)].into(),
+            sd: [(metric.to_owned(), 0.01)].into(),
+            confusion: None,
+            predicted_classes: None,
+            predicted_values: None,
+        }
+    }
+
+    /// The summary reads the typed reports: the best baseline (NichePCA here, not PCA-50), ours
+    /// as the best of our rows, the win counted; an undefined (NaN) score prints as a dash.
+    #[test]
+    fn the_summary_compares_ours_with_the_best_baseline() {
+        let probe = Probe {
+            task: "layer".into(),
+            dataset: "starmap_mpfc".into(),
+            file: PathBuf::from("x.h5ad"),
+            args: Vec::new(),
+            finetune: false,
+            figures: None,
+            in_summary: true,
+        };
+        let report = ProbeReport {
+            input: "x.h5ad".into(),
+            task: "classify layer".into(),
+            classes: vec!["L1".into(), "L2/3".into()],
+            cells: 100,
+            cell_index: (0..100).collect(),
+            truth_classes: Some(vec![0; 100]),
+            truth_values: None,
+            target_columns: Vec::new(),
+            folds: vec!["BZ5".into(), "BZ9".into(), "BZ14".into()],
+            results: vec![
+                result("PCA-50", "linear", "macro_f1", 0.70),
+                result("NichePCA (k=20)", "linear", "macro_f1", 0.88),
+                result("embedding", "linear", "macro_f1", 0.90),
+                result("embedding", "mlp", "macro_f1", f64::NAN),
+            ],
+        };
+        let mut map = MapReport { query_cells: 40, reference_cells: 60, ..Default::default() };
+        map.insert(Mapper::Ours, "layer", &[("accuracy", 0.75)]);
+        map.insert(Mapper::Pca50, "layer", &[("accuracy", 0.70)]);
+        let a = EvalArgs {
+            checkpoint: PathBuf::from("/nonexistent/model"),
+            output: PathBuf::from("/nonexistent/out"),
+            shared: PathBuf::from("/nonexistent/shared"),
+            finetune_epochs: 0,
+            seeds: 1,
+            write_docs: false,
+            compare: None,
+        };
+        let text = results_markdown(&a, &[(probe, report)], &[("BZ5".into(), "knn".into(), map)], None, 0.0).unwrap();
+        let row = text.lines().find(|l| l.starts_with("| starmap_mpfc | layer |")).unwrap();
+        assert!(row.contains("0.880 (NichePCA (k=20) · linear)"), "{row}");
+        assert!(row.contains("| 0.900 | – | not run | +0.020 |"), "{row}");
+        assert!(text.contains("beats the best baseline on **1 of 1**"), "{text}");
+        assert!(text.contains("| BZ5 | neighbours | 40 | 0.750 | 0.700 | – |"), "{text}");
+        assert!(text.contains("### starmap_mpfc — layer (100 cells, 3 folds)"), "{text}");
+    }
 }

@@ -465,6 +465,10 @@ fn bench_spatial(cells: usize, radius: f64, sections: usize) -> Result<()> {
             "--section-key",
             "section",
             "--write-graph",
+            // The peer computes the graph and the composition only: no niche profile (a PCA of
+            // expression and neighbour means that `sof spatial` adds by default).
+            "--profile-components",
+            "0",
             "--radius",
             &radius.to_string(),
             "--input",
@@ -478,7 +482,7 @@ fn bench_spatial(cells: usize, radius: f64, sections: usize) -> Result<()> {
         bail!("sof spatial failed: {}", String::from_utf8_lossy(&o.stderr));
     }
     print!("sof:     {text}");
-    let our_s = number_after(&text, "composition in").context("no timing in sof output")?;
+    let our_s = number_after(&text, "targets in").context("no timing in sof output")?;
     let our_mib = number_after(&text, "peak memory").context("no memory in sof output")?;
     let p = Command::new(&python)
         .arg(root().join("xtask/peers/spatial_squidpy.py"))
@@ -606,6 +610,9 @@ fn bench_tokenize(cells: usize, peer_cells: usize, dissociated_cells: usize) -> 
                         "--threads",
                         &threads.to_string(),
                         "tokenize",
+                        // Tokens only, as the peer: no label-free niche targets (a PCA of
+                        // expression and neighbour means, on by default for spatial input).
+                        "--no-niche-profile",
                         "--species",
                         "mouse",
                         "--technology",
@@ -679,6 +686,7 @@ fn bench_tokenize(cells: usize, peer_cells: usize, dissociated_cells: usize) -> 
                 .args([
                     "-q",
                     "tokenize",
+                    "--no-niche-profile",
                     "--species",
                     "mouse",
                     "--modality",

@@ -238,7 +238,7 @@ pub fn run(settings: &Settings, work: &Path) -> Result<Reports> {
         .into_iter()
         .chain(mapping::score(Mapper::Prior, &reference, "layer", &truth, &prior, &[]))
     {
-        map.insert(&s);
+        map.insert(s.mapper, &s.column, &s.metrics);
     }
     // The generator keeps the dissociated cells' true positions: how far off the placement is.
     if let (Some(x), Some(y)) = (

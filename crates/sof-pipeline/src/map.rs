@@ -276,7 +276,7 @@ pub fn map_h5ad(spec: &MapSpec) -> Result<MapOutcome> {
         scores.extend(mapping::score(Mapper::Pca50, &reference, &spec.label, &truth, &tp.predicted, &tp.transferred));
     }
     for s in &scores {
-        report.insert(s);
+        report.insert(s.mapper, &s.column, &s.metrics);
     }
     let location_error = if q.obsm_keys().contains(&spec.spatial_key) && spec.query_filters.is_empty() {
         let true_xy = q.obsm(&spec.spatial_key)?;

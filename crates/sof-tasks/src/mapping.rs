@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
-use serde::{Deserialize, Serialize};
 
 use crate::TaskError;
+pub use sof_report::{MapReport, Mapper};
 
 /// Settings of [`map_cells`].
 #[derive(Debug, Clone)]
@@ -322,36 +322,6 @@ pub fn pca_features(
     Ok((pca.transform(&xr, reference_rows), pca.transform(&xq, query_rows)))
 }
 
-/// Which mapper a score is of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mapper {
-    /// The model's embeddings.
-    Ours,
-    /// The reference's most frequent class; its mean value.
-    Prior,
-    /// The same mapper on PCA-50 of expression ([`pca_features`]).
-    Pca50,
-}
-
-impl Mapper {
-    /// The suffix of this mapper's keys in a [`MapReport`].
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Mapper::Ours => "",
-            Mapper::Prior => "_prior",
-            Mapper::Pca50 => "_pca50",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Mapper::Ours => "ours",
-            Mapper::Prior => "prior",
-            Mapper::Pca50 => "PCA-50",
-        }
-    }
-}
-
 /// The query's own labels and values (a held-out section used as ground truth), per query cell.
 #[derive(Debug, Clone, Default)]
 pub struct QueryTruth {
@@ -371,29 +341,6 @@ pub struct Score {
     pub metrics: Vec<(&'static str, f64)>,
     /// Query cells with a truth (and, for values, a finite prediction).
     pub cells: usize,
-}
-
-/// A mapping's scores against the query's truth, what `sof map --report` writes: keys
-/// `<column>_<metric><suffix>` (see [`Mapper::suffix`]), e.g. `layer_accuracy_pca50`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MapReport {
-    pub query_cells: usize,
-    pub reference_cells: usize,
-    /// NaN (written as `null`) where a score is undefined, e.g. Spearman's rho of a constant.
-    #[serde(flatten, deserialize_with = "crate::probe::nan::map")]
-    pub scores: BTreeMap<String, f64>,
-}
-
-impl MapReport {
-    pub fn get(&self, column: &str, metric: &str, mapper: Mapper) -> Option<f64> {
-        self.scores.get(&format!("{column}_{metric}{}", mapper.suffix())).copied()
-    }
-
-    pub fn insert(&mut self, score: &Score) {
-        for (metric, v) in &score.metrics {
-            self.scores.insert(format!("{}_{metric}{}", score.column, score.mapper.suffix()), *v);
-        }
-    }
 }
 
 /// Scores a mapper's predictions (`predicted` classes and `transferred` columns, per query
@@ -547,7 +494,7 @@ mod tests {
             &pc,
             &pv,
         )) {
-            report.insert(s);
+            report.insert(s.mapper, &s.column, &s.metrics);
         }
         assert_eq!(report.get("layer", "accuracy", Mapper::Ours), Some(1.0));
         assert!(report.get("layer", "accuracy", Mapper::Prior).unwrap() < 0.3);

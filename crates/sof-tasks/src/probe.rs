@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ndarray::{Array2, Axis};
-use serde::{Deserialize, Serialize};
 use sof_io::Frame;
 
 use crate::linear::argmax_rows;
 use crate::metrics;
 use crate::split::Fold;
 use crate::{Cells, Embedder, Head, ObsmEmbedder, PcaEmbedder, RawEmbedder, Target, TaskError};
+pub use sof_report::{FeatureResult, ProbeReport};
 
 /// A model trained on cells end to end (e.g. the encoder fine-tuned with a head), scored beside
 /// the feature sets on the same folds: the fit / predict seam of [`Head`] at the level of cells.
@@ -50,92 +50,6 @@ pub struct FeatureSet {
     pub name: String,
     /// Indices into the fold's embedders.
     pub members: Vec<usize>,
-}
-
-/// One feature set with one head, over every fold and seed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FeatureResult {
-    pub features: String,
-    /// `linear`, `mlp`, ...
-    pub head: String,
-    /// metric -> per-(seed, fold) values
-    #[serde(deserialize_with = "nan::map_vec")]
-    pub values: BTreeMap<String, Vec<f64>>,
-    #[serde(deserialize_with = "nan::map")]
-    pub mean: BTreeMap<String, f64>,
-    #[serde(deserialize_with = "nan::map")]
-    pub sd: BTreeMap<String, f64>,
-    /// Summed over folds of the first seed (classification).
-    pub confusion: Option<Vec<Vec<u64>>>,
-    /// Out-of-fold predictions of the first seed, per cell in `cell_index` order: class codes
-    /// (-1 = never tested) or values (rows of NaN = never tested).
-    pub predicted_classes: Option<Vec<i64>>,
-    #[serde(deserialize_with = "nan::rows")]
-    pub predicted_values: Option<Vec<Vec<f64>>>,
-}
-
-/// JSON has no NaN (serde_json writes `null`): read `null` back as NaN.
-pub(crate) mod nan {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer};
-
-    fn v(x: Option<f64>) -> f64 {
-        x.unwrap_or(f64::NAN)
-    }
-
-    pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
-        let m = BTreeMap::<String, Option<f64>>::deserialize(d)?;
-        Ok(m.into_iter().map(|(k, x)| (k, v(x))).collect())
-    }
-
-    pub fn map_vec<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<f64>>, D::Error> {
-        let m = BTreeMap::<String, Vec<Option<f64>>>::deserialize(d)?;
-        Ok(m.into_iter().map(|(k, x)| (k, x.into_iter().map(v).collect())).collect())
-    }
-
-    pub fn rows<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Vec<f64>>>, D::Error> {
-        let m = Option::<Vec<Vec<Option<f64>>>>::deserialize(d)?;
-        Ok(m.map(|rows| rows.into_iter().map(|r| r.into_iter().map(v).collect()).collect()))
-    }
-}
-
-impl FeatureResult {
-    /// Whether the features are one of the expression baselines (PCA, raw expression, the
-    /// neighbourhood baselines).
-    pub fn is_baseline(&self) -> bool {
-        ["PCA", "raw", "NichePCA", "BANKSY"].iter().any(|b| self.features.starts_with(b))
-    }
-}
-
-/// A probe's results: what `sof probe` writes as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProbeReport {
-    pub input: String,
-    pub task: String,
-    pub classes: Vec<String>,
-    pub cells: usize,
-    /// Rows of the input the cells are (labelled, not dropped).
-    pub cell_index: Vec<usize>,
-    /// Truth in `cell_index` order: class codes, or values.
-    pub truth_classes: Option<Vec<usize>>,
-    pub truth_values: Option<Vec<Vec<f64>>>,
-    /// Names of the regressed columns.
-    pub target_columns: Vec<String>,
-    pub folds: Vec<String>,
-    pub results: Vec<FeatureResult>,
-}
-
-impl ProbeReport {
-    /// The result of a feature set (by name prefix) with a head.
-    pub fn result(&self, features: &str, head: &str) -> Option<&FeatureResult> {
-        self.results.iter().find(|r| r.features.starts_with(features) && r.head == head)
-    }
-
-    /// Whether the task is a classification.
-    pub fn is_classification(&self) -> bool {
-        self.truth_classes.is_some()
-    }
 }
 
 /// Runs a probe. `embedders(seed)` gives the fold's feature extractors (fitted per fold);
