@@ -7,6 +7,7 @@
 
 pub mod commands;
 mod device;
+mod preflight;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,25 @@ enum Command {
     TechMeans(commands::tokenize::MeansArgs),
     Spatial(commands::spatial::Args),
     Datasets(commands::datasets::Args),
+    /// Walks an HDF5 file's structure (the child side of the preflight of HDF5 inputs).
+    #[command(name = "__walk", hide = true)]
+    Walk(preflight::WalkArgs),
+}
+
+impl Command {
+    /// The cell files the command reads, walked in a child process first ([`preflight`]).
+    fn cell_inputs(&self) -> Vec<&std::path::Path> {
+        match self {
+            Command::Inspect(a) => vec![&a.input],
+            Command::Tokenize(a) => vec![&a.input],
+            Command::Embed(a) => vec![&a.input],
+            Command::Probe(a) => vec![&a.input],
+            Command::Map(a) => vec![&a.reference, &a.query],
+            Command::TechMeans(a) => a.input.iter().map(|p| p.as_path()).collect(),
+            Command::Spatial(a) => vec![&a.input],
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A job stopped on request (Ctrl-C) after saving its work; `sof` exits with 130, as a shell
@@ -71,6 +91,7 @@ where
     {
         tracing::warn!("could not set {n} threads: {e}");
     }
+    preflight::check(&cli.command.cell_inputs())?;
     match cli.command {
         Command::Demo(a) => commands::demo::run(a, cli.quiet),
         Command::Synth(a) => commands::synth::run(a, cli.quiet),
@@ -83,5 +104,6 @@ where
         Command::TechMeans(a) => commands::tokenize::run_means(a),
         Command::Spatial(a) => commands::spatial::run(a),
         Command::Datasets(a) => commands::datasets::run(a),
+        Command::Walk(a) => preflight::walk(a),
     }
 }

@@ -64,11 +64,20 @@ impl CsrMatrix {
     }
 
     /// Merges repeated column indices within each row into their first position, summing the
-    /// values. One pass with a per-column stamp; a matrix without duplicates is left untouched.
+    /// values; a matrix without duplicates is left untouched. A row in ascending column order
+    /// (canonical CSR, what anndata and sof write) has none by construction, which a sequential
+    /// scan shows; only other rows are checked with a per-column stamp (one random access per
+    /// stored value: `CsrMatrix::new` of 20,000 sorted rows x 2,100 values took 95 ms with the
+    /// stamp on every row, 69 ms with the scan).
     fn sum_duplicates(&mut self) {
+        let unsorted: Vec<usize> =
+            (0..self.n_rows).filter(|&i| !self.indices[self.row_range(i)].windows(2).all(|w| w[0] < w[1])).collect();
+        if unsorted.is_empty() {
+            return;
+        }
         let mut stamp = vec![u64::MAX; self.n_cols];
         let mut duplicated = false;
-        'rows: for i in 0..self.n_rows {
+        'rows: for &i in &unsorted {
             for k in self.row_range(i) {
                 let c = self.indices[k] as usize;
                 if stamp[c] == i as u64 {

@@ -212,6 +212,14 @@ pub fn written_by_sof(path: impl AsRef<Path>) -> bool {
 /// gives the same result without asking.
 pub fn check_replace(output: impl AsRef<Path>, force: bool) -> Result<()> {
     let output = output.as_ref();
+    if output.is_dir() {
+        return Err(Error::invalid(
+            output,
+            "(the output path)",
+            "is a folder, not a file",
+            "pass a file name ending in .h5ad as --output",
+        ));
+    }
     if force || !output.exists() || written_by_sof(output) {
         return Ok(());
     }

@@ -168,4 +168,9 @@ fn only_files_sof_wrote_are_replaced_without_force() {
     let text = dir.path().join("notes.h5ad");
     std::fs::write(&text, "my notes").unwrap();
     assert!(sof_io::h5ad::check_replace(&text, false).is_err());
+    // A folder is named as one, with or without --force.
+    for force in [false, true] {
+        let err = sof_io::h5ad::check_replace(dir.path(), force).unwrap_err().to_string();
+        assert!(err.contains("is a folder"), "{err}");
+    }
 }
