@@ -43,6 +43,10 @@ enum Job {
     Fuzz {
         #[arg(long, default_value_t = 1000)]
         iterations: usize,
+        /// The first mutant's number: mutant i depends only on (seed, i), so a long pass can run
+        /// in pieces (`--first 0 --iterations 2000`, then `--first 2000`, ...).
+        #[arg(long, default_value_t = 0)]
+        first: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Mutants in flight at once (default: all cores).
@@ -320,7 +324,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Job::Fuzz { iterations, seed, jobs, report, release } => {
+        Job::Fuzz { iterations, first, seed, jobs, report, release } => {
             setup()?;
             let mut c = cargo();
             c.arg("test");
@@ -329,6 +333,7 @@ fn main() -> Result<()> {
             }
             c.args(["-p", "sof-cli", "--test", "fuzz", "--", "--nocapture"])
                 .env("SOF_FUZZ_ITERATIONS", iterations.to_string())
+                .env("SOF_FUZZ_FIRST", first.to_string())
                 .env("SOF_FUZZ_SEED", seed.to_string())
                 .env("SOF_REQUIRE_SHARED", "1");
             if let Some(j) = jobs {

@@ -50,16 +50,26 @@ enum Command {
 }
 
 impl Command {
-    /// The cell files the command reads, walked in a child process first ([`preflight`]).
+    /// The HDF5 files the command opens, walked in a child process first ([`preflight`]): its
+    /// cell files, and an existing `.h5ad` output it opens to see whether sof wrote it (not with
+    /// `--force`, which replaces the output without opening it).
     fn cell_inputs(&self) -> Vec<&std::path::Path> {
+        fn output(path: &std::path::Path, force: bool) -> Option<&std::path::Path> {
+            (!force).then_some(path)
+        }
         match self {
             Command::Inspect(a) => vec![&a.input],
             Command::Tokenize(a) => vec![&a.input],
-            Command::Embed(a) => vec![&a.input],
+            Command::Embed(a) => [Some(a.input.as_path()), output(&a.output, a.force)].into_iter().flatten().collect(),
             Command::Probe(a) => vec![&a.input],
-            Command::Map(a) => vec![&a.reference, &a.query],
+            Command::Map(a) => [Some(a.reference.as_path()), Some(a.query.as_path()), output(&a.output, a.force)]
+                .into_iter()
+                .flatten()
+                .collect(),
             Command::TechMeans(a) => a.input.iter().map(|p| p.as_path()).collect(),
-            Command::Spatial(a) => vec![&a.input],
+            Command::Spatial(a) => {
+                [Some(a.input.as_path()), output(&a.output, a.force)].into_iter().flatten().collect()
+            }
             _ => Vec::new(),
         }
     }

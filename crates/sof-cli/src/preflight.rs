@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 const DEFAULT_TIMEOUT_S: u64 = 30;
+/// SIGKILL's number (POSIX fixes it at 9; libc is a dependency only on Linux/glibc).
+const SIGKILL: i32 = 9;
 
 /// Whether `path` is an HDF5 file sof would open with libhdf5: by extension, or by the HDF5
 /// signature at the start.
@@ -83,16 +85,32 @@ pub fn check(paths: &[&Path]) -> anyhow::Result<()> {
             Some(status) => {
                 use std::os::unix::process::ExitStatusExt;
                 if let Some(signal) = status.signal() {
-                    bail!(
-                        "{}: the HDF5 library crashed (signal {signal}) reading this file's structure: the file is \
-                         corrupt. Restore or re-export it (e.g. anndata's write_h5ad); `h5dump -H` shows where it breaks",
-                        path.display()
-                    );
+                    bail!("{}", signal_message(path, signal));
                 }
             }
         }
     }
     Ok(())
+}
+
+/// What a walk that died by `signal` means for the user. SIGKILL comes from outside (the
+/// kernel's out-of-memory killer, a memory limit, a `kill -9`), not from a fault inside libhdf5,
+/// so it does not blame the file.
+fn signal_message(path: &Path, signal: i32) -> String {
+    if signal == SIGKILL {
+        format!(
+            "{}: the process reading this file's HDF5 structure was killed (signal 9), most likely for running \
+             out of memory (the kernel's OOM killer or a memory limit). Free memory or raise the limit and rerun; \
+             SOF_PREFLIGHT=0 skips this check",
+            path.display()
+        )
+    } else {
+        format!(
+            "{}: the HDF5 library crashed (signal {signal}) reading this file's structure: the file is corrupt. \
+             Restore or re-export it (e.g. anndata's write_h5ad); `h5dump -H` shows where it breaks",
+            path.display()
+        )
+    }
 }
 
 /// `sof __walk FILE` (hidden): the child side of [`check`].
@@ -105,4 +123,20 @@ pub fn walk(args: WalkArgs) -> anyhow::Result<()> {
     let w = sof_io::h5ad::walk(&args.input)?;
     tracing::info!(groups = w.groups, datasets = w.datasets, attributes = w.attributes, errors = ?w.errors, "walked");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_walk_is_not_blamed_on_the_file() {
+        let path = Path::new("cells.h5ad");
+        let killed = signal_message(path, SIGKILL);
+        assert!(killed.starts_with("cells.h5ad: "), "{killed}");
+        assert!(killed.contains("killed (signal 9)") && killed.contains("out of memory"), "{killed}");
+        assert!(!killed.contains("corrupt"), "{killed}");
+        let crashed = signal_message(path, 11);
+        assert!(crashed.contains("crashed (signal 11)") && crashed.contains("corrupt"), "{crashed}");
+    }
 }

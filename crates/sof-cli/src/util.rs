@@ -42,6 +42,30 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Refuses to replace an existing file at `output` that sof did not write, unless `force`: a
+/// text output (JSON report, TSV) given the path of the user's own data by mistake. `ours` tells
+/// from the file's text whether sof wrote it (it parses as the report, or starts with sof's
+/// header); those are replaced without asking, so a rerun needs no flag.
+pub fn check_replace_text(output: &Path, force: bool, ours: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    if output.is_dir() {
+        anyhow::bail!("{}: the output is a folder, not a file: pass a file name as --output", output.display());
+    }
+    if force || !output.exists() {
+        return Ok(());
+    }
+    // A file too large for a report of ours, or not text, is someone else's.
+    let small = std::fs::metadata(output).is_ok_and(|m| m.len() < 1 << 30);
+    let text = if small { std::fs::read_to_string(output).ok() } else { None };
+    if text.as_deref().is_some_and(ours) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{}: already exists and is not a file sof wrote, so it may be data: choose another output path, \
+         or pass --force to replace it",
+        output.display()
+    )
+}
+
 /// Writes `text` to `path` atomically.
 pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = sof_io::AtomicPath::new(path)?;

@@ -1,5 +1,6 @@
 //! The `sof` binary's exit status as a shell sees it: a reader that closes the pipe ends it
-//! quietly with success, and Ctrl-C during pretraining writes a checkpoint and exits with 130.
+//! quietly with success, Ctrl-C during pretraining writes a checkpoint and exits with 130, and an
+//! output path holding someone else's file is refused with 1 unless --force.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -73,4 +74,69 @@ fn ctrl_c_checkpoints_and_exits_130() {
 
 fn has_rows(path: &Path) -> bool {
     std::fs::read_to_string(path).is_ok_and(|t| t.lines().count() > 1)
+}
+
+#[test]
+fn outputs_that_may_be_data_need_force() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |s: &str| d.path().join(s);
+    let data = "my own results\n";
+    let refused = |c: &mut Command, named: &Path, kept: &Path| {
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{c:?}: {err}");
+        assert!(err.contains(&named.display().to_string()) && err.contains("--force"), "{err}");
+        assert_eq!(std::fs::read_to_string(kept).unwrap(), data, "{} is left as it was", kept.display());
+    };
+    // The output is checked before any input is opened (the input here does not exist).
+    let missing = p("missing.h5ad");
+    for (file, args) in [
+        ("probe.json", vec!["probe", "--label", "layer", "--output"]),
+        ("means.tsv", vec!["tech-means", "--species", "mouse", "--output"]),
+    ] {
+        std::fs::write(p(file), data).unwrap();
+        refused(sof().arg("-q").args(&args).arg(p(file)).arg("--input").arg(&missing), &p(file), &p(file));
+    }
+    std::fs::write(p("report.tsv"), data).unwrap();
+    refused(
+        sof()
+            .args(["-q", "inspect"])
+            .arg(&missing)
+            .arg("--vocab")
+            .arg(p("v.tsv"))
+            .arg("--genes-dir")
+            .arg(d.path())
+            .arg("--report")
+            .arg(p("report.tsv")),
+        &p("report.tsv"),
+        &p("report.tsv"),
+    );
+
+    ok(sof().args(["-q", "synth", "--cells", "600", "--output"]).arg(p("data")));
+    // A tech-means table sof wrote is replaced on a rerun without asking.
+    for _ in 0..2 {
+        ok(sof()
+            .args(["-q", "tech-means", "--species", "mouse", "--input"])
+            .arg(p("data/spatial_merfish.h5ad"))
+            .arg("--output")
+            .arg(p("own_means.tsv")));
+    }
+    // A corpus folder holding someone else's files (its vocab.tsv would be replaced).
+    std::fs::create_dir(p("mine")).unwrap();
+    std::fs::write(p("mine/vocab.tsv"), data).unwrap();
+    let tokenize = |force: bool| {
+        let mut c = sof();
+        c.args(["-q", "tokenize", "--input"]).arg(p("data/spatial_merfish.h5ad"));
+        c.args(["--technology", "merfish", "--species", "mouse", "--modality", "spatial", "--no-niche-profile"]);
+        c.arg("--output").arg(p("mine"));
+        if force {
+            c.arg("--force");
+        }
+        c
+    };
+    refused(&mut tokenize(false), &p("mine"), &p("mine/vocab.tsv"));
+    ok(&mut tokenize(true));
+    assert!(p("mine/manifest.json").exists());
+    // Now it holds a corpus of sof's: a rerun needs no flag.
+    ok(&mut tokenize(false));
 }

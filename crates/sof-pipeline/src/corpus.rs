@@ -46,6 +46,8 @@ pub struct TokenizeSpec {
     /// Positions per cell, context tokens included.
     pub context_length: usize,
     pub shard_cells: usize,
+    /// Write into an existing non-empty folder that holds no corpus (see [`check_corpus_folder`]).
+    pub force: bool,
 }
 
 impl TokenizeSpec {
@@ -74,6 +76,7 @@ impl TokenizeSpec {
             context_config: None,
             context_length: 1500,
             shard_cells: 65_536,
+            force: false,
         }
     }
 }
@@ -111,6 +114,7 @@ pub fn tokenize_source(
     let tech = table.get(&spec.technology)?.clone();
     let (vocab, report) = align(reader, spec.vocab.as_deref(), spec.genes_dir.as_deref(), spec.species)?;
     let map = GeneMap::from_report(&report);
+    check_corpus_folder(&spec.output, spec.force)?;
     std::fs::create_dir_all(&spec.output)
         .map_err(|source| PipelineError::File { path: spec.output.clone(), source })?;
     write(&spec.output.join("gene_mapping.tsv"), &report.to_tsv(&vocab))?;
@@ -148,6 +152,37 @@ pub fn tokenize_source(
     };
     let manifest = build_corpus(reader, &corpus, &inputs, progress)?;
     Ok(TokenizeOutcome { manifest, unmapped, niche_targets: targets.note, warnings })
+}
+
+/// Refuses a corpus folder that is a file, or a non-empty folder holding no corpus (no
+/// `manifest.json`, `gene_mapping.tsv` or `shard-*.parquet`: most likely the user's own data given
+/// as `--output`, whose `vocab.tsv` or `gene_mapping.tsv` the corpus would replace), unless
+/// `force`. A folder a run of sof started (finished or interrupted) is reused, so a rerun resumes.
+pub fn check_corpus_folder(dir: &std::path::Path, force: bool) -> Result<()> {
+    let fix = "choose another --output (a new or empty folder), or pass --force to write into it";
+    if dir.exists() && !dir.is_dir() {
+        return Err(PipelineError::input(dir.display(), format!("the corpus folder is a file, not a folder: {fix}")));
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let ours = |n: &String| {
+        n == "manifest.json" || n == "gene_mapping.tsv" || (n.starts_with("shard-") && n.ends_with(".parquet"))
+    };
+    if force || names.is_empty() || names.iter().any(ours) {
+        return Ok(());
+    }
+    let mut shown: Vec<&str> = names.iter().map(String::as_str).take(3).collect();
+    shown.sort_unstable();
+    Err(PipelineError::input(
+        dir.display(),
+        format!(
+            "the corpus folder already holds {} file(s) ({}{}) and no corpus of sof's (no manifest.json, \
+             gene_mapping.tsv or shard-*.parquet), so it may be your data: {fix}",
+            names.len(),
+            shown.join(", "),
+            if names.len() > 3 { ", ..." } else { "" }
+        ),
+    ))
 }
 
 fn write(path: &std::path::Path, text: &str) -> Result<()> {
@@ -228,4 +263,39 @@ fn label_free_targets(spec: &TokenizeSpec, reader: &dyn CellSource, warnings: &m
     .collect();
     let note = NicheTargets { sections: points.n_sections(), seconds: t.elapsed().as_secs_f64(), computed };
     Ok(LabelFree { profile, density, note: Some(note) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_corpus_folder;
+
+    #[test]
+    fn a_folder_of_someone_elses_files_is_not_a_corpus_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("corpus");
+        check_corpus_folder(&out, false).expect("a folder that does not exist yet");
+        std::fs::create_dir(&out).unwrap();
+        check_corpus_folder(&out, false).expect("an empty folder");
+
+        std::fs::write(out.join("vocab.tsv"), "my own genes\n").unwrap();
+        let err = check_corpus_folder(&out, false).unwrap_err().to_string();
+        assert!(err.starts_with(&out.display().to_string()), "{err}");
+        assert!(err.contains("vocab.tsv") && err.contains("--force"), "{err}");
+        check_corpus_folder(&out, true).expect("--force");
+
+        // What an interrupted run leaves (no manifest yet) is resumed, not refused.
+        std::fs::write(out.join("gene_mapping.tsv"), "").unwrap();
+        check_corpus_folder(&out, false).expect("a corpus sof started");
+        let shards = dir.path().join("shards");
+        std::fs::create_dir(&shards).unwrap();
+        std::fs::write(shards.join("shard-00000.parquet"), "").unwrap();
+        check_corpus_folder(&shards, false).expect("a corpus with shards");
+
+        let file = dir.path().join("cells.h5ad");
+        std::fs::write(&file, "").unwrap();
+        for force in [false, true] {
+            let err = check_corpus_folder(&file, force).unwrap_err().to_string();
+            assert!(err.contains("is a file, not a folder"), "{err}");
+        }
+    }
 }

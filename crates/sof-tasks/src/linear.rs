@@ -79,8 +79,11 @@ struct SoftmaxLoss<'a> {
     l2: f64,
     /// The last point evaluated, with its loss and gradient: argmin asks for the cost and then
     /// the gradient of the same point, and one evaluation gives both.
-    last: std::sync::Mutex<Option<(Vec<f64>, f64, Vec<f64>)>>,
+    last: std::sync::Mutex<Option<Evaluation>>,
 }
+
+/// A point, its loss and its gradient.
+type Evaluation = (Vec<f64>, f64, Vec<f64>);
 
 impl SoftmaxLoss<'_> {
     fn unpack(&self, p: &[f64]) -> (Array2<f64>, Array1<f64>) {

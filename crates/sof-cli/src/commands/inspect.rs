@@ -32,6 +32,9 @@ pub struct Args {
     /// Write the per-gene alignment report (TSV) here.
     #[arg(long, requires = "vocab")]
     pub report: Option<PathBuf>,
+    /// Replace an existing --report that is not an alignment report sof wrote.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -42,6 +45,9 @@ pub enum SpeciesArg {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let _report_writer = args.report.as_deref().map(sof_io::OutputLock::acquire).transpose()?;
+    if let Some(report) = &args.report {
+        util::check_replace_text(report, args.force, |text| text.starts_with("gene\tvocab_id\tmethod\tcandidates\n"))?;
+    }
     let adata = sof_io::read_cells(&args.input)?;
     let enc = match args.input.extension().and_then(|e| e.to_str()) {
         Some("loom") => "loom (genes x cells, dense)".to_owned(),

@@ -121,9 +121,12 @@ pub struct Args {
     /// Where fine-tuning runs.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
-    /// Metrics JSON.
+    /// Metrics JSON (an existing file that is not a probe report of sof's is refused unless --force).
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Replace an existing --output that is not a probe report sof wrote.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// A head fitted on frozen features.
@@ -199,6 +202,7 @@ fn spec(args: &Args) -> anyhow::Result<ProbeSpec> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = spec(&args)?;
     let _writer = sof_io::OutputLock::acquire(&args.output)?;
+    util::check_replace_text(&args.output, args.force, |text| serde_json::from_str::<ProbeReport>(text).is_ok())?;
     let pb = util::progress(0, "probe", false);
     let ProbeOutcome { report, fold_sets } = probe_h5ad(&spec, &mut |p| match p {
         ProbeProgress::Planned(n) => pb.set_length(n),

@@ -86,9 +86,13 @@ pub struct Args {
     /// Cells per shard.
     #[arg(long, default_value_t = 65_536)]
     pub shard_cells: usize,
-    /// Output folder (shards, manifest.json, gene_mapping.tsv).
+    /// Output folder (shards, manifest.json, gene_mapping.tsv). A folder a previous run started is
+    /// resumed; a non-empty folder that holds no corpus is refused unless --force.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Write into an existing non-empty --output folder that holds no corpus of sof's.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The tables that go with an expression-table input.
@@ -174,6 +178,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         context_config: args.context_config.clone(),
         context_length: args.context_length,
         shard_cells: args.shard_cells,
+        force: args.force,
     };
     let pb = util::progress(reader.n_obs() as u64, "tokenize", quiet);
     let out = tokenize_source(reader, &spec, &mut |n| pb.inc(n as u64))?;
@@ -237,10 +242,14 @@ pub struct MeansArgs {
     /// Output TSV (ensembl_id, mean).
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Replace an existing --output that is not a means table sof wrote.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run_means(args: MeansArgs) -> anyhow::Result<()> {
     let _writer = sof_io::OutputLock::acquire(&args.output)?;
+    util::check_replace_text(&args.output, args.force, |text| text.starts_with("ensembl_id\tmean\n"))?;
     let species = species(args.species);
     let first = H5adReader::open(&args.input[0])?;
     let (vocab, _) = align(&first, args.vocab.as_deref(), args.genes_dir.as_deref(), species)?;
