@@ -520,9 +520,10 @@ fn tokenize_writes_a_resumable_corpus() {
     assert!(out.join("shard-00002.parquet").exists(), "the missing shard is rewritten");
 
     // Bad flags: each error names the problem (and the fix).
+    let fresh = d.path().join("corpus_bad_flags");
     let tokenize_err = |technology: &str, modality: &str, extra: &[&str]| {
         let mut a = vec!["tokenize", "--input", input.to_str().unwrap(), "--technology", technology];
-        a.extend_from_slice(&["--species", "mouse", "--modality", modality, "--output", dir]);
+        a.extend_from_slice(&["--species", "mouse", "--modality", modality, "--output", fresh.to_str().unwrap()]);
         a.extend_from_slice(extra);
         format!("{:#}", sof(&a).unwrap_err())
     };
@@ -532,6 +533,25 @@ fn tokenize_writes_a_resumable_corpus() {
     assert!(e.contains("unknown modality 'bulk'"), "{e}");
     let e = tokenize_err("merfish", "spatial", &["--tech-means", dir]);
     assert!(e.contains("no mean vector 'merfish.tsv'") && e.contains("sof tech-means"), "{e}");
+    // A folder holding other files and no corpus (here the synthetic data) is refused.
+    let e = format!(
+        "{:#}",
+        sof(&[
+            "tokenize",
+            "--input",
+            input.to_str().unwrap(),
+            "--technology",
+            "merfish",
+            "--species",
+            "mouse",
+            "--modality",
+            "spatial",
+            "--output",
+            dir
+        ])
+        .unwrap_err()
+    );
+    assert!(e.contains("no corpus of sof's") && e.contains("--force"), "{e}");
 }
 
 /// `sof tokenize` reads the same osmFISH cells from the .h5ad, the original .loom and the

@@ -171,8 +171,9 @@ pub fn check_corpus_folder(dir: &std::path::Path, force: bool) -> Result<()> {
     if force || names.is_empty() || names.iter().any(ours) {
         return Ok(());
     }
-    let mut shown: Vec<&str> = names.iter().map(String::as_str).take(3).collect();
-    shown.sort_unstable();
+    let mut names = names;
+    names.sort_unstable();
+    let shown: Vec<&str> = names.iter().map(String::as_str).take(3).collect();
     Err(PipelineError::input(
         dir.display(),
         format!(
