@@ -179,6 +179,9 @@ pub struct AlignmentReport {
 }
 
 impl AlignmentReport {
+    /// The first line of [`AlignmentReport::to_tsv`] (how a report sof wrote is recognised).
+    pub const TSV_HEADER: &'static str = "gene\tvocab_id\tmethod\tcandidates\n";
+
     pub fn n_mapped(&self) -> usize {
         self.genes.iter().filter(|g| g.index.is_some()).count()
     }
@@ -208,7 +211,7 @@ impl AlignmentReport {
 
     /// A TSV with one line per gene: input, vocabulary id, method, candidates.
     pub fn to_tsv(&self, vocab: &Vocabulary) -> String {
-        let mut s = String::from("gene\tvocab_id\tmethod\tcandidates\n");
+        let mut s = String::from(Self::TSV_HEADER);
         for g in &self.genes {
             let id = g.index.map(|i| vocab.id(i)).unwrap_or("");
             let _ = writeln!(s, "{}\t{}\t{}\t{}", g.input, id, g.method.as_str(), g.candidates.join(","));

@@ -164,14 +164,13 @@ pub fn check_corpus_folder(dir: &std::path::Path, force: bool) -> Result<()> {
         return Err(PipelineError::input(dir.display(), format!("the corpus folder is a file, not a folder: {fix}")));
     }
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
-    let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     let ours = |n: &String| {
         n == "manifest.json" || n == "gene_mapping.tsv" || (n.starts_with("shard-") && n.ends_with(".parquet"))
     };
     if force || names.is_empty() || names.iter().any(ours) {
         return Ok(());
     }
-    let mut names = names;
     names.sort_unstable();
     let shown: Vec<&str> = names.iter().map(String::as_str).take(3).collect();
     Err(PipelineError::input(

@@ -21,6 +21,9 @@ pub struct TechMeans {
 }
 
 impl TechMeans {
+    /// The first line of [`TechMeans::save_tsv`]'s table (how a table sof wrote is recognised).
+    pub const TSV_HEADER: &'static str = "ensembl_id\tmean\n";
+
     /// Loads a mean vector, checking that its ids are the vocabulary's, in order.
     pub fn load_tsv(path: &Path, vocab: &Vocabulary) -> Result<Self> {
         let p = path.display();
@@ -75,7 +78,7 @@ impl TechMeans {
 
     /// Writes the TSV atomically.
     pub fn save_tsv(&self, path: &Path, vocab: &Vocabulary) -> Result<()> {
-        let mut s = String::from("ensembl_id\tmean\n");
+        let mut s = String::from(Self::TSV_HEADER);
         for (i, v) in self.values.iter().enumerate() {
             let id = vocab.id(i as u32);
             if v.is_nan() { s.push_str(&format!("{id}\tnan\n")) } else { s.push_str(&format!("{id}\t{v}\n")) }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use sof_io::genes::{GeneTables, Species, Vocabulary};
+use sof_io::genes::{AlignmentReport, GeneTables, Species, Vocabulary};
 use sof_io::h5ad::H5adReader;
 
 use crate::util;
@@ -46,7 +46,7 @@ pub enum SpeciesArg {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let _report_writer = args.report.as_deref().map(sof_io::OutputLock::acquire).transpose()?;
     if let Some(report) = &args.report {
-        util::check_replace_text(report, args.force, |text| text.starts_with("gene\tvocab_id\tmethod\tcandidates\n"))?;
+        util::check_replace_text(report, args.force, |text| text.starts_with(AlignmentReport::TSV_HEADER))?;
     }
     let adata = sof_io::read_cells(&args.input)?;
     let enc = match args.input.extension().and_then(|e| e.to_str()) {

@@ -9,7 +9,7 @@ use sof_io::table::TableOptions;
 use sof_io::{CellSource, TableInput};
 use sof_pipeline::checkpoint::align;
 use sof_pipeline::corpus::{TokenizeSpec, tokenize_source};
-use sof_tokenize::{GeneMap, MeansAccumulator, Modality, Mode};
+use sof_tokenize::{GeneMap, MeansAccumulator, Modality, Mode, TechMeans};
 
 use super::inspect::SpeciesArg;
 use crate::util;
@@ -249,7 +249,7 @@ pub struct MeansArgs {
 
 pub fn run_means(args: MeansArgs) -> anyhow::Result<()> {
     let _writer = sof_io::OutputLock::acquire(&args.output)?;
-    util::check_replace_text(&args.output, args.force, |text| text.starts_with("ensembl_id\tmean\n"))?;
+    util::check_replace_text(&args.output, args.force, |text| text.starts_with(TechMeans::TSV_HEADER))?;
     let species = species(args.species);
     let first = H5adReader::open(&args.input[0])?;
     let (vocab, _) = align(&first, args.vocab.as_deref(), args.genes_dir.as_deref(), species)?;
