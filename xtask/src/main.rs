@@ -105,7 +105,7 @@ enum Job {
     /// expression on the same folds; writes docs/RESULTS.md and docs/images/results/.
     Eval {
         /// The pretrained model folder (from `cargo xtask pretrain-shared`).
-        #[arg(long, default_value = "target/sof-shared/run-small-niche/model")]
+        #[arg(long, default_value = "target/sof-shared/run-small/model")]
         checkpoint: PathBuf,
         /// Intermediate files (reused when present).
         #[arg(long, default_value = "target/sof-eval")]
