@@ -1309,11 +1309,15 @@ fn a_second_writer_of_any_output_is_refused() {
     let held = |output: &str, run: &dyn Fn() -> anyhow::Result<()>| {
         let out = Path::new(output);
         let lock = out.parent().unwrap().join(format!(".{}.lock", out.file_name().unwrap().to_str().unwrap()));
-        std::fs::write(&lock, "1\n").unwrap();
+        // Another writer holds it (this process: a kernel lock of another open file conflicts
+        // just as another process's does).
+        let holder = sof_io::OutputLock::acquire(out).unwrap();
+        let me = std::process::id();
         let e = format!("{:#}", run().expect_err(output));
-        assert!(e.contains("another sof run (pid 1)") && e.contains(output), "{output}: {e}");
-        assert_eq!(std::fs::read_to_string(&lock).unwrap(), "1\n", "{output}: the holder's lock stays");
-        std::fs::remove_file(&lock).unwrap();
+        assert!(e.contains(&format!("another sof run (pid {me})")) && e.contains(output), "{output}: {e}");
+        assert_eq!(std::fs::read_to_string(&lock).unwrap(), format!("{me}\n"), "{output}: the holder's lock stays");
+        drop(holder);
+        assert!(!lock.exists(), "{output}: released by its holder");
     };
     held(&p("corpus2"), &|| tokenize(&p("corpus2")));
     assert!(!Path::new(&p("corpus2")).join("manifest.json").exists(), "nothing written while refused");

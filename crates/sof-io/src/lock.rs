@@ -17,11 +17,16 @@ pub(crate) fn process_runs(pid: u32) -> Option<bool> {
     Some(!matches!(state, Some('Z' | 'X')))
 }
 
-/// An advisory lock on an output file or folder: the file `.<name>.lock` beside it, holding the
-/// writer's PID, created atomically (written under a temporary name, then hard-linked into place,
-/// so no reader ever sees it empty) and removed when the lock is dropped. A second writer gets
-/// [`Error::Locked`] naming the holder; a lock left by a process that no longer runs (killed,
-/// crashed) is taken over, where `/proc` tells which processes run (Linux).
+/// An advisory lock on an output file or folder: the file `.<name>.lock` beside it, locked with
+/// the kernel's `flock` (released by the kernel when its process ends, however it ends) and
+/// holding the writer's PID for the message a second writer gets: [`Error::Locked`] naming the
+/// holder. A lock file left by a process that no longer runs (killed, crashed) holds no kernel
+/// lock and is taken over, even where its PID now belongs to another process; two runs taking
+/// over one stale lock at once cannot both win (before this, each could remove the other's
+/// fresh lock). The file is removed when the lock is dropped, before the kernel lock is
+/// released; a waiter that opened it meanwhile sees that the path no longer names the file it
+/// locked and tries again. On a file system without `flock`, the PID alone decides: a lock whose
+/// process runs is held.
 ///
 /// Every sof command that writes an output holds one for the whole run, so two runs into one
 /// corpus folder or one pretraining folder cannot mix their files.
@@ -39,6 +44,30 @@ pub(crate) fn process_runs(pid: u32) -> Option<bool> {
 #[derive(Debug)]
 pub struct OutputLock {
     file: PathBuf,
+    /// The open lock file: its kernel lock lasts as long as this handle.
+    handle: std::fs::File,
+}
+
+/// The PID a lock file names (none while its writer has not written it yet).
+fn holder(file: &Path) -> Option<u32> {
+    std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok())
+}
+
+/// Whether `path` still names the open file `f` (a releasing holder unlinks the path first).
+fn names(path: &Path, f: &std::fs::File) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(path), f.metadata()) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = f;
+        path.exists()
+    }
 }
 
 impl OutputLock {
@@ -57,46 +86,56 @@ impl OutputLock {
             ));
         };
         std::fs::create_dir_all(dir).map_err(|e| Error::io(output, e))?;
-        let name = name.to_string_lossy();
-        let file = dir.join(format!(".{name}.lock"));
+        let file = dir.join(format!(".{}.lock", name.to_string_lossy()));
         let me = std::process::id();
-        let tmp = dir.join(format!(".{name}.lock.tmp-{me}"));
-        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(output, e))?;
-        f.write_all(format!("{me}\n").as_bytes()).map_err(|e| Error::io(&tmp, e))?;
-        drop(f);
-        let taken = (|| {
-            for _ in 0..3 {
-                match std::fs::hard_link(&tmp, &file) {
-                    Ok(()) => return Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        let holder = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<u32>().ok());
-                        match holder.map(|pid| (pid, process_runs(pid))) {
-                            Some((pid, Some(true) | None)) => {
-                                return Err(Error::Locked { path: output.to_path_buf(), lock: file.clone(), pid });
-                            }
-                            // Its writer no longer runs (or the file is not ours): take it over.
-                            _ => {
-                                tracing::info!(lock = %file.display(), "removing the lock of a stopped run");
-                                let _ = std::fs::remove_file(&file);
-                            }
+        let locked = |pid: u32| Error::Locked { path: output.to_path_buf(), lock: file.clone(), pid };
+        // A few tries: each lost one means another writer released the lock in between.
+        for _ in 0..16 {
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&file)
+                .map_err(|e| Error::io(&file, e))?;
+            match f.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    // Held. Its PID is written just after the lock is taken (until then the
+                    // file is empty or names the stopped run it took over): wait for it briefly.
+                    let mut pid = holder(&file);
+                    for _ in 0..20 {
+                        if pid.is_some_and(|p| process_runs(p) != Some(false)) {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        pid = holder(&file);
+                    }
+                    return Err(locked(pid.unwrap_or(0)));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    // No flock here (some network and FUSE file systems): the PID decides.
+                    tracing::debug!(lock = %file.display(), error = %e, "no kernel lock; using the PID alone");
+                    if let Some(pid) = holder(&file).filter(|&p| p != me) {
+                        if process_runs(pid) != Some(false) {
+                            return Err(locked(pid));
                         }
                     }
-                    // File systems without hard links: exclusive creation (a reader may then
-                    // see the file empty for an instant, and would wait for the next try).
-                    Err(_) => match std::fs::OpenOptions::new().write(true).create_new(true).open(&file) {
-                        Ok(mut f) => {
-                            return f.write_all(format!("{me}\n").as_bytes()).map_err(|e| Error::io(&file, e));
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                        Err(e) => return Err(Error::io(&file, e)),
-                    },
                 }
             }
-            let pid = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-            Err(Error::Locked { path: output.to_path_buf(), lock: file.clone(), pid })
-        })();
-        let _ = std::fs::remove_file(&tmp);
-        taken.map(|()| Self { file })
+            if !names(&file, &f) {
+                continue; // its holder removed it while we waited: lock the next one
+            }
+            if holder(&file).is_some_and(|p| p != me) {
+                tracing::info!(lock = %file.display(), "taking over the lock of a stopped run");
+            }
+            use std::io::Seek;
+            f.set_len(0).map_err(|e| Error::io(&file, e))?;
+            f.seek(std::io::SeekFrom::Start(0)).map_err(|e| Error::io(&file, e))?;
+            f.write_all(format!("{me}\n").as_bytes()).map_err(|e| Error::io(&file, e))?;
+            return Ok(Self { file, handle: f });
+        }
+        Err(locked(holder(&file).unwrap_or(0)))
     }
 
     /// The lock file.
@@ -107,11 +146,12 @@ impl OutputLock {
 
 impl Drop for OutputLock {
     fn drop(&mut self) {
-        // Only our own lock (a taken-over stale lock is another run's now).
-        let ours = std::fs::read_to_string(&self.file).ok().and_then(|s| s.trim().parse::<u32>().ok());
-        if ours == Some(std::process::id()) {
+        // The path first, while the kernel lock is held (so nobody else holds this file), then
+        // the lock itself when the handle closes.
+        if names(&self.file, &self.handle) {
             let _ = std::fs::remove_file(&self.file);
         }
+        let _ = self.handle.unlock();
     }
 }
 
@@ -119,31 +159,93 @@ impl Drop for OutputLock {
 mod tests {
     use super::*;
 
+    /// With `SOF_TEST_HOLD_LOCK=<output>`, this test is the other process of
+    /// [`a_killed_holders_lock_is_taken_over`]: it takes the lock and waits to be killed.
     #[test]
-    fn a_live_holder_is_named_and_a_dead_one_is_taken_over() {
+    fn hold_a_lock_for_another_test() {
+        let Some(out) = std::env::var_os("SOF_TEST_HOLD_LOCK") else { return };
+        let _held = OutputLock::acquire(&out).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_killed_holders_lock_is_taken_over() {
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("corpus");
         let lock = d.path().join(".corpus.lock");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "lock::tests::hold_a_lock_for_another_test", "--nocapture", "--test-threads", "1"])
+            .env("SOF_TEST_HOLD_LOCK", &out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let t = std::time::Instant::now();
+        while holder(&lock) != Some(pid) {
+            assert!(t.elapsed() < std::time::Duration::from_secs(30), "the other process did not take the lock");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Held by a live process: refused, the holder named, its lock left alone.
+        let e = OutputLock::acquire(&out).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, Error::Locked { pid: p, .. } if p == pid), "{msg}");
+        assert!(msg.contains("corpus") && msg.contains(&format!("pid {pid}")) && msg.contains(".corpus.lock"), "{msg}");
+        assert_eq!(holder(&lock), Some(pid), "a live holder's lock stays");
+        // Killed (no chance to clean up): its lock file stays, and is taken over.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(holder(&lock), Some(pid), "a killed writer leaves its lock file");
+        let held = OutputLock::acquire(&out).unwrap();
+        assert_eq!(std::fs::read_to_string(held.path()).unwrap(), format!("{}\n", std::process::id()));
+        drop(held);
+        assert!(!lock.exists(), "released on drop");
+    }
+
+    /// A lock file naming a process that runs but holds no lock (its PID reused, or a file
+    /// written by hand) is stale: taken over, not a refusal forever.
+    #[test]
+    fn a_lock_file_without_a_kernel_lock_is_stale() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("run");
+        let lock = d.path().join(".run.lock");
         // PID 1 always runs.
         std::fs::write(&lock, "1\n").unwrap();
-        if process_runs(1) == Some(true) {
-            let e = OutputLock::acquire(&out).unwrap_err();
-            let msg = e.to_string();
-            assert!(matches!(e, Error::Locked { pid: 1, .. }), "{msg}");
-            assert!(msg.contains("corpus") && msg.contains("pid 1") && msg.contains(".corpus.lock"), "{msg}");
-            assert_eq!(std::fs::read_to_string(&lock).unwrap(), "1\n", "a live holder's lock stays");
+        let held = OutputLock::acquire(&out).unwrap();
+        assert_eq!(holder(&lock), Some(std::process::id()));
+        drop(held);
+        assert!(!lock.exists());
+    }
+
+    /// Many writers taking over one stale lock at once: exactly one wins, the others are
+    /// refused naming it.
+    #[test]
+    fn one_of_many_racing_writers_wins() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("embedded.h5ad");
+        std::fs::write(d.path().join(".embedded.h5ad.lock"), "999999999\n").unwrap();
+        let start = std::sync::Barrier::new(8);
+        let results: Vec<Result<OutputLock>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        OutputLock::acquire(&out)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+        for r in &results {
+            if let Err(e) = r {
+                assert!(matches!(e, Error::Locked { pid, .. } if *pid == std::process::id()), "{e}");
+            }
         }
-        // Above any pid_max: no such process runs, so the lock is stale.
-        std::fs::write(&lock, "999999999\n").unwrap();
-        if process_runs(999_999_999) == Some(false) {
-            let held = OutputLock::acquire(&out).unwrap();
-            assert_eq!(std::fs::read_to_string(held.path()).unwrap(), format!("{}\n", std::process::id()));
-            drop(held);
-            assert!(!lock.exists(), "released on drop");
-        }
-        // No temporaries left beside the output.
+        drop(results);
+        // No temporaries left beside the output, and the lock is gone with its holder.
         let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert!(left.iter().all(|n| !n.to_string_lossy().contains(".tmp-")), "{left:?}");
+        assert!(left.is_empty(), "{left:?}");
     }
 
     /// A killed child not yet reaped (a zombie) holds no lock.
