@@ -881,10 +881,10 @@ fn pretrain_on_demo_corpora_then_embed() {
         "tiny",
         "--corpus",
         &p("demo/corpus/merfish"),
-        "--corpus",
         &p("demo/corpus/dissociated"),
         "--weights",
-        "2,1",
+        "2",
+        "1",
         "--context-length",
         "64",
         "--steps",
@@ -990,7 +990,7 @@ fn pretrain_on_demo_corpora_then_embed() {
         "-q",
         "embed",
         "--checkpoint",
-        &p("run/model"),
+        &run,
         "--input",
         &p("demo/data/dissociated.h5ad"),
         "--technology",
@@ -1177,6 +1177,15 @@ fn pretrain_on_demo_corpora_then_embed() {
 
     let e = format!("{:#}", sof(&["pretrain", "--corpus", &p("nowhere"), "--output", &p("run2")]).unwrap_err());
     assert!(e.contains("nowhere"), "{e}");
+
+    // A run folder without its finished model (stopped, or still going) names what to use.
+    std::fs::rename(p("run/model"), p("model-moved")).unwrap();
+    let e = format!(
+        "{:#}",
+        sof(&["embed", "--checkpoint", &run, "--input", &p("demo/data/dissociated.h5ad"), "--output", &p("y.h5ad")])
+            .unwrap_err()
+    );
+    assert!(e.contains(&format!("{run}/model")) && e.contains("checkpoints/step-") && e.contains("--resume"), "{e}");
 }
 
 /// The demo's "your own data" path on a real file: STARmap mPFC with its layers, cell types and
@@ -1361,4 +1370,64 @@ fn a_second_writer_of_any_output_is_refused() {
     held(&synth, &|| sof(&["-q", "synth", "--cells", "300", "--output", &synth]));
     let means = p("means.tsv");
     held(&means, &|| sof(&["-q", "tech-means", "--input", &input, "--species", "mouse", "--output", &means]));
+}
+
+/// `sof tokenize --new-technology` gives an unknown technology a free context token with one
+/// flag; the manifest and the pretrained model record it, so `sof embed` (given the run folder)
+/// needs neither the flag nor a context config. Two corpora that took the same token for two
+/// technologies are refused by `sof pretrain`.
+#[test]
+fn a_new_technology_needs_one_flag() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |s: &str| d.path().join(s).to_str().unwrap().to_owned();
+    sof(&["-q", "synth", "--cells", "600", "--output", &p("")]).unwrap();
+    let input = p("dissociated.h5ad");
+    let tokenize = |tech: &str, out: &str, extra: &[&str]| {
+        let mut a = vec![
+            "-q",
+            "tokenize",
+            "--input",
+            &input,
+            "--technology",
+            tech,
+            "--species",
+            "mouse",
+            "--modality",
+            "dissociated",
+            "--context-length",
+            "64",
+            "--output",
+            out,
+        ];
+        a.extend_from_slice(extra);
+        sof(&a)
+    };
+    let e = format!("{:#}", tokenize("visium_hd", &p("c0"), &[]).unwrap_err());
+    assert!(e.contains("visium_hd") && e.contains("--new-technology"), "{e}");
+    tokenize("visium_hd", &p("c1"), &["--new-technology"]).unwrap();
+    let m = sof_tokenize::corpus::CorpusManifest::load(Path::new(&p("c1"))).unwrap();
+    assert_eq!((m.technology.as_str(), m.context_tokens[1]), ("visium_hd", 20));
+    let e = format!("{:#}", tokenize("merfish", &p("c2"), &["--new-technology"]).unwrap_err());
+    assert!(e.contains("already a known technology") && e.contains("drop --new-technology"), "{e}");
+    tokenize("slideseq", &p("c3"), &["--new-technology", "--vocab", &p("c1/vocab.tsv")]).unwrap();
+    assert_eq!(sof_tokenize::corpus::CorpusManifest::load(Path::new(&p("c3"))).unwrap().context_tokens[1], 20);
+
+    let pretrain = |corpora: &[&str], out: &str| {
+        let mut a = vec!["-q", "pretrain", "--preset", "tiny", "--context-length", "64", "--steps", "2", "--batch-size", "4", "--corpus"];
+        a.extend_from_slice(corpora);
+        a.extend_from_slice(&["--output", out]);
+        sof(&a)
+    };
+    let both = [p("c1"), p("c3")];
+    let e = format!("{:#}", pretrain(&[&both[0], &both[1]], &p("run_both")).unwrap_err());
+    assert!(e.contains("token 20") && e.contains("visium_hd") && e.contains("slideseq"), "{e}");
+    pretrain(&[&both[0]], &p("run")).unwrap();
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("run/model/run.json")).unwrap()).unwrap();
+    assert_eq!(run["tokenizer"]["technologies"]["visium_hd"], 20, "{run}");
+    sof(&["-q", "embed", "--checkpoint", &p("run"), "--input", &p("dissociated.h5ad"), "--output", &p("e.h5ad")])
+        .unwrap();
+    let emb = sof_io::h5ad::H5adReader::open(p("e.h5ad")).unwrap().obsm("X_sof").unwrap();
+    assert_eq!(emb.nrows(), sof_io::h5ad::H5adReader::open(&input).unwrap().n_obs());
+    assert!(emb.iter().all(|v| v.is_finite()));
 }

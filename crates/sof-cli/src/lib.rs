@@ -88,13 +88,27 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// The command line did not parse (an unknown flag, a missing value): clap's message, which
+/// already starts with `error:` and ends with a usage line. `sof` prints it as it is and exits
+/// with 2, as clap-based and POSIX tools do for usage errors.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.trim_end())
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 /// Parses `args` (program name first) and runs the command.
 pub fn run<I, T>(args: I) -> anyhow::Result<()>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = Cli::try_parse_from(args).map_err(|e| if e.use_stderr() { anyhow::anyhow!("{e}") } else { e.exit() })?;
+    let cli = Cli::try_parse_from(args).map_err(|e| if e.use_stderr() { UsageError(e.to_string()) } else { e.exit() })?;
     util::init_logging(cli.verbose, cli.quiet);
     if let Some(n) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global()
@@ -115,5 +129,67 @@ where
         Command::Spatial(a) => commands::spatial::run(a),
         Command::Datasets(a) => commands::datasets::run(a),
         Command::Walk(a) => preflight::walk(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `sof --help` lists each command with a one-line summary, and every flag of every command
+    /// says what it is for: a flag without text in `sof <command> --help` is a papercut.
+    #[test]
+    fn help_is_one_line_per_command_and_every_flag_has_text() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+            let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+            assert!(!about.is_empty() && !about.contains('\n'), "{}: about {about:?}", sub.get_name());
+            assert!(about.chars().count() <= 86, "{}: the summary is {} chars: {about}", sub.get_name(), about.len());
+            for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                if arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{} --{}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "flags without help text: {missing:?}");
+        let top = cli.render_help().to_string();
+        assert!(top.lines().count() <= 40, "sof --help is {} lines:\n{top}", top.lines().count());
+        assert!(top.contains("Embed every cell of an .h5ad"), "{top}");
+    }
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("sof").chain(args.iter().copied())).unwrap().command
+    }
+
+    /// A flag that takes several values takes them after one flag, repeated, or comma-separated
+    /// where it says so, and every form gives the same list.
+    #[test]
+    fn multi_value_flags_take_every_form() {
+        let pretrain = |args: &[&str]| match parse(args) {
+            Command::Pretrain(a) => (a.corpora, a.weights),
+            c => panic!("{c:?}"),
+        };
+        let spaced = pretrain(&["pretrain", "-o", "r", "--corpus", "a", "b", "--weights", "1", "2", "--steps", "5"]);
+        let repeated = pretrain(&["pretrain", "-o", "r", "--corpus", "a", "--corpus", "b", "--weights", "1,2"]);
+        assert_eq!(spaced, repeated);
+        assert_eq!(spaced.0, [std::path::PathBuf::from("a"), "b".into()]);
+        assert_eq!(spaced.1, [1.0, 2.0]);
+        let probe = |args: &[&str]| match parse(args) {
+            Command::Probe(a) => (a.where_, a.drop, a.head),
+            c => panic!("{c:?}"),
+        };
+        let base = ["probe", "-i", "x.h5ad", "--label", "layer", "-o", "p.json"];
+        let spaced = probe(&[&base[..], &["--where", "a=1", "b!=2", "--drop", "X", "Y", "--head", "linear", "mlp"]].concat());
+        let repeated = probe(
+            &[&base[..], &["--where", "a=1", "--where", "b!=2", "--drop", "X,Y", "--head", "linear", "--head", "mlp"]]
+                .concat(),
+        );
+        assert_eq!(format!("{spaced:?}"), format!("{repeated:?}"));
+        assert_eq!(spaced.0, ["a=1", "b!=2"]);
+        assert_eq!(spaced.1, ["X", "Y"]);
+        assert_eq!(spaced.2.len(), 2);
     }
 }

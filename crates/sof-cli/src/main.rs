@@ -6,16 +6,24 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let interrupted = e.downcast_ref::<sof_cli::Interrupted>().is_some();
+            let usage = e.downcast_ref::<sof_cli::UsageError>().is_some();
             #[allow(clippy::print_stderr)]
             {
-                if interrupted {
+                if interrupted || usage {
                     eprintln!("{e}");
                 } else {
                     eprintln!("error: {e:#}");
                 }
             }
-            // 130 = 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C.
-            if interrupted { std::process::ExitCode::from(130) } else { std::process::ExitCode::FAILURE }
+            // 130 = 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C; 2 for a
+            // command line that did not parse.
+            if interrupted {
+                std::process::ExitCode::from(130)
+            } else if usage {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `sof` binary's exit status as a shell sees it: a reader that closes the pipe ends it
-//! quietly with success, Ctrl-C during pretraining writes a checkpoint and exits with 130, and an
-//! output path holding someone else's file is refused with 1 unless --force.
+//! quietly with success, Ctrl-C during pretraining writes a checkpoint and exits with 130, an
+//! output path holding someone else's file is refused with 1 unless --force, and a command line
+//! that does not parse exits with 2 and one `error:`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -139,4 +140,15 @@ fn outputs_that_may_be_data_need_force() {
     assert!(p("mine/manifest.json").exists());
     // Now it holds a corpus of sof's: a rerun needs no flag.
     ok(&mut tokenize(false));
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_error_prefix() {
+    for args in [&["embed", "--no-such-flag"][..], &["pretrain", "--steps"], &["probe"]] {
+        let o = sof().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.matches("error:").count(), 1, "{args:?}: one error line, not 'error: error:': {err}");
+        assert!(err.contains("Usage:") || err.contains("--help"), "{args:?}: says how to get help: {err}");
+    }
 }

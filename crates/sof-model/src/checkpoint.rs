@@ -50,8 +50,61 @@ pub fn save(dir: &Path, enc: &Encoder, cfg: &EncoderConfig, run: &RunInfo) -> Re
     write_atomic(dir, "run.json", &serde_json::to_vec_pretty(run).expect("run info serializes"))
 }
 
-/// Loads a checkpoint folder written by [`save`].
+/// The checkpoint folder that `dir` names: `dir` itself when it holds `run.json`, else a
+/// `sof pretrain` run folder's finished `model/`. A run folder without a finished model (stopped
+/// or still running) is refused with its newest step checkpoint named; any other folder without
+/// `run.json` is refused as an incomplete checkpoint.
+///
+/// ```
+/// use sof_model::checkpoint::resolve;
+/// let run = std::env::temp_dir().join(format!("sof-resolve-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(run.join("checkpoints/step-00000100/model")).unwrap();
+/// std::fs::write(run.join("checkpoints/step-00000100/model/run.json"), "{}").unwrap();
+/// let e = resolve(&run).unwrap_err().to_string();
+/// assert!(e.contains("step-00000100") && e.contains("--resume"), "{e}");
+/// std::fs::create_dir_all(run.join("model")).unwrap();
+/// std::fs::write(run.join("model/run.json"), "{}").unwrap();
+/// assert_eq!(resolve(&run).unwrap(), run.join("model"));
+/// # std::fs::remove_dir_all(&run).unwrap();
+/// ```
+pub fn resolve(dir: &Path) -> Result<std::path::PathBuf, ModelError> {
+    if dir.join("run.json").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let model = dir.join("model");
+    if model.join("run.json").is_file() {
+        return Ok(model);
+    }
+    let newest = std::fs::read_dir(dir.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("step-") && e.path().join("model/run.json").is_file())
+        .map(|e| e.path().join("model"))
+        .max();
+    let run_folder = newest.is_some() || (dir.join("config.toml").is_file() && dir.join("metrics.csv").is_file());
+    if run_folder {
+        let earlier = newest
+            .map(|p| format!("use its newest step checkpoint ({}) or ", p.display()))
+            .unwrap_or_default();
+        return Err(invalid(
+            dir,
+            format!("a pretraining run folder without a finished model/ ({} is missing)", model.display()),
+            format!("{earlier}finish the run with `sof pretrain --resume` (same --output)"),
+        ));
+    }
+    Err(invalid(
+        dir,
+        "no run.json",
+        "this is not a complete sof checkpoint (an interrupted save leaves none; a `sof pretrain` run folder \
+         holds its model in <output>/model): use an earlier checkpoint",
+    ))
+}
+
+/// Loads a checkpoint folder written by [`save`], or the finished model of a `sof pretrain` run
+/// folder ([`resolve`]).
 pub fn load(dir: &Path, device: &Device) -> Result<(Encoder, EncoderConfig, RunInfo), ModelError> {
+    let dir = &resolve(dir)?;
     let read = |name: &str| std::fs::read_to_string(dir.join(name));
     let run_text = read("run.json").map_err(|_| {
         invalid(

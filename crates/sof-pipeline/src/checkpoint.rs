@@ -147,8 +147,12 @@ pub fn load(
     dev: &Device,
 ) -> Result<Loaded> {
     let (model, cfg, recorded, vocab_path) = if checkpoint.is_dir() {
-        let (m, c, run) = sof_model::checkpoint::load(checkpoint, dev)?;
-        let vocab = tok.vocab.clone().unwrap_or_else(|| checkpoint.join("vocab.tsv"));
+        let folder = sof_model::checkpoint::resolve(checkpoint)?;
+        if folder != checkpoint {
+            tracing::info!("loading the finished model of run folder {}: {}", checkpoint.display(), folder.display());
+        }
+        let (m, c, run) = sof_model::checkpoint::load(&folder, dev)?;
+        let vocab = tok.vocab.clone().unwrap_or_else(|| folder.join("vocab.tsv"));
         (m, c, Some((run.tokenizer, run.vocabulary_hash)), vocab)
     } else {
         let (m, c) = sof_model::import::load_reference(checkpoint, model_config, dev)?;
@@ -188,7 +192,10 @@ pub fn load(
         ));
     }
     let map = GeneMap::from_report(&report);
-    let table = context_table(tok.context_config.as_deref())?;
+    let mut table = context_table(tok.context_config.as_deref())?;
+    if let Some(t) = rec {
+        table = table.with_recorded(&t.technologies, &checkpoint.display().to_string())?;
+    }
     let tech = table.get(&technology)?.clone();
     let means = load_means(tok.tech_means.as_deref(), &tech.means, &reader, &vocab, &map)?;
     let tcfg = TokenizerConfig { mode, context_length: cfg.context_length, ..TokenizerConfig::default() };

@@ -43,6 +43,10 @@ pub struct TokenizeSpec {
     pub dataset: String,
     /// A technology table (TOML) beside the built-in one.
     pub context_config: Option<PathBuf>,
+    /// `technology` is new: give it the lowest free token in 19..=29
+    /// ([`sof_tokenize::ContextTable::add_new`]); the manifest records it, and so does a model
+    /// pretrained on the corpus.
+    pub new_technology: bool,
     /// Positions per cell, context tokens included.
     pub context_length: usize,
     pub shard_cells: usize,
@@ -74,6 +78,7 @@ impl TokenizeSpec {
             niche_targets: true,
             dataset: dataset.to_owned(),
             context_config: None,
+            new_technology: false,
             context_length: 1500,
             shard_cells: 65_536,
             force: false,
@@ -110,7 +115,11 @@ pub fn tokenize_source(
 ) -> Result<TokenizeOutcome> {
     // One writer per corpus folder: two runs would mix their shards.
     let _writer = sof_io::OutputLock::acquire(&spec.output)?;
-    let table = context_table(spec.context_config.as_deref())?;
+    let mut table = context_table(spec.context_config.as_deref())?;
+    if spec.new_technology {
+        let token = table.add_new(&spec.technology)?;
+        tracing::info!("new technology '{}': context token {token}", spec.technology);
+    }
     let tech = table.get(&spec.technology)?.clone();
     let (vocab, report) = align(reader, spec.vocab.as_deref(), spec.genes_dir.as_deref(), spec.species)?;
     let map = GeneMap::from_report(&report);

@@ -149,6 +149,56 @@ pub struct Trainer {
     replace_finished: bool,
 }
 
+/// The technologies of the corpora (and of the checkpoint the run starts from, `inherited`)
+/// that the built-in context table lacks or holds under another token, by name with their
+/// token, for the checkpoint to record. One token for two technologies of the run (two corpora
+/// tokenized with `--new-technology` apart, say) or two tokens for one is refused: the model
+/// would read the two as one, or one as two.
+fn new_technologies(
+    corpora: &[crate::config::CorpusEntry],
+    manifests: &[CorpusManifest],
+    inherited: std::collections::BTreeMap<String, u32>,
+) -> Result<std::collections::BTreeMap<String, u32>, TrainError> {
+    let builtin: Vec<(&str, u32)> = manifests
+        .iter()
+        .filter(|m| sof_tokenize::ContextTable::is_builtin(&m.technology, m.context_tokens[1]))
+        .map(|m| (m.technology.as_str(), m.context_tokens[1]))
+        .collect();
+    let mut named = inherited;
+    for (c, m) in corpora.iter().zip(manifests) {
+        let token = m.context_tokens[1];
+        if sof_tokenize::ContextTable::is_builtin(&m.technology, token) {
+            continue;
+        }
+        if let Some(&other) = named.get(&m.technology)
+            && other != token
+        {
+            return Err(invalid(
+                &c.path,
+                format!("technology '{}' is token {token} here and {other} in another corpus", m.technology),
+                "tokenize every corpus of one technology with the same token (one context config)",
+            ));
+        }
+        let clash = named
+            .iter()
+            .map(|(n, &t)| (n.as_str(), t))
+            .chain(builtin.iter().copied())
+            .find(|&(n, t)| t == token && n != m.technology);
+        if let Some((other, _)) = clash {
+            return Err(invalid(
+                &c.path,
+                format!("technology '{}' has token {token}, which '{other}' also has", m.technology),
+                format!(
+                    "tokenize one of them again with a context config giving '{}' another token in 19..=29",
+                    m.technology
+                ),
+            ));
+        }
+        named.insert(m.technology.clone(), token);
+    }
+    Ok(named)
+}
+
 const VALIDATION_SEED: u64 = 0x005E_ED0F_0A11_DA7E;
 
 fn step_rng_seed(seed: u64, step: u64) -> u64 {
@@ -177,9 +227,11 @@ impl Trainer {
             .collect::<Result<Vec<_>, _>>()?;
         let first = &manifests[0];
         let n_tokens = first.vocabulary_size + N_SPECIAL as usize;
+        let mut inherited = std::collections::BTreeMap::new();
         let (model_cfg, vocabulary_hash) = match &cfg.init_from {
             Some(ckpt) => {
                 let (_, mcfg, run) = sof_model::checkpoint::load(ckpt, &devices[0])?;
+                inherited = run.tokenizer.technologies;
                 (mcfg, run.vocabulary_hash)
             }
             None => {
@@ -231,6 +283,7 @@ impl Trainer {
             technology: agreed(&manifests, |m| m.technology.clone()),
             species: agreed(&manifests, |m| m.species),
             modality: agreed(&manifests, |m| m.modality),
+            technologies: new_technologies(&cfg.corpora, &manifests, inherited)?,
         };
         let vocab = cfg.vocab.clone().or_else(|| {
             let p = cfg.corpora[0].path.join("vocab.tsv");

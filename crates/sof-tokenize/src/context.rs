@@ -135,6 +135,66 @@ impl ContextTable {
         Ok(table)
     }
 
+    /// Adds `name` as a new technology on the lowest token in 19..=29 that no technology holds,
+    /// with means named after it (`<tech-means dir>/<name>.tsv`, or computed from the data), and
+    /// returns the token. A name the table knows is refused (it already has a token), as is a
+    /// table whose new-technology tokens are all taken.
+    ///
+    /// ```
+    /// let mut table = sof_tokenize::ContextTable::default();
+    /// assert_eq!(table.add_new("visium_hd").unwrap(), 20); // 19 is iss
+    /// assert_eq!(table.get("visium_hd").unwrap().token, 20);
+    /// assert!(table.add_new("merfish").is_err());
+    /// ```
+    pub fn add_new(&mut self, name: &str) -> Result<u32> {
+        let name = name.to_ascii_lowercase();
+        if let Some(spec) = self.technologies.get(&name) {
+            return Err(TokenizeError::invalid(
+                "--new-technology",
+                format!("'{name}' is already a known technology (token {})", spec.token),
+                "drop --new-technology to use its token",
+            ));
+        }
+        let taken: std::collections::BTreeSet<u32> = self.technologies.values().map(|s| s.token).collect();
+        let token = (19..=29).find(|t| !taken.contains(t)).ok_or_else(|| {
+            TokenizeError::invalid(
+                "--new-technology",
+                "every new-technology token (19..=29) is taken",
+                "reuse the token of a similar technology in a context config",
+            )
+        })?;
+        self.technologies.insert(name.clone(), TechnologySpec { token, means: name });
+        Ok(token)
+    }
+
+    /// The table extended by technologies a checkpoint recorded (name -> token) that it lacks;
+    /// their means are named after them. A recorded name the table holds under another token is
+    /// an error naming `source`: the model would read the cells as another technology.
+    pub fn with_recorded(mut self, recorded: &BTreeMap<String, u32>, source: &str) -> Result<Self> {
+        for (name, &token) in recorded {
+            match self.technologies.get(name) {
+                Some(spec) if spec.token != token => {
+                    return Err(TokenizeError::invalid(
+                        source,
+                        format!("the model learned technology '{name}' as token {token}; here it is token {}", spec.token),
+                        format!("pass the context config the model was trained with, or give [technology.{name}] token {token}"),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.technologies.insert(name.clone(), TechnologySpec { token, means: name.clone() });
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Whether the built-in table holds `name` under `token` (a checkpoint records only the
+    /// technologies for which this is false).
+    pub fn is_builtin(name: &str, token: u32) -> bool {
+        Self::default().get(name).is_ok_and(|s| s.token == token)
+    }
+
     pub fn get(&self, name: &str) -> Result<&TechnologySpec> {
         self.technologies.get(&name.to_ascii_lowercase()).ok_or_else(|| TokenizeError::UnknownTechnology {
             name: name.to_owned(),

@@ -31,7 +31,7 @@ pub use tokenizer::{
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {
     #[error(
-        "unknown technology '{name}'; known: {known}. Add it with a [technology.{name}] entry (token id in 19..=29) in a context config"
+        "unknown technology '{name}'; known: {known}. Pass --new-technology to give it a free token id (19..=29), or add a [technology.{name}] entry in a context config"
     )]
     UnknownTechnology { name: String, known: String },
     #[error("unknown species '{0}'; use human or mouse")]

@@ -53,6 +53,11 @@ pub struct TokenizerSpec {
     pub species: Option<sof_io::genes::Species>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modality: Option<crate::Modality>,
+    /// Technologies the model was trained on that the built-in context table lacks (added with
+    /// `--new-technology` or a context config), by name with their token: `sof embed` knows them
+    /// without a context config.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub technologies: std::collections::BTreeMap<String, u32>,
 }
 
 /// Maps a dataset's gene columns into vocabulary indices (from a gene alignment).

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::util;
 
-/// List the known datasets, where they are expected and whether the local copy checks out.
+/// List the known datasets, where they are expected, and check the local copies.
 ///
 /// Example: sof datasets --data-dir ../shared/data --verify
 #[derive(Debug, clap::Args)]

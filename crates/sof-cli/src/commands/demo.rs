@@ -19,6 +19,8 @@ use super::tokenize::species;
 use crate::device::{DeviceArg, device};
 use crate::util;
 
+/// Run the whole pipeline, synthetic tissue or your .h5ad, into an HTML report.
+///
 /// Run the whole pipeline on a built-in synthetic tissue (no data needed), or on your own
 /// spatial .h5ad with --data: spatial targets, tokens, pretraining, embeddings, probes beside
 /// PCA, mapping of the dissociated sample (synthetic only) and an HTML report (report/index.html).
@@ -54,6 +56,7 @@ pub struct Args {
     /// held-out sections included; the demo's default before the profile existed).
     #[arg(long, conflicts_with = "no_niche")]
     pub composition_objective: bool,
+    /// Where the model runs: cpu (default), or wgpu / cuda in a build with that feature.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// Stop after the data stages (tissue, spatial targets, corpora).

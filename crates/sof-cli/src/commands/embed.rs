@@ -14,6 +14,8 @@ use super::tokenize::{ModeArg, species};
 use crate::device::{DeviceArg, device};
 use crate::util;
 
+/// Embed every cell of an .h5ad with a model into obsm['X_sof'].
+///
 /// Embed every cell of an .h5ad with a model and write obsm['X_sof'] (float32, cells x d_model)
 /// into a copy of it. Cells are tokenized on the fly: a sof checkpoint folder supplies its
 /// tokenizer settings and vocabulary (flags override them); an imported reference checkpoint
@@ -25,23 +27,28 @@ use crate::util;
 ///          --output starmap_embedded.h5ad
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A sof checkpoint folder (its run.json supplies the tokenizer settings), or reference
-    /// weights: a Lightning .ckpt, or a .safetensors with config.json beside it.
+    /// A sof checkpoint folder (its run.json supplies the tokenizer settings), a `sof pretrain`
+    /// run folder (its finished model/), or reference weights: a Lightning .ckpt, or a
+    /// .safetensors with config.json beside it.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// The reference's config.json, when it is not beside the weights.
     #[arg(long)]
     pub model_config: Option<PathBuf>,
+    /// The cells to embed (.h5ad, raw counts in X or layers['counts']).
     #[arg(short, long)]
     pub input: PathBuf,
+    /// The .h5ad to write: a copy of the input with obsm['X_sof'] (and X_sof_niche).
     #[arg(short, long)]
     pub output: PathBuf,
     /// Replace an existing output file that sof did not write (without it, such a file is
     /// refused: it may be data; files sof wrote are replaced, so reruns need no flag).
     #[arg(long)]
     pub force: bool,
+    /// Where the model runs: cpu (default), or wgpu / cuda in a build with that feature.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// Cells per forward pass (more is faster and needs more memory).
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// `pad-excluded` (default) or the reference's `reference` (averages PAD positions too).
@@ -80,13 +87,16 @@ pub struct TokenizerArgs {
     /// The model's vocabulary (default: the checkpoint folder's vocab.tsv).
     #[arg(long)]
     pub vocab: Option<PathBuf>,
+    /// Folder with genes.tsv and mouse_human_orthologs_all.tsv, to map gene symbols.
     #[arg(long)]
     pub genes_dir: Option<PathBuf>,
+    /// Folder of per-technology gene means, <technology>.tsv (default: computed from the input).
     #[arg(long)]
     pub tech_means: Option<PathBuf>,
     /// Tokenizer mode (default: the checkpoint's, else fixed).
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
+    /// TOML with extra [technology.<name>] entries (token in 19..=29, means), as for tokenize.
     #[arg(long)]
     pub context_config: Option<PathBuf>,
 }

@@ -8,6 +8,8 @@ use sof_io::h5ad::H5adReader;
 
 use crate::util;
 
+/// Summarise a cell file: shape, annotations, counts, genes in a vocabulary.
+///
 /// Summarise a cell file (.h5ad or .loom): shape, storage, annotations, counts per cell; with
 /// --vocab and --genes-dir, also how its genes map into a gene vocabulary.
 ///

@@ -8,6 +8,8 @@ use sof_tasks::mapping::MapConfig;
 
 use crate::util;
 
+/// Place query (e.g. dissociated) cells on a spatial reference by embedding.
+///
 /// Place each query cell on a spatial reference from embeddings alone: its most similar
 /// reference cells (cosine, softmax-weighted) give the expected coordinates and their spread
 /// and, with the default `--head knn`, the probability of each reference label and — where the
@@ -34,6 +36,7 @@ pub struct Args {
     /// Reference obs column to transfer.
     #[arg(long)]
     pub label: String,
+    /// The obsm key of the embedding in both files.
     #[arg(long, default_value = "X_sof")]
     pub embedding: String,
     /// obsm key of the reference coordinates.
@@ -47,14 +50,14 @@ pub struct Args {
     pub temperature: f64,
     /// Use only reference cells where an obs column has (`col=value`) or has not (`col!=value`)
     /// a value; repeat for several conditions.
-    #[arg(long = "reference-where")]
+    #[arg(long = "reference-where", num_args = 1..)]
     pub reference_where: Vec<String>,
     /// Map only these query cells (same syntax); the others get missing predictions.
-    #[arg(long = "query-where")]
+    #[arg(long = "query-where", num_args = 1..)]
     pub query_where: Vec<String>,
     /// Numeric reference obs columns to transfer too (softmax-weighted mean), written as obs
     /// `sof_<col>_predicted`; scored against the query's own column when it has one.
-    #[arg(long)]
+    #[arg(long, num_args = 1..)]
     pub transfer: Vec<String>,
     /// Also map with PCA-50 of log-normalized expression (fitted on the reference; both files
     /// need the same genes) and report its scores beside ours.
@@ -71,6 +74,7 @@ pub struct Args {
     /// Also write the scores against the query's ground truth as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// The .h5ad to write: a copy of the query with the predictions.
     #[arg(short, long)]
     pub output: PathBuf,
     /// Replace an existing output file that sof did not write (without it, such a file is

@@ -9,6 +9,8 @@ use sof_pretrain::{PretrainConfig, Trainer};
 use crate::device::{DeviceArg, device};
 use crate::util;
 
+/// Pretrain a model by masked-token prediction on token corpora (resumable).
+///
 /// Pretrain a model by masked-token prediction on one or more token corpora (from
 /// `sof tokenize`), mixed by weight. The run folder receives config.toml (the full settings),
 /// command.txt, metrics.csv, loss.png, summary.json, checkpoints/step-N/ (the newest few) and,
@@ -26,15 +28,16 @@ pub struct Args {
     /// Model size: tiny, small, base or nicheformer.
     #[arg(long)]
     pub preset: Option<String>,
-    /// A corpus folder (repeat for several).
-    #[arg(long = "corpus")]
+    /// Corpus folders: `--corpus a b` or `--corpus a --corpus b`.
+    #[arg(long = "corpus", num_args = 1..)]
     pub corpora: Vec<PathBuf>,
-    /// Mixing weights, one per --corpus, comma-separated (default: equal).
-    #[arg(long, value_delimiter = ',')]
+    /// Mixing weights, one per corpus, space- or comma-separated (default: equal).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub weights: Vec<f64>,
     /// The run folder.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Optimizer steps (default: the preset's; with --resume, a new total).
     #[arg(long)]
     pub steps: Option<u64>,
     /// Sequences per optimizer step.
@@ -46,6 +49,7 @@ pub struct Args {
     /// Peak learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Seed for initialization, masking and batch order (same seed, same machine: same model).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Positions per cell (default: the preset's).
@@ -76,6 +80,7 @@ pub struct Args {
     /// Add the local-density objective alone (label-free; `--niche` includes it).
     #[arg(long)]
     pub density: bool,
+    /// Where the model runs: cpu (default), or wgpu / cuda in a build with that feature.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// Data-parallel replicas on the device (several GPUs: one replica each, see docs).

@@ -14,6 +14,8 @@ use super::embed::TokenizerArgs;
 use crate::device::{DeviceArg, device};
 use crate::util;
 
+/// Score an embedding on a label or value beside PCA, NichePCA and BANKSY.
+///
 /// Predict a label (classification) or a numeric column (regression) from each cell's
 /// embedding with a linear probe and/or a small MLP head, beside the baselines in the same
 /// harness on the same folds with the same heads: PCA of log1p 10k-normalized expression
@@ -70,6 +72,7 @@ pub struct Args {
     /// Shuffled cell folds: only for data without sections or coordinates (dissociated cells).
     #[arg(long, conflicts_with_all = ["split_key", "spatial_blocks"])]
     pub random_folds: bool,
+    /// Number of folds (spatial blocks and random folds; sections give one fold each).
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
     /// Seeds (spatial-block assignment and PCA); mean and spread are reported.
@@ -77,16 +80,16 @@ pub struct Args {
     pub seeds: u64,
     /// Use only cells where an obs column has (`col=value`) or has not (`col!=value`) a value,
     /// e.g. `layer!=outside_VISp`; repeat for several conditions.
-    #[arg(long = "where")]
+    #[arg(long = "where", num_args = 1..)]
     pub where_: Vec<String>,
-    /// Label values to leave out (e.g. Excluded), comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    /// Label values to leave out (e.g. Excluded), space- or comma-separated.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub drop: Vec<String>,
     /// Weight classes inversely to their frequency.
     #[arg(long)]
     pub class_balanced: bool,
-    /// Heads to fit on every feature set (repeat the flag for several).
-    #[arg(long, value_enum, default_values_t = [Head::Linear])]
+    /// Heads to fit on every feature set: `--head linear mlp` (or repeat the flag).
+    #[arg(long, value_enum, num_args = 1.., default_values_t = [Head::Linear])]
     pub head: Vec<Head>,
     /// The labels are ordered (layers, zones): also report Spearman's rho between true and
     /// predicted class ranks. Classes are ordered by name, numerically when all are numbers, or
@@ -94,7 +97,7 @@ pub struct Args {
     #[arg(long)]
     pub ordered: bool,
     /// Class order (comma-separated), for --ordered labels whose names do not sort.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub class_order: Vec<String>,
     /// Folder for figures: the confusion matrix of each head on the embedding (PNG) and, when
     /// obsm['spatial'] exists, maps of true and predicted labels of the first held-out fold.
@@ -110,6 +113,7 @@ pub struct Args {
     /// Fine-tuning epochs over each fold's training cells.
     #[arg(long, default_value_t = 4)]
     pub finetune_epochs: usize,
+    /// Cells per fine-tuning step.
     #[arg(long, default_value_t = 32)]
     pub finetune_batch_size: usize,
     /// Peak learning rate of the encoder while fine-tuning.

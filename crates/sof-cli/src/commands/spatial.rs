@@ -7,6 +7,8 @@ use sof_pipeline::spatial::{Radius, SpatialSpec, spatial_h5ad};
 
 use crate::util;
 
+/// Compute spatial targets per cell: density, niche profile, composition.
+///
 /// Compute spatial targets per cell from obsm['spatial']: its local density (neighbour count
 /// within a radius), the label-free niche profile (what its neighbourhood expresses, at several
 /// scales: the default pretraining target), and, with --cell-type-key, the cell-type composition
@@ -53,7 +55,7 @@ pub struct Args {
     #[arg(long, default_value_t = sof_tasks::neighbourhood::PROFILE_COMPONENTS)]
     pub profile_components: usize,
     /// Neighbour counts of the niche profile's scales, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = sof_tasks::neighbourhood::PROFILE_SCALES)]
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = sof_tasks::neighbourhood::PROFILE_SCALES)]
     pub profile_scales: Vec<usize>,
     /// Seed for the niche clustering.
     #[arg(long, default_value_t = 0)]
@@ -64,7 +66,7 @@ pub struct Args {
     #[arg(long, requires = "depth_order")]
     pub depth_from: Option<String>,
     /// The labels of --depth-from in order (comma-separated), e.g. L1,L2/3,L5,L6.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub depth_order: Vec<String>,
     /// Also write the neighbour graph as obsp['sof_connectivities'] (binary, CSR), as squidpy
     /// writes obsp['spatial_connectivities'].

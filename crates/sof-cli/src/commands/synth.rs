@@ -9,6 +9,8 @@ use sof_synth::SynthConfig;
 
 use crate::util;
 
+/// Generate a synthetic layered tissue with known labels and coordinates.
+///
 /// Generate a synthetic layered tissue (spatial sections + a dissociated sample) with known
 /// cell type, layer, niche and coordinates for every cell, as .h5ad files.
 ///

@@ -14,6 +14,8 @@ use sof_tokenize::{GeneMap, MeansAccumulator, Modality, Mode, TechMeans};
 use super::inspect::SpeciesArg;
 use crate::util;
 
+/// Tokenize cells into Parquet shards of rank-ordered gene tokens.
+///
 /// Tokenize cells into Parquet shards: per cell, counts scaled to 10,000, divided by the
 /// technology's gene means, expressed genes ranked (ties by vocabulary index), behind the
 /// context tokens [species, assay, modality]. Streams the input; a rerun resumes.
@@ -47,6 +49,7 @@ pub struct Args {
     /// --context-config).
     #[arg(long)]
     pub technology: String,
+    /// mouse or human (the species token; genes are mapped to the vocabulary's species).
     #[arg(long, value_enum)]
     pub species: SpeciesArg,
     /// spatial or dissociated.
@@ -66,7 +69,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "fixed")]
     pub mode: ModeArg,
     /// obs columns to keep as label columns.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub keep_obs: Vec<String>,
     /// obs column naming sections (stored per row; the niche profile keeps sections apart).
     #[arg(long)]
@@ -80,6 +83,11 @@ pub struct Args {
     /// TOML with extra [technology.<name>] entries (token in 19..=29, means).
     #[arg(long)]
     pub context_config: Option<PathBuf>,
+    /// --technology is new (no context config entry): give it the lowest free token in 19..=29.
+    /// The corpus manifest records the token, and a model pretrained on the corpus remembers it
+    /// (`sof embed` needs no flag for it).
+    #[arg(long)]
+    pub new_technology: bool,
     /// Positions per cell, context tokens included.
     #[arg(long, default_value_t = 1500)]
     pub context_length: usize,
@@ -176,6 +184,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| args.input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()),
         context_config: args.context_config.clone(),
+        new_technology: args.new_technology,
         context_length: args.context_length,
         shard_cells: args.shard_cells,
         force: args.force,
@@ -195,6 +204,9 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         ));
     }
     let (m, unmapped) = (&out.manifest, &out.unmapped);
+    if args.new_technology {
+        util::say(format!("new technology '{}': context token {}", m.technology, m.context_tokens[1]));
+    }
     let secs = start.elapsed().as_secs_f64();
     util::say(format!(
         "{}: {} cells -> {} tokenized ({} empty, skipped), median {} tokens per cell, {} shard(s) in {}",
@@ -222,6 +234,8 @@ fn abbreviate(names: &[String], k: usize) -> String {
     if names.len() <= k { names.join(", ") } else { format!("{}, ... {} more", names[..k].join(", "), names.len() - k) }
 }
 
+/// Compute a technology's gene means from one or more files (for --tech-means).
+///
 /// Compute a technology's mean vector from one or more files: per gene, the mean of
 /// 10k-normalized expression over the cells where it is non-zero (NaN if never detected).
 ///
@@ -230,13 +244,15 @@ fn abbreviate(names: &[String], k: usize) -> String {
 #[derive(Debug, clap::Args)]
 pub struct MeansArgs {
     /// Input .h5ad files, all of one technology.
-    #[arg(short, long, required = true)]
+    #[arg(short, long, required = true, num_args = 1..)]
     pub input: Vec<PathBuf>,
+    /// mouse or human (the species token; genes are mapped to the vocabulary's species).
     #[arg(long, value_enum)]
     pub species: SpeciesArg,
     /// Vocabulary TSV (default: the first file's genes).
     #[arg(long)]
     pub vocab: Option<PathBuf>,
+    /// Folder with genes.tsv and mouse_human_orthologs_all.tsv, to map gene symbols.
     #[arg(long)]
     pub genes_dir: Option<PathBuf>,
     /// Output TSV (ensembl_id, mean).

@@ -228,6 +228,33 @@ fn checkpoints_round_trip() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A `sof pretrain` run folder passed as the checkpoint loads its finished `model/`; without one
+/// the error names the newest step checkpoint and `--resume`; an unrelated folder is still an
+/// incomplete checkpoint.
+#[test]
+fn a_run_folder_loads_its_model_or_names_it() {
+    use sof_model::checkpoint::{RunInfo, load, save};
+    let device = Device::flex();
+    let run_dir = std::env::temp_dir().join(format!("sof-model-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let cfg = EncoderConfig::tiny(80);
+    let enc = cfg.init(&device);
+    let run = RunInfo { tokenizer: Default::default(), vocabulary_hash: "abc".into(), step: Some(3) };
+    let step = run_dir.join("checkpoints").join("step-00000003").join("model");
+    save(&step, &enc, &cfg, &run).unwrap();
+    let e = load(&run_dir, &device).unwrap_err().to_string();
+    assert!(e.contains("without a finished model/") && e.contains("step-00000003") && e.contains("--resume"), "{e}");
+    let (_, _, back) = load(&step, &device).unwrap();
+    assert_eq!(back.step, Some(3));
+    save(&run_dir.join("model"), &enc, &cfg, &RunInfo { step: Some(9), ..run }).unwrap();
+    let (_, cfg_back, back) = load(&run_dir, &device).unwrap();
+    assert_eq!((cfg_back, back.step), (cfg, Some(9)), "the run folder's finished model, not a step");
+    let empty = run_dir.join("checkpoints");
+    let e = load(&empty, &device).unwrap_err().to_string();
+    assert!(e.contains("no run.json") && e.contains("<output>/model"), "{e}");
+    let _ = std::fs::remove_dir_all(run_dir);
+}
+
 /// Configs the forward pass cannot run with, and non-finite weights, are refused on load with
 /// the file and the fix (not a divide-by-zero panic, not all-NaN embeddings).
 #[test]

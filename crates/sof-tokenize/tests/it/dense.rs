@@ -211,4 +211,36 @@ fn unknown_context_values_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("19..=29") && e.contains("ctx.toml"), "{e}");
+    let e = t.get("visium_hd").unwrap_err().to_string();
+    assert!(e.contains("--new-technology"), "the one-flag way is named: {e}");
+}
+
+/// `--new-technology`: the lowest token in 19..=29 that no technology holds (config entries
+/// included), a known name refused, a full table refused; a checkpoint's recorded technologies
+/// extend a table and must agree with it.
+#[test]
+fn new_technologies_take_the_lowest_free_token() {
+    use sof_tokenize::ContextTable;
+    let mut t = ContextTable::default();
+    assert_eq!(t.add_new("Visium_HD").unwrap(), 20, "19 is iss");
+    assert_eq!(t.get("visium_hd").unwrap().means, "visium_hd");
+    assert_eq!(t.add_new("slideseq").unwrap(), 21);
+    let e = t.add_new("merfish").unwrap_err().to_string();
+    assert!(e.contains("already a known technology (token 7)") && e.contains("drop --new-technology"), "{e}");
+    let mut c = ContextTable::with_config("[technology.stereoseq]\ntoken = 20\nmeans = \"s\"\n", "ctx.toml").unwrap();
+    assert_eq!(c.add_new("visium_hd").unwrap(), 21, "the config's 20 is taken");
+    for i in 0..8 {
+        c.add_new(&format!("t{i}")).unwrap();
+    }
+    let e = c.add_new("one_too_many").unwrap_err().to_string();
+    assert!(e.contains("19..=29") && e.contains("taken"), "{e}");
+
+    let recorded = std::collections::BTreeMap::from([("visium_hd".to_owned(), 23)]);
+    let table = ContextTable::default().with_recorded(&recorded, "run/model").unwrap();
+    assert_eq!(table.get("visium_hd").unwrap().token, 23, "the model's token, not the next free one");
+    let clash = ContextTable::with_config("[technology.visium_hd]\ntoken = 20\nmeans = \"v\"\n", "ctx.toml").unwrap();
+    let e = clash.with_recorded(&recorded, "run/model").unwrap_err().to_string();
+    assert!(e.contains("run/model") && e.contains("token 23") && e.contains("token 20"), "{e}");
+    assert!(ContextTable::is_builtin("dissociated", 11) && !ContextTable::is_builtin("visium_hd", 20));
+    assert!(!ContextTable::is_builtin("merfish", 20), "a builtin name on another token is recorded");
 }
