@@ -108,7 +108,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = Cli::try_parse_from(args).map_err(|e| if e.use_stderr() { UsageError(e.to_string()) } else { e.exit() })?;
+    let cli =
+        Cli::try_parse_from(args).map_err(|e| if e.use_stderr() { UsageError(e.to_string()) } else { e.exit() })?;
     util::init_logging(cli.verbose, cli.quiet);
     if let Some(n) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global()
@@ -182,7 +183,8 @@ mod tests {
             c => panic!("{c:?}"),
         };
         let base = ["probe", "-i", "x.h5ad", "--label", "layer", "-o", "p.json"];
-        let spaced = probe(&[&base[..], &["--where", "a=1", "b!=2", "--drop", "X", "Y", "--head", "linear", "mlp"]].concat());
+        let spaced =
+            probe(&[&base[..], &["--where", "a=1", "b!=2", "--drop", "X", "Y", "--head", "linear", "mlp"]].concat());
         let repeated = probe(
             &[&base[..], &["--where", "a=1", "--where", "b!=2", "--drop", "X,Y", "--head", "linear", "--head", "mlp"]]
                 .concat(),

@@ -84,9 +84,8 @@ pub fn resolve(dir: &Path) -> Result<std::path::PathBuf, ModelError> {
         .max();
     let run_folder = newest.is_some() || (dir.join("config.toml").is_file() && dir.join("metrics.csv").is_file());
     if run_folder {
-        let earlier = newest
-            .map(|p| format!("use its newest step checkpoint ({}) or ", p.display()))
-            .unwrap_or_default();
+        let earlier =
+            newest.map(|p| format!("use its newest step checkpoint ({}) or ", p.display())).unwrap_or_default();
         return Err(invalid(
             dir,
             format!("a pretraining run folder without a finished model/ ({} is missing)", model.display()),

@@ -176,8 +176,13 @@ impl ContextTable {
                 Some(spec) if spec.token != token => {
                     return Err(TokenizeError::invalid(
                         source,
-                        format!("the model learned technology '{name}' as token {token}; here it is token {}", spec.token),
-                        format!("pass the context config the model was trained with, or give [technology.{name}] token {token}"),
+                        format!(
+                            "the model learned technology '{name}' as token {token}; here it is token {}",
+                            spec.token
+                        ),
+                        format!(
+                            "pass the context config the model was trained with, or give [technology.{name}] token {token}"
+                        ),
                     ));
                 }
                 Some(_) => {}
