@@ -33,6 +33,8 @@ pub struct EmbedSpec {
     pub niche_k: Option<usize>,
     /// obs column of sections: neighbours never cross them.
     pub section_key: Option<String>,
+    /// Also write obsm['X_umap'], a 2-D UMAP of obsm['X_sof'] ([`sof_tasks::view::umap`]).
+    pub umap: Option<sof_tasks::view::UmapSettings>,
     pub device: Device,
     /// Replace an existing output file that sof did not write ([`sof_io::h5ad::check_replace`]).
     pub force: bool,
@@ -59,6 +61,7 @@ impl EmbedSpec {
             niche: true,
             niche_k: None,
             section_key: None,
+            umap: None,
             device,
             force: false,
         }
@@ -112,8 +115,30 @@ pub fn embed_h5ad(spec: &EmbedSpec, progress: &mut dyn FnMut(usize)) -> Result<E
     }
     let niche_k = spec.niche_k.unwrap_or(sof_tasks::neighbourhood::NICHE_K);
     let niche = if spec.niche && has_xy { Some(niche_embedding(spec, niche_k, &reader, &out)?) } else { None };
+    let umap = match &spec.umap {
+        Some(settings) => Some((
+            sof_tasks::view::umap(out.view(), settings)
+                .map_err(|e| PipelineError::input(spec.input.display(), format!("obsm['X_umap']: {e}")))?,
+            settings,
+        )),
+        None => None,
+    };
     let mut ed = H5adEditor::copy_of(&spec.input, &spec.output)?;
     ed.put_obsm("X_sof", &out)?;
+    if let Some((xy, settings)) = &umap {
+        ed.put_obsm("X_umap", xy)?;
+        // scanpy's record of a UMAP (`sc.tl.umap` writes uns['umap']['params']).
+        let params = std::collections::BTreeMap::from([
+            ("n_neighbors".to_owned(), UnsValue::Int(settings.neighbours as i64)),
+            ("min_dist".to_owned(), UnsValue::Float(f64::from(settings.min_dist))),
+            ("random_state".to_owned(), UnsValue::Int(settings.seed as i64)),
+            ("use_rep".to_owned(), UnsValue::Str("X_sof".to_owned())),
+        ]);
+        ed.put_uns(
+            "umap",
+            &UnsValue::Dict(std::collections::BTreeMap::from([("params".to_owned(), UnsValue::Dict(params))])),
+        )?;
+    }
     if let Some(niche) = &niche {
         ed.put_obsm("X_sof_niche", niche)?;
     }

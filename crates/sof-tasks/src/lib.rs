@@ -17,6 +17,8 @@
 //!   the training cells).
 //! - [`mapping`]: placing query (dissociated) cells on a spatial reference by embedding similarity.
 //! - [`metrics`]: macro F1, accuracy, confusion, calibration error, MAE, MSE, R², Spearman.
+//! - [`view`]: a 2-D UMAP of an embedding (manifolds-rs, seeded) and kNN purity of a label (how
+//!   mixed technologies or modalities are).
 
 mod embedder;
 mod head;
@@ -29,6 +31,7 @@ pub mod pca;
 pub mod probe;
 pub mod split;
 mod target;
+pub mod view;
 
 pub use embedder::{Cells, Embedder, ObsmEmbedder, PcaEmbedder, RawEmbedder};
 pub use head::{Head, LinearHead, MlpHead, NeighbourHead, Predictor};

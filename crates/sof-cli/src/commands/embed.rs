@@ -67,6 +67,13 @@ pub struct Args {
     /// Do not write obsm['X_sof_niche'].
     #[arg(long)]
     pub no_niche: bool,
+    /// Also write obsm['X_umap']: a 2-D UMAP of obsm['X_sof'] (15 neighbours, min_dist 0.5, as
+    /// scanpy's defaults), for `sc.pl.umap` and a first look at the embedding.
+    #[arg(long)]
+    pub umap: bool,
+    /// Seed of the UMAP layout (the same seed and embedding give the same layout).
+    #[arg(long, default_value_t = 0, requires = "umap")]
+    pub umap_seed: u64,
     #[command(flatten)]
     pub tokenizer: TokenizerArgs,
 }
@@ -139,6 +146,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         niche: !args.no_niche,
         niche_k: args.niche_k,
         section_key: args.section_key.clone(),
+        umap: args.umap.then(|| sof_tasks::view::UmapSettings { seed: args.umap_seed, ..Default::default() }),
         device: device(args.device)?,
         force: args.force,
     };
@@ -155,7 +163,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         match out.niche_k {
             Some(k) => format!(" and obsm['X_sof_niche'] ({k} nearest neighbours)"),
             None => String::new(),
-        },
+        } + if args.umap { ", obsm['X_umap']" } else { "" },
         args.output.display()
     ));
     Ok(())
