@@ -1,5 +1,6 @@
 """Our UMAP (sof_tasks::view::umap) beside Python's umap-learn on the same input: PCA-50 of a
-shared dataset's log-normalized expression. A test tool, never a runtime need.
+shared dataset's log-normalized expression (fewer components where
+there are fewer genes). A test tool, never a runtime need.
 
     python xtask/peers/umap_compare.py ../shared/data/starmap_mpfc.h5ad layer \
         target/release/examples/umap_tsv
@@ -36,10 +37,11 @@ def main():
     a = sc.read_h5ad(path)
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
-    sc.pp.pca(a, n_comps=50, random_state=0)
+    sc.pp.pca(a, n_comps=min(50, a.n_vars - 1), random_state=0)  # osmFISH has 33 genes
     x = a.obsm["X_pca"].astype(np.float32)
     labels = np.asarray(a.obs[label].astype(str))
-    out = {"cells": int(x.shape[0]), "label": label, "label purity in PCA-50": purity(x, labels)}
+    out = {"cells": int(x.shape[0]), "label": label, "components": int(x.shape[1]),
+           "label purity in PCA": purity(x, labels)}
     with tempfile.TemporaryDirectory() as d:
         inp, res = os.path.join(d, "x.tsv"), os.path.join(d, "xy.tsv")
         np.savetxt(inp, x, delimiter="\t", fmt="%.7g")
