@@ -116,16 +116,15 @@ pub fn embed_h5ad(spec: &EmbedSpec, progress: &mut dyn FnMut(usize)) -> Result<E
     let niche_k = spec.niche_k.unwrap_or(sof_tasks::neighbourhood::NICHE_K);
     let niche = if spec.niche && has_xy { Some(niche_embedding(spec, niche_k, &reader, &out)?) } else { None };
     let umap = match &spec.umap {
-        Some(settings) => Some((
+        Some(settings) => Some(
             sof_tasks::view::umap(out.view(), settings)
                 .map_err(|e| PipelineError::input(spec.input.display(), format!("obsm['X_umap']: {e}")))?,
-            settings,
-        )),
+        ),
         None => None,
     };
     let mut ed = H5adEditor::copy_of(&spec.input, &spec.output)?;
     ed.put_obsm("X_sof", &out)?;
-    if let Some((xy, settings)) = &umap {
+    if let (Some(xy), Some(settings)) = (&umap, &spec.umap) {
         ed.put_obsm("X_umap", xy)?;
         // scanpy's record of a UMAP (`sc.tl.umap` writes uns['umap']['params']).
         let params = std::collections::BTreeMap::from([

@@ -153,24 +153,27 @@ pub struct Trainer {
 /// that the built-in context table lacks or holds under another token, by name with their
 /// token, for the checkpoint to record. One token for two technologies of the run (two corpora
 /// tokenized with `--new-technology` apart, say) or two tokens for one is refused: the model
-/// would read the two as one, or one as two.
+/// would read the two as one, or one as two. Names are compared and recorded in lower case, as
+/// the context table looks them up.
 fn new_technologies(
     corpora: &[crate::config::CorpusEntry],
     manifests: &[CorpusManifest],
     inherited: std::collections::BTreeMap<String, u32>,
 ) -> Result<std::collections::BTreeMap<String, u32>, TrainError> {
-    let builtin: Vec<(&str, u32)> = manifests
+    let is_builtin = |m: &CorpusManifest| sof_tokenize::ContextTable::is_builtin(&m.technology, m.context_tokens[1]);
+    let builtin: Vec<(String, u32)> = manifests
         .iter()
-        .filter(|m| sof_tokenize::ContextTable::is_builtin(&m.technology, m.context_tokens[1]))
-        .map(|m| (m.technology.as_str(), m.context_tokens[1]))
+        .filter(|m| is_builtin(m))
+        .map(|m| (m.technology.to_ascii_lowercase(), m.context_tokens[1]))
         .collect();
-    let mut named = inherited;
+    let mut named: std::collections::BTreeMap<String, u32> =
+        inherited.into_iter().map(|(n, t)| (n.to_ascii_lowercase(), t)).collect();
     for (c, m) in corpora.iter().zip(manifests) {
-        let token = m.context_tokens[1];
-        if sof_tokenize::ContextTable::is_builtin(&m.technology, token) {
+        if is_builtin(m) {
             continue;
         }
-        if let Some(&other) = named.get(&m.technology)
+        let (name, token) = (m.technology.to_ascii_lowercase(), m.context_tokens[1]);
+        if let Some(&other) = named.get(&name)
             && other != token
         {
             return Err(invalid(
@@ -182,8 +185,8 @@ fn new_technologies(
         let clash = named
             .iter()
             .map(|(n, &t)| (n.as_str(), t))
-            .chain(builtin.iter().copied())
-            .find(|&(n, t)| t == token && n != m.technology);
+            .chain(builtin.iter().map(|(n, t)| (n.as_str(), *t)))
+            .find(|&(n, t)| t == token && n != name);
         if let Some((other, _)) = clash {
             return Err(invalid(
                 &c.path,
@@ -194,7 +197,7 @@ fn new_technologies(
                 ),
             ));
         }
-        named.insert(m.technology.clone(), token);
+        named.insert(name, token);
     }
     Ok(named)
 }

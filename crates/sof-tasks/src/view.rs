@@ -44,12 +44,13 @@ pub fn umap(x: ArrayView2<f32>, settings: &UmapSettings) -> Result<Array2<f32>, 
     if d == 0 || x.iter().any(|v| !v.is_finite()) {
         return Err(TaskError::Invalid("UMAP needs finite features in at least one column".into()));
     }
-    let data: Vec<f32> = x.iter().copied().collect();
+    let x = x.as_standard_layout(); // a copy only when the view is not row-major already
+    let data = x.as_slice().expect("standard layout is contiguous");
     let mut params = manifolds_rs::UmapParams::<f32>::new_default_2d(Some(settings.min_dist), None);
     params.k = settings.neighbours;
     params.optimiser = OPTIMISER.into();
     let seed = usize::try_from(settings.seed).unwrap_or(usize::MAX);
-    let coords = manifolds_rs::umap((&data[..], n, d), None, &params, seed, 0)
+    let coords = manifolds_rs::umap((data, n, d), None, &params, seed, 0)
         .map_err(|e| TaskError::Invalid(format!("UMAP failed: {e}")))?;
     Ok(Array2::from_shape_fn((n, 2), |(i, j)| coords[j][i]))
 }

@@ -167,12 +167,13 @@ impl ContextTable {
         Ok(token)
     }
 
-    /// The table extended by technologies a checkpoint recorded (name -> token) that it lacks;
-    /// their means are named after them. A recorded name the table holds under another token is
-    /// an error naming `source`: the model would read the cells as another technology.
+    /// The table extended by technologies a checkpoint recorded (name -> token, any case) that
+    /// it lacks; their means are named after them. A recorded name the table holds under another
+    /// token is an error naming `source`: the model would read the cells as another technology.
     pub fn with_recorded(mut self, recorded: &BTreeMap<String, u32>, source: &str) -> Result<Self> {
         for (name, &token) in recorded {
-            match self.technologies.get(name) {
+            let name = name.to_ascii_lowercase();
+            match self.technologies.get(&name) {
                 Some(spec) if spec.token != token => {
                     return Err(TokenizeError::invalid(
                         source,
@@ -187,7 +188,7 @@ impl ContextTable {
                 }
                 Some(_) => {}
                 None => {
-                    self.technologies.insert(name.clone(), TechnologySpec { token, means: name.clone() });
+                    self.technologies.insert(name.clone(), TechnologySpec { token, means: name });
                 }
             }
         }

@@ -238,6 +238,9 @@ fn new_technologies_take_the_lowest_free_token() {
     let recorded = std::collections::BTreeMap::from([("visium_hd".to_owned(), 23)]);
     let table = ContextTable::default().with_recorded(&recorded, "run/model").unwrap();
     assert_eq!(table.get("visium_hd").unwrap().token, 23, "the model's token, not the next free one");
+    let mixed = std::collections::BTreeMap::from([("Visium_HD".to_owned(), 23)]);
+    let table = ContextTable::default().with_recorded(&mixed, "run/model").unwrap();
+    assert_eq!(table.get("Visium_HD").unwrap().token, 23, "a recorded name of any case is found");
     let clash = ContextTable::with_config("[technology.visium_hd]\ntoken = 20\nmeans = \"v\"\n", "ctx.toml").unwrap();
     let e = clash.with_recorded(&recorded, "run/model").unwrap_err().to_string();
     assert!(e.contains("run/model") && e.contains("token 23") && e.contains("token 20"), "{e}");
