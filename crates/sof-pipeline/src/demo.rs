@@ -1,6 +1,6 @@
 //! The main job as one library call ([`demo`] -> [`DemoSummary`]): on the built-in synthetic
 //! tissue (or a spatial .h5ad of your own) spatial targets per section, corpora over one
-//! vocabulary, pretraining, embeddings, probes beside the baselines with one section held out at
+//! vocabulary, pretraining, embeddings with their joint UMAP view, probes beside the baselines with one section held out at
 //! a time, and the dissociated sample mapped onto the sections. Every stage is a call of this
 //! crate; `sof demo` adds the HTML report and prints the summary.
 
@@ -26,6 +26,7 @@ use crate::error::{PipelineError, Result};
 use crate::map::{MapSpec, map_h5ad};
 use crate::probe::{ProbeProgress, ProbeSpec, ProbeTarget, probe_h5ad};
 use crate::spatial::{Radius, SpatialSpec, spatial_h5ad};
+use crate::view::{ViewInput, ViewSpec, ViewSummary, embedding_view};
 
 /// What a long call tells its caller while it runs.
 #[derive(Debug, Clone, Copy)]
@@ -156,6 +157,9 @@ pub struct DemoSummary {
     pub probes: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>,
     /// The dissociated sample placed on the spatial sections, scored against its true layers.
     pub mapping: BTreeMap<String, f64>,
+    /// Every sample in one UMAP, with the kNN purity of modality, technology and the labels.
+    #[serde(default)]
+    pub view: Option<ViewSummary>,
     /// The HTML report, when the caller wrote one.
     pub report: Option<String>,
     /// Wall-clock seconds per stage.
@@ -173,6 +177,8 @@ pub struct DemoFiles {
     pub probes_dir: PathBuf,
     /// The dissociated sample with its placement.
     pub mapped: Option<PathBuf>,
+    /// Every sample joined, with its UMAPs ([`crate::view::embedding_view`]).
+    pub view: PathBuf,
 }
 
 /// Runs the demo into `config.output`; `stop` set (e.g. by Ctrl-C) ends pretraining at a
@@ -199,6 +205,7 @@ pub fn demo(
         pretrain: None,
         probes: BTreeMap::new(),
         mapping: BTreeMap::new(),
+        view: None,
         report: None,
         seconds: BTreeMap::new(),
     };
@@ -237,6 +244,24 @@ pub fn demo(
         embedded.push((out, *modality));
     }
     seconds.insert("embed".to_owned(), t.elapsed().as_secs_f64());
+
+    // The first picture: every sample in one UMAP, and how mixed its batches are.
+    let t = Instant::now();
+    let view_path = config.output.join("view.h5ad");
+    let inputs = embedded
+        .iter()
+        .zip(&prepared.inputs)
+        .map(|((path, modality), (_, technology, _))| ViewInput {
+            path: path.clone(),
+            technology: technology.clone(),
+            modality: *modality,
+        })
+        .collect();
+    let spec = ViewSpec::new(inputs, &view_path, prepared.view_labels.clone(), config.seed);
+    progress(Progress::Begin { stage: "embedding view", total: 8 });
+    summary.view = Some(embedding_view(&spec, &mut |_| progress(Progress::Advance(1)))?);
+    progress(Progress::End);
+    seconds.insert("view".to_owned(), t.elapsed().as_secs_f64());
 
     // Probes on the spatial sample: leave one section out.
     let t = Instant::now();
@@ -293,7 +318,7 @@ pub fn demo(
         seconds.insert("map".to_owned(), t.elapsed().as_secs_f64());
     }
     summary.seconds = seconds;
-    let files = DemoFiles { run_dir, reference, probes_dir, mapped: query.map(|_| mapped) };
+    let files = DemoFiles { run_dir, reference, probes_dir, mapped: query.map(|_| mapped), view: view_path };
     Ok((summary, Some(files)))
 }
 
@@ -363,6 +388,8 @@ struct Prepared {
     section_key: String,
     /// (probe name, obs column) of the label probes
     label_tasks: Vec<(String, String)>,
+    /// obs columns the embedding view is coloured by
+    view_labels: Vec<String>,
 }
 
 /// Median of a slice (0 for an empty one, not NaN: a file summary of no cells).
@@ -525,6 +552,7 @@ fn prepare_synthetic(config: &DemoConfig, progress: &mut dyn FnMut(Progress<'_>)
         species: Species::Mouse,
         section_key: "section".into(),
         label_tasks: vec![("layer".into(), "layer".into()), ("niche".into(), "niche".into())],
+        view_labels: vec!["layer".into(), "cell_type".into(), "niche".into()],
     })
 }
 
@@ -624,5 +652,6 @@ fn prepare_data(config: &DemoConfig, data: &OwnData, progress: &mut dyn FnMut(Pr
         species: data.species,
         section_key: data.section_key.clone(),
         label_tasks: vec![("layer".into(), data.layer_key.clone()), ("cell_type".into(), data.cell_type_key.clone())],
+        view_labels: vec![data.layer_key.clone(), data.cell_type_key.clone()],
     })
 }

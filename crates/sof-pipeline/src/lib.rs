@@ -9,6 +9,9 @@
 //!   neighbourhood baselines on the same folds -> [`sof_tasks::probe::ProbeReport`].
 //! - [`map`]: [`map::map_h5ad`], query cells placed on an embedded spatial reference ->
 //!   [`map::MapOutcome`].
+//! - [`view`]: [`view::embedding_view`], embedded files joined into one AnnData with UMAPs of
+//!   the embeddings and of PCA, and kNN purity of modality, technology and labels ->
+//!   [`view::ViewSummary`].
 //! - [`cells`]: obs row filters, label codes, coordinates with sections.
 //!
 //! Every call returns a [`PipelineError`] that names the file (or setting) and the fix.
@@ -26,6 +29,7 @@ mod error;
 pub mod map;
 pub mod probe;
 pub mod spatial;
+pub mod view;
 
 pub use error::{PipelineError, Result};
 

@@ -5,7 +5,8 @@
 //! ground truth for every cell) -> spatial targets per section (composition, density, niche
 //! profile, k-means niches scored against the true niches) -> tokenize every sample into Parquet
 //! corpora over one shared vocabulary -> pretrain (masked tokens + the label-free niche profile)
-//! -> embed every sample -> probes for layer, niche, density and composition beside the
+//! -> embed every sample -> one UMAP of them all with kNN purity of modality, technology and
+//! labels -> probes for layer, niche, density and composition beside the
 //! baselines (leave-one-section-out) -> map the dissociated sample onto the spatial sections.
 
 use std::path::PathBuf;
@@ -147,6 +148,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             reference: files.reference,
             probes_dir: files.probes_dir,
             mapped: files.mapped,
+            view: summary.view.clone(),
             intro: match &args.data {
                 Some(d) => format!(
                     "{}: the model was pretrained on this file alone, then frozen; probes read {}, {}, density and neighbourhood composition from its cell embeddings with one section held out at a time, beside PCA of the expression on the same folds.",
@@ -213,6 +215,31 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             get("NichePCA").unwrap_or(f64::NAN),
             get("BANKSY").unwrap_or(f64::NAN)
         ));
+    }
+    if let Some(view) = &summary.view {
+        util::say(format!(
+            "  embedding view: {} cells in one UMAP -> {}; kNN purity ({} neighbours; mixed = near random):",
+            view.cells,
+            view.file.display(),
+            view.k
+        ));
+        let mut labels: Vec<&str> = Vec::new();
+        for m in &view.mixing {
+            if !labels.contains(&m.label.as_str()) {
+                labels.push(&m.label);
+            }
+        }
+        for label in labels {
+            let get = |rep: &str| view.get(label, rep);
+            let random = get("X_sof").or_else(|| get("PCA")).map_or(f64::NAN, |m| m.expected);
+            let show = |rep: &str| get(rep).map_or("   -  ".to_owned(), |m| format!("{:.3}", m.observed));
+            util::say(format!(
+                "    {label:<12} random {random:.3} | X_sof {} | X_sof_niche {} | PCA of shared genes {}",
+                show("X_sof"),
+                show("X_sof_niche"),
+                show("PCA")
+            ));
+        }
     }
     if let Some(a) = summary.mapping.get("layer_accuracy") {
         util::say(format!(

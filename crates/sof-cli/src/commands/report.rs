@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use sof_io::Column;
 use sof_io::h5ad::H5adReader;
+use sof_pipeline::view::{REPRESENTATIONS, ViewSummary};
 use sof_plot::{CategoricalMaps, ConfusionMatrix, LineChart, PALETTE, Series};
 use sof_tasks::probe::{FeatureResult, ProbeReport};
 
@@ -23,6 +25,8 @@ pub struct Inputs {
     pub probes_dir: PathBuf,
     /// The dissociated sample after `sof map`.
     pub mapped: Option<PathBuf>,
+    /// Every sample in one UMAP ([`sof_pipeline::view::embedding_view`]).
+    pub view: Option<ViewSummary>,
     /// The opening paragraph (what the data is).
     pub intro: String,
 }
@@ -89,6 +93,112 @@ fn label_maps(inputs: &Inputs, task: &str, xy: &ndarray::Array2<f64>, dir: &Path
     }))
 }
 
+/// Panel titles of the view's representations.
+fn representation_title(name: &str, view: &ViewSummary) -> String {
+    match name {
+        "X_sof" => "X_sof (every cell)".into(),
+        "X_sof_niche" => "X_sof_niche (cells with coordinates)".into(),
+        _ => format!("PCA of the {} shared genes", view.shared_genes),
+    }
+}
+
+/// What to look for in the view coloured by `label`.
+fn view_caption(label: &str, view: &ViewSummary) -> String {
+    let numbers: Vec<String> = REPRESENTATIONS
+        .iter()
+        .filter_map(|(rep, _)| view.get(label, rep).map(|m| format!("{rep} {:.2}", m.observed)))
+        .collect();
+    let random = REPRESENTATIONS.iter().find_map(|(rep, _)| view.get(label, rep)).map_or(f64::NAN, |m| m.expected);
+    let purity = format!(
+        "kNN purity (the share of a cell's {} nearest neighbours, in the full embedding, with its own {label}): {}; random mixing gives {random:.2}.",
+        view.k,
+        numbers.join(", ")
+    );
+    let look = match label {
+        "modality" => "Do spatial and dissociated cells share one space? Colours mixed within each cluster mean like cells sit together whatever the modality, with no integration step; islands of one colour mean the embedding tells modalities apart.".to_owned(),
+        "technology" => "Do technologies mix? Within each cluster the colours should mix; islands of one technology are a batch effect. The niche embedding averages each cell with neighbours of its own section, so of one technology: the average keeps what a technology adds to every cell and smooths away the differences between cells, so technologies separate more there.".to_owned(),
+        _ => format!("Cells of one {label} should sit together (purity well above random); the niche embedding averages each cell with its spatial neighbours, so tissue {label}s stand out more there."),
+    };
+    format!("{look} Each dot is a cell; axes have no units. {purity}")
+}
+
+/// The view's figures (one PNG per colouring) and the purity table.
+fn embedding_view(view: &ViewSummary, dir: &Path) -> anyhow::Result<(Vec<Figure>, String)> {
+    let reader = H5adReader::open(&view.file)?;
+    let obs = reader.obs()?;
+    let keys = reader.obsm_keys();
+    let mut layouts = Vec::new();
+    for (rep, key) in REPRESENTATIONS {
+        if keys.iter().any(|k| k == key) {
+            layouts.push((rep, unit_square(&reader.obsm(key)?)));
+        }
+    }
+    // A seeded draw order, so that no colour is painted over all the others.
+    let n = reader.n_obs();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17));
+    let mut labels: Vec<&str> = Vec::new();
+    for m in &view.mixing {
+        if !labels.contains(&m.label.as_str()) {
+            labels.push(&m.label);
+        }
+    }
+    let mut figures = Vec::new();
+    for label in &labels {
+        let Some(Column::Categorical { codes, categories, .. }) = obs.get(label) else { continue };
+        let panels = layouts
+            .iter()
+            .map(|(rep, xy)| {
+                let cells: Vec<usize> =
+                    order.iter().copied().filter(|&i| codes[i] >= 0 && xy[[i, 0]].is_finite()).collect();
+                (
+                    representation_title(rep, view),
+                    cells.iter().map(|&i| (xy[[i, 0]], xy[[i, 1]])).collect(),
+                    cells.iter().map(|&i| codes[i] as usize).collect(),
+                )
+            })
+            .collect();
+        let file = format!("umap_{}.png", label.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        CategoricalMaps { categories: categories.clone(), panels }.write_png(&dir.join(&file), 400, 420)?;
+        figures.push(Figure {
+            file,
+            title: format!("The embedding by {label} (UMAP)"),
+            caption: view_caption(label, view),
+        });
+    }
+    let mut table = format!(
+        "<h2>How mixed the embedding is</h2><p>kNN purity: the share of a cell's {} nearest neighbours (in the full representation, over {} cells) that share its label. Near the random value a label is mixed (what one wants of modality and technology); near 1 it separates (what one wants of layers and cell types).</p>\
+         <table><tr><th>label</th><th>random</th><th>X_sof</th><th>X_sof_niche</th><th>PCA of shared genes</th></tr>",
+        view.k, view.cells
+    );
+    for label in &labels {
+        let cell = |rep: &str| view.get(label, rep).map_or("–".to_owned(), |m| format!("{:.3}", m.observed));
+        let random = REPRESENTATIONS.iter().find_map(|(rep, _)| view.get(label, rep)).map_or(f64::NAN, |m| m.expected);
+        let _ = write!(
+            table,
+            "<tr><td>{}</td><td>{random:.3}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(label),
+            cell("X_sof"),
+            cell("X_sof_niche"),
+            cell("PCA")
+        );
+    }
+    table.push_str("</table>");
+    Ok((figures, table))
+}
+
+/// Each axis of a layout scaled to [0, 1] (UMAP axes have no units; panels share one frame).
+fn unit_square(xy: &ndarray::Array2<f64>) -> ndarray::Array2<f64> {
+    let mut out = xy.clone();
+    for mut col in out.columns_mut() {
+        let (lo, hi) =
+            col.iter().filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        col.mapv_inplace(|v| (v - lo) / span);
+    }
+    out
+}
+
 /// Writes the report into `inputs.dir`; returns the HTML path.
 pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
     let dir = &inputs.dir;
@@ -108,7 +218,14 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
             caption: "Masked-token cross-entropy during pretraining (training and held-out cells) against the unigram-frequency baseline; lower is better.".into(),
         });
     }
-    // 2-3. Layer and niche maps.
+    // 2. The embedding itself: every sample in one UMAP, one picture per colouring.
+    let mut mixing_table = String::new();
+    if let Some(view) = &inputs.view {
+        let (figs, table) = embedding_view(view, dir)?;
+        figures.extend(figs);
+        mixing_table = table;
+    }
+    // 3-4. Layer and niche maps.
     for task in ["layer", "niche", "cell_type"] {
         figures.extend(label_maps(inputs, task, &xy, dir)?);
     }
@@ -265,6 +382,7 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
     }
     html.push_str("<h2>Probes beside the baselines (held-out sections)</h2>");
     html.push_str(&table);
+    html.push_str(&mixing_table);
     if !mapping_note.is_empty() {
         let _ = write!(html, "<p>{}</p>", escape(&mapping_note));
     }
