@@ -109,6 +109,20 @@ fn demo_runs_and_is_reproducible() {
     for (i, m) in modality.iter().enumerate() {
         assert_eq!(niche[[i, 0]].is_finite(), m.as_deref() == Some("spatial"), "cell {i}: {m:?}");
     }
+    if let Some(py) = std::env::var_os("SOF_PYTHON") {
+        // scanpy opens the view as its own: categorical labels, NaN where a cell has no niche
+        // embedding, sc.pl.umap draws it by technology.
+        let (path, png) = (a.path().join("view.h5ad"), a.path().join("view_umap.png"));
+        let code = format!(
+            "import matplotlib; matplotlib.use('Agg'); import numpy as np; import scanpy as sc; \
+             a = sc.read_h5ad({path:?}); assert a.shape[0] == 3000 and a.obs['technology'].dtype == 'category'; \
+             assert np.isnan(a.obsm['X_umap_niche'][:, 0]).sum() == (a.obs['modality'] == 'dissociated').sum() > 0; \
+             ax = sc.pl.umap(a, color='technology', show=False); ax.figure.savefig({png:?})"
+        );
+        let o = std::process::Command::new(py).args(["-c", &code]).output().unwrap();
+        assert!(o.status.success(), "scanpy: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(std::fs::metadata(&png).unwrap().len() > 1000, "sc.pl.umap drew {png:?}");
+    }
     for task in ["layer", "niche", "density", "composition"] {
         let per = sa["probes"][task].as_object().unwrap_or_else(|| panic!("probe {task}: {}", sa["probes"]));
         assert!(per.keys().any(|k| k.starts_with("embedding")) && per.contains_key("PCA-50"), "{task}: {per:?}");
@@ -116,6 +130,8 @@ fn demo_runs_and_is_reproducible() {
     let f1 = sa["probes"]["layer"]["PCA-50"]["macro_f1"].as_f64().unwrap();
     assert!(f1 > 0.5, "the PCA baseline recovers the synthetic layers on held-out sections: {f1}");
     assert!(sa["mapping"]["layer_accuracy"].as_f64().unwrap() >= 0.0);
+    let as_reference = sa["mapping"]["layer_accuracy_as_reference"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&as_reference), "{}", sa["mapping"]);
     let report = a.path().join("report/index.html");
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(html.contains("data:image/png;base64,") && html.contains("PCA-50"));
@@ -135,6 +151,7 @@ fn demo_runs_and_is_reproducible() {
         assert!(a.path().join("report").join(f).exists(), "{f}");
     }
     assert!(html.contains("How mixed the embedding is"), "the purity table is in the report");
+    assert!(html.contains("Tokenized as the reference"), "the report gives both placements");
     browser_check(&report, 11);
 }
 

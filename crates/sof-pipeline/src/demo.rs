@@ -155,7 +155,9 @@ pub struct DemoSummary {
     pub pretrain: Option<sof_pretrain::Summary>,
     /// task -> features -> metric -> mean
     pub probes: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>,
-    /// The dissociated sample placed on the spatial sections, scored against its true layers.
+    /// The dissociated sample placed on the spatial sections, scored against its true layers:
+    /// `layer_accuracy` with its own context tokens, `layer_accuracy_as_reference` tokenized as
+    /// the reference's cells (its technology, spatial modality), `cells`.
     pub mapping: BTreeMap<String, f64>,
     /// Every sample in one UMAP, with the kNN purity of modality, technology and the labels.
     #[serde(default)]
@@ -227,21 +229,44 @@ pub fn demo(
     let t = Instant::now();
     let embedded_dir = config.output.join("embedded");
     create_dir(&embedded_dir)?;
-    let mut embedded = Vec::new();
-    for (input, tech, modality) in &prepared.inputs {
-        let out = embedded_dir.join(input.file_name().unwrap_or_default());
-        let mut spec = EmbedSpec::new(run_dir.join("model"), input, &out, config.device.clone());
-        spec.section_key = (*modality == Modality::Spatial).then(|| prepared.section_key.clone());
-        spec.tokenizer.technology = Some(tech.clone());
+    let embed = |input: &Path,
+                 tech: &str,
+                 modality: Modality,
+                 out: &Path,
+                 progress: &mut dyn FnMut(Progress<'_>)|
+     -> Result<()> {
+        let mut spec = EmbedSpec::new(run_dir.join("model"), input, out, config.device.clone());
+        // The niche embedding where there are coordinates (a dissociated file has none).
+        let has_xy = H5adReader::open(input)?.obsm_keys().iter().any(|k| k == "spatial");
+        spec.section_key = has_xy.then(|| prepared.section_key.clone());
+        spec.niche = has_xy;
+        spec.tokenizer.technology = Some(tech.to_owned());
         spec.tokenizer.species = Some(prepared.species);
-        spec.tokenizer.modality = Some(*modality);
+        spec.tokenizer.modality = Some(modality);
         spec.tokenizer.vocab = Some(prepared.vocab_path.clone());
         spec.tokenizer.context_config = prepared.context_config.clone();
         let n = H5adReader::open(input)?.n_obs();
         progress(Progress::Begin { stage: "embed", total: n as u64 });
         embed_h5ad(&spec, &mut |k| progress(Progress::Advance(k as u64)))?;
         progress(Progress::End);
+        Ok(())
+    };
+    let mut embedded = Vec::new();
+    for (input, tech, modality) in &prepared.inputs {
+        let out = embedded_dir.join(input.file_name().unwrap_or_default());
+        embed(input, tech, *modality, &out, progress)?;
         embedded.push((out, *modality));
+    }
+    // The dissociated sample once more, tokenized as the reference's cells (its technology and
+    // modality tokens): the same genes behind the context of the sections it is placed on.
+    let reference_context = prepared.inputs.iter().find(|i| i.2 == Modality::Spatial).map(|i| i.1.clone());
+    let mut as_reference = None;
+    if let (Some(tech), Some((input, _, _))) =
+        (&reference_context, prepared.inputs.iter().find(|i| i.2 == Modality::Dissociated))
+    {
+        let out = embedded_dir.join(format!("dissociated_as_{tech}.h5ad"));
+        embed(input, tech, Modality::Spatial, &out, progress)?;
+        as_reference = Some(out);
     }
     seconds.insert("embed".to_owned(), t.elapsed().as_secs_f64());
 
@@ -314,6 +339,13 @@ pub fn demo(
         if let Some(score) = out.scores.iter().find(|s| s.mapper == Mapper::Ours && s.column == "layer") {
             summary.mapping.insert("layer_accuracy".to_owned(), score.metrics[0].1);
             summary.mapping.insert("cells".to_owned(), score.cells as f64);
+        }
+        if let Some(query) = &as_reference {
+            let out_path = config.output.join("dissociated_mapped_as_reference.h5ad");
+            let out = map_h5ad(&MapSpec::new(&reference, query, "layer", &out_path))?;
+            if let Some(score) = out.scores.iter().find(|s| s.mapper == Mapper::Ours && s.column == "layer") {
+                summary.mapping.insert("layer_accuracy_as_reference".to_owned(), score.metrics[0].1);
+            }
         }
         seconds.insert("map".to_owned(), t.elapsed().as_secs_f64());
     }

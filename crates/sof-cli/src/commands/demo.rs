@@ -7,7 +7,8 @@
 //! corpora over one shared vocabulary -> pretrain (masked tokens + the label-free niche profile)
 //! -> embed every sample -> one UMAP of them all with kNN purity of modality, technology and
 //! labels -> probes for layer, niche, density and composition beside the
-//! baselines (leave-one-section-out) -> map the dissociated sample onto the spatial sections.
+//! baselines (leave-one-section-out) -> map the dissociated sample onto the spatial sections, with
+//! its own context tokens and tokenized as the reference's cells.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -149,6 +150,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             probes_dir: files.probes_dir,
             mapped: files.mapped,
             view: summary.view.clone(),
+            placement_as_reference: summary.mapping.get("layer_accuracy_as_reference").copied(),
             intro: match &args.data {
                 Some(d) => format!(
                     "{}: the model was pretrained on this file alone, then frozen; probes read {}, {}, density and neighbourhood composition from its cell embeddings with one section held out at a time, beside PCA of the expression on the same folds.",
@@ -245,6 +247,11 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         util::say(format!(
             "  dissociated cells placed on the sections: layer accuracy {a:.3} against their true layers"
         ));
+        if let Some(b) = summary.mapping.get("layer_accuracy_as_reference") {
+            util::say(format!(
+                "  the same cells tokenized as the reference's (its technology, spatial modality): layer accuracy {b:.3}"
+            ));
+        }
     }
     if let Some(r) = &summary.report {
         util::say(format!("  report: {r}"));

@@ -25,6 +25,8 @@ pub struct Inputs {
     pub probes_dir: PathBuf,
     /// The dissociated sample after `sof map`.
     pub mapped: Option<PathBuf>,
+    /// Layer accuracy of the dissociated cells tokenized as the reference's cells.
+    pub placement_as_reference: Option<f64>,
     /// Every sample in one UMAP ([`sof_pipeline::view::embedding_view`]).
     pub view: Option<ViewSummary>,
     /// The opening paragraph (what the data is).
@@ -294,6 +296,12 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
                 .write_png(&dir.join("dissociated_placement.png"), 420)?;
             let acc = hits as f64 / n.max(1) as f64;
             let _ = write!(mapping_note, "{n} dissociated cells placed with layer accuracy {acc:.3}.");
+            if let Some(a) = inputs.placement_as_reference {
+                let _ = write!(
+                    mapping_note,
+                    " Tokenized as the reference's cells (its technology and the spatial modality token) the same cells are placed with layer accuracy {a:.3}."
+                );
+            }
             figures.push(Figure {
                 file: "dissociated_placement.png".into(),
                 title: "Placing dissociated cells".into(),
