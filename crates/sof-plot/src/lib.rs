@@ -204,9 +204,13 @@ pub struct CategoricalMaps {
 }
 
 impl CategoricalMaps {
+    /// Writes the panels side by side, each `panel_width` wide, at least `height` tall (taller
+    /// where the legend needs it).
     pub fn write_png(&self, path: &Path, panel_width: u32, height: u32) -> Result<(), PlotError> {
         let n = self.panels.len().max(1) as u32;
         let legend_w = 170;
+        // Tall enough for every legend entry (22 px each below a 40 px top).
+        let height = height.max(60 + 22 * self.categories.len() as u32);
         write_atomic(path, (panel_width * n + legend_w, height), |root| {
             let (maps, legend) = root.split_horizontally(panel_width * n);
             let areas = maps.split_evenly((1, n as usize));
@@ -349,6 +353,14 @@ mod tests {
             ],
         };
         maps.write_png(&d.join("maps.png"), 300, 300).unwrap();
+        // A long legend makes the picture taller, never clips it.
+        let many = CategoricalMaps {
+            categories: (0..30).map(|i| format!("type {i}")).collect(),
+            panels: vec![("cells".into(), (0..30).map(|i| (i as f64, i as f64)).collect(), (0..30).collect())],
+        };
+        many.write_png(&d.join("many.png"), 300, 300).unwrap();
+        let b = std::fs::read(d.join("many.png")).unwrap();
+        assert_eq!(u32::from_be_bytes(b[20..24].try_into().unwrap()), 60 + 22 * 30);
         let cm = ConfusionMatrix {
             title: "layer".into(),
             classes: vec!["a".into(), "b".into()],
