@@ -237,7 +237,8 @@ pub fn demo(
      -> Result<()> {
         let mut spec = EmbedSpec::new(run_dir.join("model"), input, out, config.device.clone());
         // The niche embedding where there are coordinates (a dissociated file has none).
-        let has_xy = H5adReader::open(input)?.obsm_keys().iter().any(|k| k == "spatial");
+        let reader = H5adReader::open(input)?;
+        let has_xy = reader.obsm_keys().iter().any(|k| k == "spatial");
         spec.section_key = has_xy.then(|| prepared.section_key.clone());
         spec.niche = has_xy;
         spec.tokenizer.technology = Some(tech.to_owned());
@@ -245,8 +246,8 @@ pub fn demo(
         spec.tokenizer.modality = Some(modality);
         spec.tokenizer.vocab = Some(prepared.vocab_path.clone());
         spec.tokenizer.context_config = prepared.context_config.clone();
-        let n = H5adReader::open(input)?.n_obs();
-        progress(Progress::Begin { stage: "embed", total: n as u64 });
+        progress(Progress::Begin { stage: "embed", total: reader.n_obs() as u64 });
+        drop(reader);
         embed_h5ad(&spec, &mut |k| progress(Progress::Advance(k as u64)))?;
         progress(Progress::End);
         Ok(())

@@ -126,17 +126,7 @@ pub fn embed_h5ad(spec: &EmbedSpec, progress: &mut dyn FnMut(usize)) -> Result<E
     ed.put_obsm("X_sof", &out)?;
     if let (Some(xy), Some(settings)) = (&umap, &spec.umap) {
         ed.put_obsm("X_umap", xy)?;
-        // scanpy's record of a UMAP (`sc.tl.umap` writes uns['umap']['params']).
-        let params = std::collections::BTreeMap::from([
-            ("n_neighbors".to_owned(), UnsValue::Int(settings.neighbours as i64)),
-            ("min_dist".to_owned(), UnsValue::Float(f64::from(settings.min_dist))),
-            ("random_state".to_owned(), UnsValue::Int(settings.seed as i64)),
-            ("use_rep".to_owned(), UnsValue::Str("X_sof".to_owned())),
-        ]);
-        ed.put_uns(
-            "umap",
-            &UnsValue::Dict(std::collections::BTreeMap::from([("params".to_owned(), UnsValue::Dict(params))])),
-        )?;
+        ed.put_uns("umap", &crate::view::umap_uns(settings, "X_sof"))?;
     }
     if let Some(niche) = &niche {
         ed.put_obsm("X_sof_niche", niche)?;

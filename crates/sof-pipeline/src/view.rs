@@ -99,6 +99,22 @@ impl ViewSummary {
     pub fn get(&self, label: &str, representation: &str) -> Option<&Mixing> {
         self.mixing.iter().find(|m| m.label == label && m.representation == representation)
     }
+
+    /// The scored labels, in the order first scored.
+    pub fn labels(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for m in &self.mixing {
+            if !out.contains(&m.label.as_str()) {
+                out.push(&m.label);
+            }
+        }
+        out
+    }
+
+    /// What random mixing gives for `label` over every cell scored for it (NaN if unscored).
+    pub fn expected(&self, label: &str) -> f64 {
+        REPRESENTATIONS.iter().find_map(|(rep, _)| self.get(label, rep)).map_or(f64::NAN, |m| m.expected)
+    }
 }
 
 /// Cells read at a time.
@@ -213,21 +229,26 @@ pub fn embedding_view(spec: &ViewSpec, progress: &mut dyn FnMut(&str)) -> Result
             format!("obsm['X_sof_niche'] is not {d_niche} columns wide like the other files': embed every file alike"),
         ));
     }
-    let mut niche = Array2::<f64>::from_elem((n, d_niche), f64::NAN);
-    let mut has_niche = vec![false; n];
+    let (mut niche_rows, mut niche_parts) = (Vec::new(), Vec::new());
     let mut at = 0;
     for p in &parts {
         let m = p.x_sof.nrows();
         x_sof.slice_mut(ndarray::s![at..at + m, ..]).assign(&p.x_sof);
         if let Some(q) = &p.niche {
-            niche.slice_mut(ndarray::s![at..at + m, ..]).assign(q);
-            has_niche[at..at + m].iter_mut().for_each(|h| *h = true);
+            niche_rows.extend(at..at + m);
+            niche_parts.push(q.view());
         }
         at += m;
     }
+    let niche_x = if niche_parts.is_empty() {
+        Array2::zeros((0, 0))
+    } else {
+        ndarray::concatenate(ndarray::Axis(0), &niche_parts).expect("equal widths, checked above")
+    };
 
-    // Labels: modality, technology, then the asked obs columns.
-    let mut labels: Vec<(String, Vec<Option<String>>)> = vec![
+    // Labels (modality, technology, then the asked obs columns) as categorical columns of the
+    // joined cells: their codes score the purity, the columns go into obs.
+    let mut labels: Vec<(String, Column)> = vec![
         (
             "modality".into(),
             repeat(&spec.inputs, &parts, |i| match i.modality {
@@ -241,7 +262,7 @@ pub fn embedding_view(spec: &ViewSpec, progress: &mut dyn FnMut(&str)) -> Result
         let col: Vec<Option<String>> =
             parts.iter().flat_map(|p| p.obs.get(key).map_or(vec![None; p.x_sof.nrows()], Column::labels)).collect();
         if col.iter().any(Option::is_some) {
-            labels.push((key.clone(), col));
+            labels.push((key.clone(), categorical(&col)));
         }
     }
 
@@ -251,8 +272,6 @@ pub fn embedding_view(spec: &ViewSpec, progress: &mut dyn FnMut(&str)) -> Result
     let k_pca = 50.min(shared.len() - 1).min(n.saturating_sub(1)).max(1);
     let pca = sof_tasks::pca::Pca::fit(&normalized, &all, k_pca, spec.umap.seed).transform(&normalized, &all);
 
-    let niche_rows: Vec<usize> = (0..n).filter(|&i| has_niche[i]).collect();
-    let niche_x = niche.select(ndarray::Axis(0), &niche_rows);
     let reps: [(&str, &str, ArrayView2<f64>, Option<&[usize]>); 3] = [
         (REPRESENTATIONS[0].0, REPRESENTATIONS[0].1, x_sof.view(), None),
         (REPRESENTATIONS[1].0, REPRESENTATIONS[1].1, niche_x.view(), Some(&niche_rows)),
@@ -278,12 +297,13 @@ pub fn embedding_view(spec: &ViewSpec, progress: &mut dyn FnMut(&str)) -> Result
             .map_err(|e| PipelineError::setting(format!("{name}: {e}")))?;
         let nn_2d = NearestNeighbours::new(xy.view(), spec.neighbours, spec.purity_queries, seed)
             .map_err(|e| PipelineError::setting(format!("{name}: {e}")))?;
-        for (label, values) in &labels {
-            let values: Vec<Option<String>> = match rows {
-                Some(r) => r.iter().map(|&i| values[i].clone()).collect(),
-                None => values.clone(),
+        for (label, column) in &labels {
+            let Column::Categorical { codes: all, .. } = column else { unreachable!("built as categorical") };
+            let code = |i: usize| usize::try_from(all[i]).ok();
+            let codes: Vec<Option<usize>> = match rows {
+                Some(r) => r.iter().map(|&i| code(i)).collect(),
+                None => (0..n).map(code).collect(),
             };
-            let codes = codes(&values);
             let distinct: std::collections::BTreeSet<usize> = codes.iter().flatten().copied().collect();
             if distinct.len() < 2 {
                 continue;
@@ -318,20 +338,11 @@ pub fn embedding_view(spec: &ViewSpec, progress: &mut dyn FnMut(&str)) -> Result
         .collect();
     let mut obs = Frame::new(index);
     obs.insert("sample", Column::categorical_from_labels(&sample_names));
-    for (label, values) in &labels {
-        obs.insert(label.clone(), categorical(values));
+    for (label, column) in labels {
+        obs.insert(label, column);
     }
     let adata = AnnData { x: counts, obs, var: Frame::new(shared.clone()), obsm };
-    let params = BTreeMap::from([
-        ("n_neighbors".to_owned(), UnsValue::Int(spec.umap.neighbours as i64)),
-        ("min_dist".to_owned(), UnsValue::Float(f64::from(spec.umap.min_dist))),
-        ("random_state".to_owned(), UnsValue::Int(spec.umap.seed as i64)),
-        ("use_rep".to_owned(), UnsValue::Str("X_sof".to_owned())),
-    ]);
-    let uns = BTreeMap::from([(
-        "umap".to_owned(),
-        UnsValue::Dict(BTreeMap::from([("params".to_owned(), UnsValue::Dict(params))])),
-    )]);
+    let uns = BTreeMap::from([("umap".to_owned(), umap_uns(&spec.umap, "X_sof"))]);
     sof_io::h5ad::write_h5ad(&spec.output, &adata, &uns)?;
     Ok(ViewSummary {
         file: spec.output.clone(),
@@ -343,17 +354,22 @@ pub fn embedding_view(spec: &ViewSpec, progress: &mut dyn FnMut(&str)) -> Result
     })
 }
 
-/// One value per cell of each file.
-fn repeat(inputs: &[ViewInput], parts: &[Part], f: impl Fn(&ViewInput) -> String) -> Vec<Option<String>> {
-    inputs.iter().zip(parts).flat_map(|(i, p)| std::iter::repeat_n(Some(f(i)), p.x_sof.nrows())).collect()
+/// scanpy's record of a UMAP (`sc.tl.umap` writes uns['umap']['params']).
+pub(crate) fn umap_uns(settings: &UmapSettings, use_rep: &str) -> UnsValue {
+    let params = BTreeMap::from([
+        ("n_neighbors".to_owned(), UnsValue::Int(settings.neighbours as i64)),
+        ("min_dist".to_owned(), UnsValue::Float(f64::from(settings.min_dist))),
+        ("random_state".to_owned(), UnsValue::Int(settings.seed as i64)),
+        ("use_rep".to_owned(), UnsValue::Str(use_rep.to_owned())),
+    ]);
+    UnsValue::Dict(BTreeMap::from([("params".to_owned(), UnsValue::Dict(params))]))
 }
 
-/// Codes of labels in sorted order of their names; missing stays missing.
-fn codes(values: &[Option<String>]) -> Vec<Option<usize>> {
-    let mut names: Vec<&String> = values.iter().flatten().collect();
-    names.sort();
-    names.dedup();
-    values.iter().map(|v| v.as_ref().map(|s| names.binary_search(&s).expect("a listed name"))).collect()
+/// One value per cell of each file, as a categorical column.
+fn repeat(inputs: &[ViewInput], parts: &[Part], f: impl Fn(&ViewInput) -> String) -> Column {
+    let values: Vec<String> =
+        inputs.iter().zip(parts).flat_map(|(i, p)| std::iter::repeat_n(f(i), p.x_sof.nrows())).collect();
+    Column::categorical_from_labels(&values)
 }
 
 /// A categorical column with missing values as code -1 (pandas' NaN).

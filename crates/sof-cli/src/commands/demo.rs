@@ -225,16 +225,9 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             view.file.display(),
             view.k
         ));
-        let mut labels: Vec<&str> = Vec::new();
-        for m in &view.mixing {
-            if !labels.contains(&m.label.as_str()) {
-                labels.push(&m.label);
-            }
-        }
-        for label in labels {
-            let get = |rep: &str| view.get(label, rep);
-            let random = get("X_sof").or_else(|| get("PCA")).map_or(f64::NAN, |m| m.expected);
-            let show = |rep: &str| get(rep).map_or("   -  ".to_owned(), |m| format!("{:.3}", m.observed));
+        for label in view.labels() {
+            let random = view.expected(label);
+            let show = |rep: &str| view.get(label, rep).map_or("   -  ".to_owned(), |m| format!("{:.3}", m.observed));
             util::say(format!(
                 "    {label:<12} random {random:.3} | X_sof {} | X_sof_niche {} | PCA of shared genes {}",
                 show("X_sof"),

@@ -110,7 +110,7 @@ fn view_caption(label: &str, view: &ViewSummary) -> String {
         .iter()
         .filter_map(|(rep, _)| view.get(label, rep).map(|m| format!("{rep} {:.2}", m.observed)))
         .collect();
-    let random = REPRESENTATIONS.iter().find_map(|(rep, _)| view.get(label, rep)).map_or(f64::NAN, |m| m.expected);
+    let random = view.expected(label);
     let purity = format!(
         "kNN purity (the share of a cell's {} nearest neighbours, in the full embedding, with its own {label}): {}; random mixing gives {random:.2}.",
         view.k,
@@ -139,12 +139,7 @@ fn embedding_view(view: &ViewSummary, dir: &Path) -> anyhow::Result<(Vec<Figure>
     let n = reader.n_obs();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17));
-    let mut labels: Vec<&str> = Vec::new();
-    for m in &view.mixing {
-        if !labels.contains(&m.label.as_str()) {
-            labels.push(&m.label);
-        }
-    }
+    let labels = view.labels();
     let mut figures = Vec::new();
     for label in &labels {
         let Some(Column::Categorical { codes, categories, .. }) = obs.get(label) else { continue };
@@ -175,7 +170,7 @@ fn embedding_view(view: &ViewSummary, dir: &Path) -> anyhow::Result<(Vec<Figure>
     );
     for label in &labels {
         let cell = |rep: &str| view.get(label, rep).map_or("–".to_owned(), |m| format!("{:.3}", m.observed));
-        let random = REPRESENTATIONS.iter().find_map(|(rep, _)| view.get(label, rep)).map_or(f64::NAN, |m| m.expected);
+        let random = view.expected(label);
         let _ = write!(
             table,
             "<tr><td>{}</td><td>{random:.3}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
