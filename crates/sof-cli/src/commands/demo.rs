@@ -24,8 +24,9 @@ use crate::util;
 /// Run the whole pipeline, synthetic tissue or your .h5ad, into an HTML report.
 ///
 /// Run the whole pipeline on a built-in synthetic tissue (no data needed), or on your own
-/// spatial .h5ad with --data: spatial targets, tokens, pretraining, embeddings, probes beside
-/// PCA, mapping of the dissociated sample (synthetic only) and an HTML report (report/index.html).
+/// spatial .h5ad with --data: spatial targets, tokens, pretraining, embeddings, every cell in one
+/// UMAP with how mixed technologies and modalities are (view.h5ad), probes beside PCA, mapping of
+/// the dissociated sample (synthetic only) and an HTML report (report/index.html).
 ///
 /// Example: sof demo --output demo-out/
 ///          sof demo --data starmap_mpfc.h5ad --cell-type-key cell_type --layer-key layer
