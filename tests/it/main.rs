@@ -132,6 +132,10 @@ fn demo_runs_and_is_reproducible() {
     assert!(sa["mapping"]["layer_accuracy"].as_f64().unwrap() >= 0.0);
     let as_reference = sa["mapping"]["layer_accuracy_as_reference"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&as_reference), "{}", sa["mapping"]);
+    // The placement baseline: PCA-50 of the genes the dissociated and MERFISH samples share.
+    let pca = sa["mapping"]["layer_accuracy_pca"].as_f64().unwrap();
+    assert!(pca > 0.3, "expression of the shared genes places the dissociated cells: {}", sa["mapping"]);
+    assert_eq!(sa["mapping"]["pca_shared_genes"].as_f64(), Some(400.0), "the MERFISH-like panel");
     let report = a.path().join("report/index.html");
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(html.contains("data:image/png;base64,") && html.contains("PCA-50"));
@@ -1074,10 +1078,84 @@ fn pretrain_on_demo_corpora_then_embed() {
         &p("dissociated_embedded.h5ad"),
         "--label",
         "layer",
+        "--pca-baseline",
+        "--report",
+        &p("placed.json"),
         "--output",
         &p("mapped.h5ad"),
     ])
     .unwrap();
+    // The baseline reads the genes both files measure (the dissociated sample has many more).
+    let placed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("placed.json")).unwrap()).unwrap();
+    assert!(
+        placed["layer_accuracy_pca50"].as_f64().unwrap() > placed["layer_accuracy_prior"].as_f64().unwrap(),
+        "expression of the shared genes places dissociated cells better than the prior: {placed}"
+    );
+    // Tokenized over the reference's panel: the same embedding as the file cut to those genes.
+    let merfish_genes: std::collections::HashSet<String> =
+        sof_io::h5ad::H5adReader::open(p("demo/data/spatial_merfish.h5ad"))
+            .unwrap()
+            .var()
+            .unwrap()
+            .index
+            .into_iter()
+            .collect();
+    let full = sof_io::h5ad::read_h5ad(p("demo/data/dissociated.h5ad")).unwrap();
+    let mut kept = Vec::new();
+    let remap: Vec<Option<u32>> = full
+        .var
+        .index
+        .iter()
+        .map(|g| {
+            merfish_genes.contains(g).then(|| {
+                kept.push(g.clone());
+                kept.len() as u32 - 1
+            })
+        })
+        .collect();
+    assert!(kept.len() < full.n_vars() && !kept.is_empty());
+    let cut = sof_io::AnnData {
+        x: full.x.remap_columns(&remap, kept.len()),
+        var: sof_io::Frame::new(kept),
+        obs: full.obs.clone(),
+        obsm: full.obsm.clone(),
+    };
+    sof_io::h5ad::write_h5ad(p("dissociated_cut.h5ad"), &cut, &Default::default()).unwrap();
+    let embed_dissociated = |input: &str, output: &str, extra: &[&str]| {
+        let mut args = vec![
+            "-q",
+            "embed",
+            "--checkpoint",
+            &run,
+            "--input",
+            input,
+            "--technology",
+            "dissociated",
+            "--modality",
+            "dissociated",
+            "--output",
+            output,
+        ];
+        args.extend_from_slice(extra);
+        sof(&args).unwrap();
+        sof_io::h5ad::H5adReader::open(output).unwrap().obsm("X_sof").unwrap()
+    };
+    let panel = embed_dissociated(
+        &p("demo/data/dissociated.h5ad"),
+        &p("dissociated_panel.h5ad"),
+        &["--panel-of", &p("demo/data/spatial_merfish.h5ad")],
+    );
+    let cut = embed_dissociated(&p("dissociated_cut.h5ad"), &p("dissociated_cut_embedded.h5ad"), &[]);
+    let own = sof_io::h5ad::H5adReader::open(p("dissociated_embedded.h5ad")).unwrap().obsm("X_sof").unwrap();
+    let diff = |a: &ndarray::Array2<f64>, b: &ndarray::Array2<f64>| (a - b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(diff(&panel, &cut) < 1e-5, "--panel-of = the file cut to the panel: {}", diff(&panel, &cut));
+    assert!(diff(&panel, &own) > 1e-3, "the panel changes the tokens");
+    // With the context hidden the model reads MASK for technology and modality, and says so.
+    let hidden =
+        embed_dissociated(&p("demo/data/dissociated.h5ad"), &p("dissociated_hidden.h5ad"), &["--hide-context"]);
+    assert!(diff(&hidden, &own) > 1e-3, "hiding the context changes the embedding");
+    let uns = sof_io::h5ad::read_uns_strings(p("dissociated_hidden.h5ad"), "sof_embedding/context").unwrap();
+    assert_eq!(uns, Some(vec!["hidden".to_owned()]));
     let mapped = sof_io::h5ad::H5adReader::open(p("mapped.h5ad")).unwrap();
     let n = mapped.n_obs();
     let probs = mapped.obsm("sof_layer_probabilities").unwrap();
@@ -1310,7 +1388,7 @@ fn demo_on_real_data() {
 #[test]
 fn map_reports_bad_input() {
     let d = tempfile::tempdir().unwrap();
-    let write = |name: &str, width: usize, with_emb: bool| {
+    let write_genes = |name: &str, width: usize, with_emb: bool, genes: [&str; 2]| {
         let n = 12;
         let mut obsm = std::collections::BTreeMap::new();
         if with_emb {
@@ -1325,13 +1403,14 @@ fn map_reports_bad_input() {
         let a = sof_io::AnnData {
             x: sof_io::CsrMatrix::from_dense(n, 2, &vec![1.0; n * 2]),
             obs,
-            var: sof_io::Frame::new(vec!["G0".into(), "G1".into()]),
+            var: sof_io::Frame::new(genes.iter().map(|g| g.to_string()).collect()),
             obsm,
         };
         let p = d.path().join(name);
         sof_io::h5ad::write_h5ad(&p, &a, &Default::default()).unwrap();
         p.to_str().unwrap().to_owned()
     };
+    let write = |name: &str, width: usize, with_emb: bool| write_genes(name, width, with_emb, ["G0", "G1"]);
     let (r, q, bare, wide) = (
         write("ref.h5ad", 4, true),
         write("q.h5ad", 4, true),
@@ -1351,6 +1430,14 @@ fn map_reports_bad_input() {
     assert!(e.contains("bare.h5ad") && e.contains("sof embed"), "{e}");
     let e = map(&r, &wide, "layer");
     assert!(e.contains("same model"), "{e}");
+    // The PCA baseline needs genes the two files share.
+    let other = write_genes("other.h5ad", 4, true, ["H0", "H1"]);
+    let e = format!(
+        "{:#}",
+        sof(&["map", "--reference", &r, "--query", &other, "--label", "layer", "--pca-baseline", "--output", &out])
+            .unwrap_err()
+    );
+    assert!(e.contains("other.h5ad") && e.contains("share 0 gene"), "{e}");
     sof(&["-q", "map", "--reference", &r, "--query", &q, "--label", "layer", "--output", &out]).unwrap();
 }
 

@@ -3,7 +3,8 @@
 Takes a finished `sof demo` folder (its view.h5ad holds every sampled cell's counts over the genes
 all samples measure) and re-embeds those cells with the demo's model: each sample with its own
 technology and modality, then MERFISH cells tokenized as Xenium, then dissociated cells tokenized
-as spatial MERFISH. Prints the kNN purity (15 neighbours, scikit-learn) of technology and layer
+as spatial MERFISH, then every sample with its context hidden (`--hide-context`: the assay and
+modality tokens MASK, which a model pretrained with `--context-dropout` has learned). Prints the kNN purity (15 neighbours, scikit-learn) of technology and layer
 for each, beside the demo's own X_sof.
 
     python xtask/peers/technology_swap.py sof-demo target/release/sof
@@ -49,26 +50,27 @@ def main(demo, sof):
             part.write_h5ad(tmp / f"{t}.h5ad")
             rows[t] = np.flatnonzero(tech == t)
 
-        def embed(source, technology, modality):
-            out = tmp / f"{source}_as_{technology}.h5ad"
+        def embed(source, technology, modality, hidden):
+            out = tmp / f"{source}_as_{technology}{'_hidden' if hidden else ''}.h5ad"
             if not out.exists():
                 subprocess.run(
                     [sof, "-q", "embed", "--checkpoint", demo / "model_run", "--input", tmp / f"{source}.h5ad",
                      "--output", out, "--technology", technology, "--modality", modality, "--species", "mouse",
-                     "--vocab", demo / "vocab.tsv", "--no-niche"],
+                     "--vocab", demo / "vocab.tsv", "--no-niche"] + (["--hide-context"] if hidden else []),
                     check=True, stdout=subprocess.DEVNULL)
             return anndata.read_h5ad(out).obsm["X_sof"]
 
-        def joined(tokenized_as):
+        def joined(tokenized_as, hidden=False):
             x = np.zeros((view.n_obs, view.obsm["X_sof"].shape[1]), dtype=np.float32)
             for t, r in rows.items():
-                x[r] = embed(t, *tokenized_as.get(t, (t, "dissociated" if t == "dissociated" else "spatial")))
+                x[r] = embed(t, *tokenized_as.get(t, (t, "dissociated" if t == "dissociated" else "spatial")), hidden)
             return x
 
         report("X_sof of the shared genes only", joined({}), tech, layer)
         report("shared genes; MERFISH cells tokenized as Xenium", joined({"merfish": ("xenium", "spatial")}), tech, layer)
         report("shared genes; dissociated cells tokenized as spatial MERFISH",
                joined({"dissociated": ("merfish", "spatial")}), tech, layer)
+        report("shared genes; every sample's context hidden", joined({}, hidden=True), tech, layer)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,13 @@ pub struct TokenizerOverrides {
     pub mode: Option<Mode>,
     /// A technology table (TOML) beside the built-in one.
     pub context_config: Option<PathBuf>,
+    /// Only the genes this file measures (its var names, aligned to the vocabulary) are tokens;
+    /// the others are left out of the cells' tokens and totals. For placing cells on a
+    /// reference: the query then reads like the reference's cells.
+    pub panel: Option<PathBuf>,
+    /// Hide the assay and modality tokens (MASK), for a model pretrained with context dropout
+    /// ([`sof_tokenize::Tokenizer::with_hidden_context`]).
+    pub hide_context: bool,
 }
 
 /// The vocabulary (`vocab`, else the source's own genes) and how the source's genes map into it.
@@ -132,6 +139,33 @@ impl Loaded {
     }
 }
 
+/// `map` with only the vocabulary genes the .h5ad at `panel` measures.
+fn restrict_to_panel(
+    map: GeneMap,
+    panel: &Path,
+    vocab: &Path,
+    genes_dir: Option<&Path>,
+    species: Species,
+    input: &Path,
+) -> Result<GeneMap> {
+    let (_, report) = align(&H5adReader::open(panel)?, Some(vocab), genes_dir, species)?;
+    let measured: std::collections::HashSet<u32> = report.indices().into_iter().flatten().collect();
+    let restricted = map.restricted(|g| measured.contains(&g));
+    if restricted.n_mapped() == 0 {
+        return Err(PipelineError::input(
+            input.display(),
+            format!("none of its genes is measured by the panel file {}", panel.display()),
+        ));
+    }
+    tracing::info!(
+        "tokenizing over the panel of {}: {} of {} genes kept",
+        panel.display(),
+        restricted.n_mapped(),
+        map.n_mapped()
+    );
+    Ok(restricted)
+}
+
 fn need<T>(value: Option<T>, name: &str) -> Result<T> {
     value.ok_or_else(|| PipelineError::setting(format!("pass --{name}: the checkpoint does not record it")))
 }
@@ -191,7 +225,10 @@ pub fn load(
             ),
         ));
     }
-    let map = GeneMap::from_report(&report);
+    let mut map = GeneMap::from_report(&report);
+    if let Some(panel) = &tok.panel {
+        map = restrict_to_panel(map, panel, &vocab_path, tok.genes_dir.as_deref(), species, input)?;
+    }
     let mut table = context_table(tok.context_config.as_deref())?;
     if let Some(t) = rec {
         table = table.with_recorded(&t.technologies, &checkpoint.display().to_string())?;
@@ -199,6 +236,9 @@ pub fn load(
     let tech = table.get(&technology)?.clone();
     let means = load_means(tok.tech_means.as_deref(), &tech.means, &reader, &vocab, &map)?;
     let tcfg = TokenizerConfig { mode, context_length: cfg.context_length, ..TokenizerConfig::default() };
-    let tokenizer = Tokenizer::new(tcfg, &means, species, tech.token, modality);
+    let mut tokenizer = Tokenizer::new(tcfg, &means, species, tech.token, modality);
+    if tok.hide_context {
+        tokenizer = tokenizer.with_hidden_context();
+    }
     Ok(Loaded { model, config: cfg, reader, tokenizer, map, technology, mode })
 }

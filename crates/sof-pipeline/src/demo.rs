@@ -88,6 +88,8 @@ pub struct DemoConfig {
     /// Positions per cell for the model.
     pub context_length: usize,
     pub objective: Objective,
+    /// Pretraining's context dropout ([`sof_pretrain::masking::MaskingConfig::context_dropout`]).
+    pub context_dropout: f64,
     /// Where the model runs.
     pub device: Device,
     /// Stop after the data stages (tissue, spatial targets, corpora).
@@ -107,6 +109,7 @@ impl DemoConfig {
             preset: "small".into(),
             context_length: 128,
             objective: Objective::Profile,
+            context_dropout: 0.0,
             device,
             only_data: false,
             data: None,
@@ -157,7 +160,9 @@ pub struct DemoSummary {
     pub probes: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>,
     /// The dissociated sample placed on the spatial sections, scored against its true layers:
     /// `layer_accuracy` with its own context tokens, `layer_accuracy_as_reference` tokenized as
-    /// the reference's cells (its technology, spatial modality), `cells`.
+    /// the reference's cells (its panel's genes, its technology, spatial modality),
+    /// `layer_accuracy_pca` the same mapper on PCA-50 of the `pca_shared_genes` both measure,
+    /// `cells`.
     pub mapping: BTreeMap<String, f64>,
     /// Every sample in one UMAP, with the kNN purity of modality, technology and the labels.
     #[serde(default)]
@@ -232,6 +237,7 @@ pub fn demo(
     let embed = |input: &Path,
                  tech: &str,
                  modality: Modality,
+                 panel: Option<&Path>,
                  out: &Path,
                  progress: &mut dyn FnMut(Progress<'_>)|
      -> Result<()> {
@@ -246,6 +252,7 @@ pub fn demo(
         spec.tokenizer.modality = Some(modality);
         spec.tokenizer.vocab = Some(prepared.vocab_path.clone());
         spec.tokenizer.context_config = prepared.context_config.clone();
+        spec.tokenizer.panel = panel.map(Path::to_path_buf);
         progress(Progress::Begin { stage: "embed", total: reader.n_obs() as u64 });
         drop(reader);
         embed_h5ad(&spec, &mut |k| progress(Progress::Advance(k as u64)))?;
@@ -255,18 +262,18 @@ pub fn demo(
     let mut embedded = Vec::new();
     for (input, tech, modality) in &prepared.inputs {
         let out = embedded_dir.join(input.file_name().unwrap_or_default());
-        embed(input, tech, *modality, &out, progress)?;
+        embed(input, tech, *modality, None, &out, progress)?;
         embedded.push((out, *modality));
     }
-    // The dissociated sample once more, tokenized as the reference's cells (its technology and
-    // modality tokens): the same genes behind the context of the sections it is placed on.
-    let reference_context = prepared.inputs.iter().find(|i| i.2 == Modality::Spatial).map(|i| i.1.clone());
+    // The dissociated sample once more, tokenized as the reference's cells: over the genes of
+    // its panel, behind its technology and modality tokens.
+    let reference_input = prepared.inputs.iter().find(|i| i.2 == Modality::Spatial);
     let mut as_reference = None;
-    if let (Some(tech), Some((input, _, _))) =
-        (&reference_context, prepared.inputs.iter().find(|i| i.2 == Modality::Dissociated))
+    if let (Some((panel, tech, _)), Some((input, _, _))) =
+        (reference_input, prepared.inputs.iter().find(|i| i.2 == Modality::Dissociated))
     {
         let out = embedded_dir.join(format!("dissociated_as_{tech}.h5ad"));
-        embed(input, tech, Modality::Spatial, &out, progress)?;
+        embed(input, tech, Modality::Spatial, Some(panel), &out, progress)?;
         as_reference = Some(out);
     }
     seconds.insert("embed".to_owned(), t.elapsed().as_secs_f64());
@@ -336,10 +343,18 @@ pub fn demo(
     let mapped = config.output.join("dissociated_mapped.h5ad");
     let query = embedded.iter().find(|e| e.1 == Modality::Dissociated).map(|e| e.0.clone());
     if let Some(query) = &query {
-        let out = map_h5ad(&MapSpec::new(&reference, query, "layer", &mapped))?;
+        // With the baseline: the same mapper on PCA-50 of the genes both samples measure.
+        let spec = MapSpec { pca_baseline: true, ..MapSpec::new(&reference, query, "layer", &mapped) };
+        let out = map_h5ad(&spec)?;
         if let Some(score) = out.scores.iter().find(|s| s.mapper == Mapper::Ours && s.column == "layer") {
             summary.mapping.insert("layer_accuracy".to_owned(), score.metrics[0].1);
             summary.mapping.insert("cells".to_owned(), score.cells as f64);
+        }
+        if let Some(score) = out.scores.iter().find(|s| s.mapper == Mapper::Pca50 && s.column == "layer") {
+            summary.mapping.insert("layer_accuracy_pca".to_owned(), score.metrics[0].1);
+        }
+        if let Some(n) = out.pca_shared_genes {
+            summary.mapping.insert("pca_shared_genes".to_owned(), n as f64);
         }
         if let Some(query) = &as_reference {
             let out_path = config.output.join("dissociated_mapped_as_reference.h5ad");
@@ -378,6 +393,7 @@ fn pretrain(
         ..PretrainConfig::default()
     };
     cfg.optimizer.learning_rate = 2e-3;
+    cfg.masking.context_dropout = config.context_dropout;
     match config.objective {
         Objective::Profile => {}
         Objective::Composition => {

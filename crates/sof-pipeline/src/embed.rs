@@ -136,6 +136,9 @@ pub fn embed_h5ad(spec: &EmbedSpec, progress: &mut dyn FnMut(usize)) -> Result<E
     info.insert("pooling".to_owned(), UnsValue::Str(format!("{:?}", spec.pooling)));
     info.insert("technology".to_owned(), UnsValue::Str(technology));
     info.insert("mode".to_owned(), UnsValue::Str(format!("{mode:?}")));
+    // "hidden": the assay and modality tokens were MASK (`--hide-context`).
+    let context = if spec.tokenizer.hide_context { "hidden" } else { "given" };
+    info.insert("context".to_owned(), UnsValue::Str(context.to_owned()));
     if niche.is_some() {
         info.insert("niche_k".to_owned(), UnsValue::Int(niche_k as i64));
         if let Some(key) = &spec.section_key {

@@ -4,7 +4,7 @@
 //! predictions, and the scores against the query's own truth where it has one. `sof map`
 //! parses its flags into a [`MapSpec`], calls it and prints the outcome.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use ndarray::{Array2, Axis};
@@ -67,7 +67,7 @@ pub struct MapSpec {
     pub query_filters: Vec<String>,
     /// Numeric reference obs columns to transfer too.
     pub transfer: Vec<String>,
-    /// Also map with PCA-50 of log-normalized expression (both files need the same genes).
+    /// Also map with PCA-50 of log-normalized expression over the genes both files measure.
     pub pca_baseline: bool,
     pub head: MapHead,
     /// Seed of the MLP head.
@@ -120,6 +120,8 @@ pub struct MapOutcome {
     /// Median and mean distance between predicted and true locations, when the query has
     /// coordinates and no query filter (meaningful only in the reference's frame).
     pub location_error: Option<(f64, f64)>,
+    /// Genes the PCA-50 baseline read (those both files measure), when it ran.
+    pub pca_shared_genes: Option<usize>,
 }
 
 /// Maps `spec.query` onto `spec.reference` and writes the query's copy with the predictions:
@@ -262,14 +264,24 @@ pub fn map_h5ad(spec: &MapSpec) -> Result<MapOutcome> {
     let mut scores = mapping::score(Mapper::Ours, &reference, &spec.label, &truth, &t.predicted, &t.transferred);
     let (prior_classes, prior_values) = mapping::prior(&reference, q_rows.len());
     scores.extend(mapping::score(Mapper::Prior, &reference, &spec.label, &truth, &prior_classes, &prior_values));
+    let mut pca_shared_genes = None;
     if spec.pca_baseline {
+        // Over the genes both files measure (by var name, in the reference's order): a
+        // dissociated query usually measures many more than a spatial panel.
         let (vr, vq) = (r.var()?.index, q.var()?.index);
-        if vr != vq {
+        let column: HashMap<&str, u32> = vr.iter().enumerate().map(|(i, g)| (g.as_str(), i as u32)).collect();
+        let q_remap: Vec<Option<u32>> = vq.iter().map(|g| column.get(g.as_str()).copied()).collect();
+        let in_query: HashSet<u32> = q_remap.iter().flatten().copied().collect();
+        if in_query.len() < 2 {
             return Err(PipelineError::setting(format!(
-                "--pca-baseline: {rfile} and {qfile} have different genes (var names); the expression baseline needs the same panel"
+                "--pca-baseline: {rfile} and {qfile} share {} gene(s) (var names); the expression baseline needs the genes of both files to overlap",
+                in_query.len()
             )));
         }
+        let r_remap: Vec<Option<u32>> = (0..vr.len() as u32).map(|c| in_query.contains(&c).then_some(c)).collect();
         let (xr, xq) = (r.read_rows(0..r.n_obs())?, q.read_rows(0..q.n_obs())?);
+        let (xr, xq) = (xr.remap_columns(&r_remap, vr.len()), xq.remap_columns(&q_remap, vr.len()));
+        pca_shared_genes = Some(in_query.len());
         let (fr, fq) = mapping::pca_features(&xr, &keep, &xq, &q_rows, 0)?;
         let expression = Reference { embedding: fr, ..reference.clone() };
         let tp = mapping::transfer(&expression, fq.view(), &cfg, head.as_deref())?;
@@ -290,5 +302,6 @@ pub fn map_h5ad(spec: &MapSpec) -> Result<MapOutcome> {
         classes,
         mean_confidence: t.confidence.iter().sum::<f64>() / t.confidence.len().max(1) as f64,
         location_error,
+        pca_shared_genes,
     })
 }

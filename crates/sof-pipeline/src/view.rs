@@ -132,7 +132,7 @@ struct Part {
 /// Joins the embedded files into `spec.output`: raw counts of the shared genes in X; obs
 /// `sample`, `modality`, `technology` and the labels; obsm `X_sof`, `X_pca` (PCA of the
 /// log-normalized shared genes), `X_umap` (of X_sof, as `sc.pl.umap` reads it), `X_umap_niche`
-/// (of X_sof_niche; NaN for cells without coordinates) and `X_umap_pca`; uns['umap']['params'].
+/// (of X_sof_niche; NaN for cells without coordinates) and `X_umap_pca`; `uns['umap']['params']`.
 ///
 /// `progress` is told each step (read, PCA, UMAP of each representation, purity).
 pub fn embedding_view(spec: &ViewSpec, progress: &mut dyn FnMut(&str)) -> Result<ViewSummary> {
@@ -214,7 +214,7 @@ pub fn embedding_view(spec: &ViewSpec, progress: &mut dyn FnMut(&str)) -> Result
     let mut counts = CsrMatrix::empty(shared.len());
     for p in &parts {
         let remap: Vec<Option<u32>> = p.genes.iter().map(|g| column.get(g.as_str()).copied()).collect();
-        counts.append_rows(&restrict_columns(&p.counts, &remap, shared.len()));
+        counts.append_rows(&p.counts.remap_columns(&remap, shared.len()));
     }
     let n = counts.n_rows();
     let mut x_sof = Array2::<f64>::zeros((n, d));
@@ -382,21 +382,6 @@ fn categorical(values: &[Option<String>]) -> Column {
         .map(|v| v.as_ref().map_or(-1, |s| categories.binary_search(s).expect("a listed name") as i32))
         .collect();
     Column::Categorical { codes, categories, ordered: false }
-}
-
-/// The columns of `x` that `remap` keeps, renumbered (`width` columns).
-fn restrict_columns(x: &CsrMatrix, remap: &[Option<u32>], width: usize) -> CsrMatrix {
-    let (mut indptr, mut indices, mut data) = (vec![0u64], Vec::new(), Vec::new());
-    for i in 0..x.n_rows() {
-        let (c, v) = x.row(i);
-        let mut row: Vec<(u32, f32)> =
-            c.iter().zip(v).filter_map(|(&c, &v)| remap[c as usize].map(|j| (j, v))).collect();
-        row.sort_unstable_by_key(|e| e.0);
-        indices.extend(row.iter().map(|e| e.0));
-        data.extend(row.iter().map(|e| e.1));
-        indptr.push(indices.len() as u64);
-    }
-    CsrMatrix::new(x.n_rows(), width, indptr, indices, data).expect("a valid restriction")
 }
 
 #[cfg(test)]

@@ -286,6 +286,9 @@ impl PretrainConfig {
         if !(0.0 < m.probability && m.probability < 1.0) || m.mask_fraction + m.random_fraction > 1.0 {
             return err(format!("masking {m:?}"), "use 0 < probability < 1 and mask + random fractions <= 1");
         }
+        if !(0.0..=1.0).contains(&m.context_dropout) {
+            return err(format!("masking.context_dropout = {}", m.context_dropout), "use a probability in 0..=1");
+        }
         if self.niche.composition_weight < 0.0 || self.niche.density_weight < 0.0 || self.niche.profile_weight < 0.0 {
             return err(format!("niche {:?}", self.niche), "weights must be >= 0");
         }

@@ -5,6 +5,11 @@
 //! Eligible: non-PAD gene tokens. Context tokens (the first 3 positions: species, assay,
 //! modality) are never chosen by default — predicting them is not the task, and the model sees
 //! them intact; `mask_context = true` chooses them too.
+//!
+//! Context dropout (ours, off by default): with probability `context_dropout` each sequence's
+//! assay token, and independently its modality token, is hidden (MASK) for that step without
+//! becoming a target, so the model also learns cells it is not told the technology of and can
+//! embed any cell with the context hidden ([`sof_tokenize::Tokenizer::with_hidden_context`]).
 
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -21,11 +26,14 @@ pub struct MaskingConfig {
     pub mask_fraction: f64,
     pub random_fraction: f64,
     pub mask_context: bool,
+    /// Probability that a sequence's assay token, and independently its modality token, is
+    /// hidden (MASK, no loss) for a step. 0 = the reference's behaviour.
+    pub context_dropout: f64,
 }
 
 impl Default for MaskingConfig {
     fn default() -> Self {
-        Self { probability: 0.15, mask_fraction: 0.8, random_fraction: 0.1, mask_context: false }
+        Self { probability: 0.15, mask_fraction: 0.8, random_fraction: 0.1, mask_context: false, context_dropout: 0.0 }
     }
 }
 
@@ -42,6 +50,15 @@ pub fn mask_batch(
     let mut labels = vec![IGNORE; tokens.len()];
     for (k, (t, label)) in tokens.iter_mut().zip(labels.iter_mut()).enumerate() {
         let pos = k % length.max(1);
+        // The draw only happens with dropout on, so runs without it keep the reference's stream.
+        if (pos == 1 || pos == 2)
+            && cfg.context_dropout > 0.0
+            && *t != i64::from(PAD)
+            && rng.random::<f64>() < cfg.context_dropout
+        {
+            *t = i64::from(MASK);
+            continue;
+        }
         let eligible = *t != i64::from(PAD) && (cfg.mask_context || pos >= N_CONTEXT);
         if !eligible || rng.random::<f64>() >= cfg.probability {
             continue;
@@ -112,5 +129,39 @@ mod tests {
             "deterministic"
         );
         assert_eq!(again, tokens);
+    }
+
+    /// Context dropout hides the assay and modality tokens of about `p` of the sequences each,
+    /// never the species, never as a target; the genes are masked as without it.
+    #[test]
+    fn context_dropout_hides_assay_and_modality() {
+        let (batch, length, n_tokens) = (2_000, 40, 500);
+        let original: Vec<i64> = (0..batch * length)
+            .map(|k| match k % length {
+                0 => 6,
+                1 => 7,
+                2 => 4,
+                p => 30 + (p as i64 * 13) % 470,
+            })
+            .collect();
+        let cfg = MaskingConfig { context_dropout: 0.3, ..MaskingConfig::default() };
+        let mut tokens = original.clone();
+        let labels = mask_batch(&mut tokens, length, n_tokens, &cfg, &mut rng(5));
+        let hidden = |pos: usize| (0..batch).filter(|b| tokens[b * length + pos] == 0).count() as f64 / batch as f64;
+        assert_eq!(hidden(0), 0.0, "species is never hidden");
+        for pos in [1, 2] {
+            assert!((hidden(pos) - 0.3).abs() < 0.03, "position {pos}: {}", hidden(pos));
+            assert!((0..batch).all(|b| labels[b * length + pos] == IGNORE), "context is not a target");
+            assert!((0..batch).all(|b| [0, original[b * length + pos]].contains(&tokens[b * length + pos])));
+        }
+        let both = (0..batch).filter(|b| tokens[b * length + 1] == 0 && tokens[b * length + 2] == 0).count();
+        assert!((both as f64 / batch as f64 - 0.09).abs() < 0.03, "independent: {both}");
+        let genes = batch * (length - 3);
+        let chosen = labels.iter().filter(|&&l| l != IGNORE).count() as f64 / genes as f64;
+        assert!((chosen - 0.15).abs() < 0.01, "genes chosen {chosen}");
+        let all = MaskingConfig { context_dropout: 1.0, ..MaskingConfig::default() };
+        let mut tokens = original.clone();
+        mask_batch(&mut tokens, length, n_tokens, &all, &mut rng(5));
+        assert!((0..batch).all(|b| tokens[b * length + 1] == 0 && tokens[b * length + 2] == 0));
     }
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sof_io::genes::{AlignmentReport, Species};
 
-use crate::context::{Modality, N_CONTEXT, N_SPECIAL, species_token};
+use crate::context::{MASK, Modality, N_CONTEXT, N_SPECIAL, species_token};
 use crate::means::TechMeans;
 use crate::rank::{rank_key, sort_top_k};
 
@@ -86,6 +86,19 @@ impl GeneMap {
         self.to_vocab.iter().flatten().count()
     }
 
+    /// The same map with only the vocabulary genes `keep` accepts: the others are left out of
+    /// the cells' tokens and totals, as if the dataset had not measured them (a query
+    /// tokenized over a reference's panel).
+    ///
+    /// ```
+    /// let map = sof_tokenize::GeneMap::new(vec![Some(0), None, Some(2), Some(3)]);
+    /// let panel = map.restricted(|g| g != 2);
+    /// assert_eq!((map.n_mapped(), panel.n_mapped()), (3, 2));
+    /// ```
+    pub fn restricted(&self, keep: impl Fn(u32) -> bool) -> Self {
+        Self::new(self.to_vocab.iter().map(|g| g.filter(|&g| keep(g))).collect())
+    }
+
     pub fn n_columns(&self) -> usize {
         self.to_vocab.len()
     }
@@ -161,6 +174,23 @@ impl Tokenizer {
     /// `[species, assay, modality]`.
     pub fn context(&self) -> [u32; N_CONTEXT] {
         self.context
+    }
+
+    /// The same tokenizer with the assay and modality tokens hidden ([`MASK`]): how a model
+    /// pretrained with context dropout sees a cell it is not told the technology of (the
+    /// technology's means still normalize the counts).
+    ///
+    /// ```
+    /// use sof_tokenize::{Modality, TechMeans, Tokenizer, TokenizerConfig};
+    /// let means = TechMeans { values: vec![1.0; 4] };
+    /// let tok = Tokenizer::new(TokenizerConfig::default(), &means, sof_io::genes::Species::Mouse, 7, Modality::Spatial);
+    /// assert_eq!(tok.context(), [6, 7, 4]);
+    /// assert_eq!(tok.with_hidden_context().context(), [6, sof_tokenize::context::MASK, sof_tokenize::context::MASK]);
+    /// ```
+    pub fn with_hidden_context(mut self) -> Self {
+        self.context[1] = MASK;
+        self.context[2] = MASK;
+        self
     }
 
     /// Gene tokens at most per cell.

@@ -59,6 +59,10 @@ pub struct Args {
     /// held-out sections included; the demo's default before the profile existed).
     #[arg(long, conflicts_with = "no_niche")]
     pub composition_objective: bool,
+    /// Hide each cell's technology and modality tokens in this fraction of pretraining steps
+    /// (each independently), so the model also learns cells it is not told the technology of.
+    #[arg(long, default_value_t = 0.0)]
+    pub context_dropout: f64,
     /// Where the model runs: cpu (default), or wgpu / cuda in a build with that feature.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
@@ -102,6 +106,7 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         } else {
             Objective::Profile
         },
+        context_dropout: args.context_dropout,
         device: device(args.device)?,
         only_data: args.only_data,
         data: args.data.as_ref().map(|path| OwnData {
@@ -152,6 +157,11 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
             mapped: files.mapped,
             view: summary.view.clone(),
             placement_as_reference: summary.mapping.get("layer_accuracy_as_reference").copied(),
+            placement_pca: summary
+                .mapping
+                .get("layer_accuracy_pca")
+                .zip(summary.mapping.get("pca_shared_genes"))
+                .map(|(&a, &n)| (a, n as usize)),
             intro: match &args.data {
                 Some(d) => format!(
                     "{}: the model was pretrained on this file alone, then frozen; probes read {}, {}, density and neighbourhood composition from its cell embeddings with one section held out at a time, beside PCA of the expression on the same folds.",
@@ -243,7 +253,13 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
         ));
         if let Some(b) = summary.mapping.get("layer_accuracy_as_reference") {
             util::say(format!(
-                "  the same cells tokenized as the reference's (its technology, spatial modality): layer accuracy {b:.3}"
+                "  the same cells tokenized as the reference's (its panel's genes, technology, spatial modality): layer accuracy {b:.3}"
+            ));
+        }
+        if let (Some(p), Some(n)) = (summary.mapping.get("layer_accuracy_pca"), summary.mapping.get("pca_shared_genes"))
+        {
+            util::say(format!(
+                "  baseline: the same mapper on PCA-50 of the {n} genes both measure: layer accuracy {p:.3}"
             ));
         }
     }

@@ -106,6 +106,15 @@ pub struct TokenizerArgs {
     /// TOML with extra [technology.<name>] entries (token in 19..=29, means), as for tokenize.
     #[arg(long)]
     pub context_config: Option<PathBuf>,
+    /// Tokenize over the genes this .h5ad measures only (e.g. the spatial reference the cells
+    /// will be placed on with `sof map`): the others are left out of tokens and totals.
+    #[arg(long)]
+    pub panel_of: Option<PathBuf>,
+    /// Hide the technology and modality tokens (MASK; the technology's means still normalize the
+    /// counts): for a model pretrained with `masking.context_dropout`, an embedding that is not
+    /// told which technology measured the cell.
+    #[arg(long)]
+    pub hide_context: bool,
 }
 
 impl TokenizerArgs {
@@ -120,6 +129,8 @@ impl TokenizerArgs {
             tech_means: self.tech_means.clone(),
             mode: self.mode.map(Mode::from),
             context_config: self.context_config.clone(),
+            panel: self.panel_of.clone(),
+            hide_context: self.hide_context,
         })
     }
 }

@@ -59,8 +59,8 @@ pub struct Args {
     /// `sof_<col>_predicted`; scored against the query's own column when it has one.
     #[arg(long, num_args = 1..)]
     pub transfer: Vec<String>,
-    /// Also map with PCA-50 of log-normalized expression (fitted on the reference; both files
-    /// need the same genes) and report its scores beside ours.
+    /// Also map with PCA-50 of log-normalized expression over the genes both files measure (by
+    /// var name; fitted on the reference) and report its scores beside ours.
     #[arg(long)]
     pub pca_baseline: bool,
     /// What predicts the label, composition, density and --transfer columns: the softmax-weighted
@@ -150,6 +150,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if m2 == "spearman" { "Spearman".to_owned() } else { m(m2) },
             s.cells
         ));
+    }
+    if let Some(n) = out.pca_shared_genes {
+        util::say(format!("  (PCA-50 read the {n} genes both files measure)"));
     }
     if let Some(path) = &args.report {
         util::write_atomic(path, &serde_json::to_string_pretty(&out.report)?)?;

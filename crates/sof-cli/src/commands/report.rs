@@ -27,6 +27,9 @@ pub struct Inputs {
     pub mapped: Option<PathBuf>,
     /// Layer accuracy of the dissociated cells tokenized as the reference's cells.
     pub placement_as_reference: Option<f64>,
+    /// Layer accuracy of the same mapper on PCA-50 of the genes both samples measure, and how
+    /// many genes that is.
+    pub placement_pca: Option<(f64, usize)>,
     /// Every sample in one UMAP ([`sof_pipeline::view::embedding_view`]).
     pub view: Option<ViewSummary>,
     /// The opening paragraph (what the data is).
@@ -294,7 +297,13 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
             if let Some(a) = inputs.placement_as_reference {
                 let _ = write!(
                     mapping_note,
-                    " Tokenized as the reference's cells (its technology and the spatial modality token) the same cells are placed with layer accuracy {a:.3}."
+                    " Tokenized as the reference's cells (over its panel's genes, behind its technology and the spatial modality token) the same cells are placed with layer accuracy {a:.3}."
+                );
+            }
+            if let Some((a, genes)) = inputs.placement_pca {
+                let _ = write!(
+                    mapping_note,
+                    " The baseline, the same mapper on PCA-50 of the {genes} genes both samples measure: {a:.3}."
                 );
             }
             figures.push(Figure {
