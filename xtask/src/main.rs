@@ -331,7 +331,9 @@ fn main() -> Result<()> {
             if release {
                 c.arg("--release");
             }
-            c.args(["-p", "sof-cli", "--test", "fuzz", "--", "--nocapture"])
+            // --workspace, as `cargo xtask test` builds: `-p sof-cli` alone unifies features
+            // differently and rebuilds burn (~15 min on 2 cores) in a tree the tests just built.
+            c.args(["--workspace", "--test", "fuzz", "--", "--nocapture"])
                 .env("SOF_FUZZ_ITERATIONS", iterations.to_string())
                 .env("SOF_FUZZ_FIRST", first.to_string())
                 .env("SOF_FUZZ_SEED", seed.to_string())
