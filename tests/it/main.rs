@@ -1150,6 +1150,51 @@ fn pretrain_on_demo_corpora_then_embed() {
     let diff = |a: &ndarray::Array2<f64>, b: &ndarray::Array2<f64>| (a - b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
     assert!(diff(&panel, &cut) < 1e-5, "--panel-of = the file cut to the panel: {}", diff(&panel, &cut));
     assert!(diff(&panel, &own) > 1e-3, "the panel changes the tokens");
+    // A panel file that shares no gene with the query: a clear error naming both files.
+    let mut outside = Vec::new();
+    let remap_outside: Vec<Option<u32>> = full
+        .var
+        .index
+        .iter()
+        .map(|g| {
+            (!merfish_genes.contains(g)).then(|| {
+                outside.push(g.clone());
+                outside.len() as u32 - 1
+            })
+        })
+        .collect();
+    let outside_file = sof_io::AnnData {
+        x: full.x.remap_columns(&remap_outside, outside.len()),
+        var: sof_io::Frame::new(outside),
+        obs: full.obs.clone(),
+        obsm: full.obsm.clone(),
+    };
+    sof_io::h5ad::write_h5ad(p("outside_panel.h5ad"), &outside_file, &Default::default()).unwrap();
+    let e = format!(
+        "{:#}",
+        sof(&[
+            "-q",
+            "embed",
+            "--checkpoint",
+            &run,
+            "--input",
+            &p("dissociated_cut.h5ad"),
+            "--technology",
+            "dissociated",
+            "--modality",
+            "dissociated",
+            "--panel-of",
+            &p("outside_panel.h5ad"),
+            "--output",
+            &p("never.h5ad"),
+        ])
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("dissociated_cut.h5ad") && e.contains("outside_panel.h5ad") && e.contains("none of its genes"),
+        "{e}"
+    );
+    assert!(!std::path::Path::new(&p("never.h5ad")).exists(), "no output after the error");
     // With the context hidden the model reads MASK for technology and modality, and says so.
     let hidden =
         embed_dissociated(&p("demo/data/dissociated.h5ad"), &p("dissociated_hidden.h5ad"), &["--hide-context"]);

@@ -156,6 +156,22 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "flags without help text: {missing:?}");
+        // Each command ends its help with examples laid out as typed: one command per line,
+        // continued with `\` (clap rewraps doc-comment paragraphs, so they live in after_help).
+        for sub in cli.get_subcommands_mut().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+            let name = sub.get_name().to_owned();
+            let help = sub.render_long_help().to_string();
+            let examples = help.split_once("Examples:\n").map(|e| e.1).unwrap_or_else(|| panic!("{name}: {help}"));
+            let first = examples.lines().next().unwrap_or_default();
+            assert!(first.starts_with(&format!("  sof {name} ")), "{name}: {first:?}");
+            for line in examples.lines() {
+                assert!(line.chars().count() <= 100, "{name}: {line:?}");
+                assert!(
+                    line.starts_with("  sof ") || line.starts_with("      --") || line.starts_with("  # "),
+                    "{name}: {line:?}"
+                );
+            }
+        }
         let top = cli.render_help().to_string();
         assert!(top.lines().count() <= 40, "sof --help is {} lines:\n{top}", top.lines().count());
         assert!(top.contains("Embed every cell of an .h5ad"), "{top}");

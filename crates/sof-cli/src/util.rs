@@ -47,23 +47,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// from the file's text whether sof wrote it (it parses as the report, or starts with sof's
 /// header); those are replaced without asking, so a rerun needs no flag.
 pub fn check_replace_text(output: &Path, force: bool, ours: impl Fn(&str) -> bool) -> anyhow::Result<()> {
-    if output.is_dir() {
-        anyhow::bail!("{}: the output is a folder, not a file: pass a file name as --output", output.display());
-    }
-    if force || !output.exists() {
-        return Ok(());
-    }
     // A file too large for a report of ours, or not text, is someone else's.
-    let small = std::fs::metadata(output).is_ok_and(|m| m.len() < 1 << 30);
-    let text = if small { std::fs::read_to_string(output).ok() } else { None };
-    if text.as_deref().is_some_and(ours) {
-        return Ok(());
-    }
-    anyhow::bail!(
-        "{}: already exists and is not a file sof wrote, so it may be data: choose another output path, \
-         or pass --force to replace it",
-        output.display()
-    )
+    let text_is_ours = |p: &Path| {
+        let small = std::fs::metadata(p).is_ok_and(|m| m.len() < 1 << 30);
+        small && std::fs::read_to_string(p).ok().as_deref().is_some_and(&ours)
+    };
+    Ok(sof_io::atomic::check_replace_with(output, force, "a file sof wrote", text_is_ours)?)
 }
 
 /// Writes `text` to `path` atomically.

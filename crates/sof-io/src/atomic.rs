@@ -65,6 +65,40 @@ impl AtomicPath {
     }
 }
 
+/// Refuses to replace an existing file at `output` that sof did not write (the user's own data
+/// given as the output by mistake), unless `force`. `ours` tells from the existing file whether
+/// sof wrote it, and `how` says in the error what it looked for; files sof wrote are replaced
+/// without asking, so a rerun needs no flag. A folder at `output` is refused even with `force`.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let out = dir.path().join("report.json");
+/// sof_io::atomic::check_replace_with(&out, false, "a sof report", |_| false).unwrap(); // nothing there
+/// std::fs::write(&out, "someone's notes").unwrap();
+/// let err = sof_io::atomic::check_replace_with(&out, false, "a sof report", |_| false).unwrap_err();
+/// assert!(err.to_string().contains("--force"));
+/// sof_io::atomic::check_replace_with(&out, true, "a sof report", |_| false).unwrap();
+/// ```
+pub fn check_replace_with(output: &Path, force: bool, how: &str, ours: impl FnOnce(&Path) -> bool) -> Result<()> {
+    if output.is_dir() {
+        return Err(Error::invalid(
+            output,
+            "(the output path)",
+            "is a folder, not a file",
+            "pass a file name as the output",
+        ));
+    }
+    if force || !output.exists() || ours(output) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        output,
+        "(the output path)",
+        format!("already exists and is not {how}, so it may be data"),
+        "choose another output path, or pass --force to replace it",
+    ))
+}
+
 impl Drop for AtomicPath {
     fn drop(&mut self) {
         if !self.committed {

@@ -13,7 +13,7 @@
 //! file, the field and the fix.
 
 mod anndata;
-mod atomic;
+pub mod atomic;
 mod error;
 mod frame;
 pub mod genes;

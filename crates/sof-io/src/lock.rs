@@ -116,10 +116,10 @@ impl OutputLock {
                 Err(std::fs::TryLockError::Error(e)) => {
                     // No flock here (some network and FUSE file systems): the PID decides.
                     tracing::debug!(lock = %file.display(), error = %e, "no kernel lock; using the PID alone");
-                    if let Some(pid) = holder(&file).filter(|&p| p != me) {
-                        if process_runs(pid) != Some(false) {
-                            return Err(locked(pid));
-                        }
+                    if let Some(pid) = holder(&file).filter(|&p| p != me)
+                        && process_runs(pid) != Some(false)
+                    {
+                        return Err(locked(pid));
                     }
                 }
             }

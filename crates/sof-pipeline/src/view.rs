@@ -272,7 +272,9 @@ pub fn embedding_view(spec: &ViewSpec, progress: &mut dyn FnMut(&str)) -> Result
     let k_pca = 50.min(shared.len() - 1).min(n.saturating_sub(1)).max(1);
     let pca = sof_tasks::pca::Pca::fit(&normalized, &all, k_pca, spec.umap.seed).transform(&normalized, &all);
 
-    let reps: [(&str, &str, ArrayView2<f64>, Option<&[usize]>); 3] = [
+    // (name, UMAP key, rows of the representation, which view cells they are: None = all)
+    type Representation<'a> = (&'a str, &'a str, ArrayView2<'a, f64>, Option<&'a [usize]>);
+    let reps: [Representation<'_>; 3] = [
         (REPRESENTATIONS[0].0, REPRESENTATIONS[0].1, x_sof.view(), None),
         (REPRESENTATIONS[1].0, REPRESENTATIONS[1].1, niche_x.view(), Some(&niche_rows)),
         (REPRESENTATIONS[2].0, REPRESENTATIONS[2].1, pca.view(), None),

@@ -30,6 +30,14 @@ pub const PALETTE: [(u8, u8, u8); 14] = [
 ];
 pub const GREY: (u8, u8, u8) = (120, 120, 120);
 
+/// How category `code` is drawn in [`CategoricalMaps`]: a palette colour and a marker shape
+/// (0 = filled circle, 1 = filled triangle, 2 = cross). The first 14 categories are circles; the
+/// next 14 reuse the colours as triangles, then as crosses, so 42 categories stay distinct
+/// (STARmap has 15 cell types; one colour alone repeated past 14).
+pub fn category_marker(code: usize) -> ((u8, u8, u8), usize) {
+    (PALETTE[code % PALETTE.len()], (code / PALETTE.len()) % 3)
+}
+
 /// A problem drawing or writing a chart.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {reason}")]
@@ -231,19 +239,26 @@ impl CategoricalMaps {
                     .label_style((FAMILY, 11))
                     .draw()
                     .map_err(|e| e.to_string())?;
-                chart
-                    .draw_series(
-                        pts.iter()
-                            .zip(codes)
-                            .map(|(&p, &c)| Circle::new(p, 2, rgb(PALETTE[c % PALETTE.len()]).filled())),
-                    )
+                for shape in 0..3 {
+                    let cells = pts.iter().zip(codes).filter(|(_, c)| category_marker(**c).1 == shape);
+                    let style = |c: usize| rgb(category_marker(c).0);
+                    match shape {
+                        0 => chart.draw_series(cells.map(|(&p, &c)| Circle::new(p, 2, style(c).filled()))),
+                        1 => chart.draw_series(cells.map(|(&p, &c)| TriangleMarker::new(p, 3, style(c).filled()))),
+                        _ => chart.draw_series(cells.map(|(&p, &c)| Cross::new(p, 3, style(c).stroke_width(1)))),
+                    }
                     .map_err(|e| e.to_string())?;
+                }
             }
             for (i, name) in self.categories.iter().enumerate() {
                 let y = 40 + 22 * i as i32;
-                legend
-                    .draw(&Circle::new((14, y), 6, rgb(PALETTE[i % PALETTE.len()]).filled()))
-                    .map_err(|e| e.to_string())?;
+                let (colour, shape) = category_marker(i);
+                match shape {
+                    0 => legend.draw(&Circle::new((14, y), 6, rgb(colour).filled())),
+                    1 => legend.draw(&TriangleMarker::new((14, y), 7, rgb(colour).filled())),
+                    _ => legend.draw(&Cross::new((14, y), 6, rgb(colour).stroke_width(2))),
+                }
+                .map_err(|e| e.to_string())?;
                 legend
                     .draw(&Text::new(name.clone(), (28, y - 8), (FAMILY, 14).into_font()))
                     .map_err(|e| e.to_string())?;
@@ -361,6 +376,11 @@ mod tests {
         many.write_png(&d.join("many.png"), 300, 300).unwrap();
         let b = std::fs::read(d.join("many.png")).unwrap();
         assert_eq!(u32::from_be_bytes(b[20..24].try_into().unwrap()), 60 + 22 * 30);
+        // Past the 14 palette colours, categories differ by marker shape.
+        let markers: std::collections::HashSet<_> = (0..42).map(category_marker).collect();
+        assert_eq!(markers.len(), 42, "42 categories, 42 distinct colour-and-shape pairs");
+        assert_eq!(category_marker(15).0, category_marker(1).0);
+        assert_ne!(category_marker(15).1, category_marker(1).1);
         let cm = ConfusionMatrix {
             title: "layer".into(),
             classes: vec!["a".into(), "b".into()],

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use crate::util;
 
 /// List the known datasets, where they are expected, and check the local copies.
-///
-/// Example: sof datasets --data-dir ../shared/data --verify
 #[derive(Debug, clap::Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  sof datasets --data-dir ../shared/data --verify",
+))]
 pub struct Args {
     /// Folder of dataset manifests.
     #[arg(long, default_value = "datasets")]

@@ -27,11 +27,13 @@ use crate::util;
 /// spatial .h5ad with --data: spatial targets, tokens, pretraining, embeddings, every cell in one
 /// UMAP with how mixed technologies and modalities are (view.h5ad), probes beside PCA, mapping of
 /// the dissociated sample (synthetic only) and an HTML report (report/index.html).
-///
-/// Example: sof demo --output demo-out/
-///          sof demo --data starmap_mpfc.h5ad --cell-type-key cell_type --layer-key layer
-///          --section-key section --technology starmap --output demo-starmap/
 #[derive(Debug, clap::Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  sof demo --output demo-out/\n",
+    "  sof demo --data starmap_mpfc.h5ad --cell-type-key cell_type --layer-key layer \\\n",
+    "      --section-key section --technology starmap --output demo-starmap/",
+))]
 pub struct Args {
     /// Output folder for the data, results and summary.
     #[arg(short, long, default_value = "sof-demo")]

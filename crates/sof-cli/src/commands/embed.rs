@@ -20,12 +20,15 @@ use crate::util;
 /// into a copy of it. Cells are tokenized on the fly: a sof checkpoint folder supplies its
 /// tokenizer settings and vocabulary (flags override them); an imported reference checkpoint
 /// carries none, so pass those it was trained with.
-///
-/// Example: sof embed --checkpoint nicheformer.ckpt --input starmap_mpfc.h5ad
-///          --technology merfish --species mouse --modality spatial --vocab nicheformer/vocab.tsv
-///          --genes-dir genes/ --tech-means nicheformer/tech_means --mode nicheformer
-///          --output starmap_embedded.h5ad
 #[derive(Debug, clap::Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  sof embed --checkpoint nicheformer.ckpt --input starmap_mpfc.h5ad \\\n",
+    "      --technology merfish --species mouse --modality spatial \\\n",
+    "      --vocab nicheformer/vocab.tsv --genes-dir genes/ \\\n",
+    "      --tech-means nicheformer/tech_means --mode nicheformer \\\n",
+    "      --output starmap_embedded.h5ad",
+))]
 pub struct Args {
     /// A sof checkpoint folder (its run.json supplies the tokenizer settings), a `sof pretrain`
     /// run folder (its finished model/), or reference weights: a Lightning .ckpt, or a

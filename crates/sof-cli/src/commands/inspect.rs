@@ -12,10 +12,13 @@ use crate::util;
 ///
 /// Summarise a cell file (.h5ad or .loom): shape, storage, annotations, counts per cell; with
 /// --vocab and --genes-dir, also how its genes map into a gene vocabulary.
-///
-/// Example: sof inspect data/starmap_mpfc.h5ad --label layer
-///          sof inspect data/starmap_mpfc.h5ad --species mouse --vocab nicheformer/vocab.tsv --genes-dir genes/
 #[derive(Debug, clap::Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  sof inspect data/starmap_mpfc.h5ad --label layer\n",
+    "  sof inspect data/starmap_mpfc.h5ad --species mouse --vocab nicheformer/vocab.tsv \\\n",
+    "      --genes-dir genes/",
+))]
 pub struct Args {
     /// The .h5ad or .loom file.
     pub input: PathBuf,

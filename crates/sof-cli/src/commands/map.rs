@@ -22,10 +22,12 @@ use crate::util;
 /// obsm `sof_composition_predicted`, obs `sof_density_predicted`.
 /// When the query has the label column or obsm['spatial'] (a held-out section used as ground
 /// truth), the accuracy and the location error are printed.
-///
-/// Example: sof map --reference spatial_embedded.h5ad --query dissociated_embedded.h5ad
-///          --label layer --output dissociated_mapped.h5ad
 #[derive(Debug, clap::Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  sof map --reference spatial_embedded.h5ad --query dissociated_embedded.h5ad \\\n",
+    "      --label layer --output dissociated_mapped.h5ad",
+))]
 pub struct Args {
     /// Embedded spatial .h5ad with coordinates (obsm) and the label column.
     #[arg(long)]

@@ -16,11 +16,13 @@ use crate::util;
 /// command.txt, metrics.csv, loss.png, summary.json, checkpoints/step-N/ (the newest few) and,
 /// at the end, model/ (a checkpoint for `sof embed`). Ctrl-C writes a checkpoint and stops;
 /// `--resume` continues exactly where the run stopped.
-///
-/// Example: sof pretrain --preset small --corpus corpora/starmap --corpus corpora/merfish
-///          --steps 3000 --output runs/small
-///          sof pretrain --output runs/small --resume
 #[derive(Debug, clap::Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  sof pretrain --preset small --corpus corpora/starmap --corpus corpora/merfish \\\n",
+    "      --steps 3000 --output runs/small\n",
+    "  sof pretrain --output runs/small --resume",
+))]
 pub struct Args {
     /// Run settings (TOML, see docs/PRETRAINING.md); flags override it.
     #[arg(long)]

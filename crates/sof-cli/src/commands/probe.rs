@@ -29,10 +29,12 @@ use crate::util;
 /// (--spatial-blocks), never random cells when sections or coordinates exist (--random-folds is
 /// for dissociated data). Proportion targets (rows summing to 1, e.g. sof_composition) get a
 /// softmax output trained with cross-entropy (KL).
-///
-/// Example: sof probe --input starmap_embedded.h5ad --label layer --split-key section
-///          --head linear --head mlp --plots probe_plots/ --output probe_layer.json
 #[derive(Debug, clap::Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  sof probe --input starmap_embedded.h5ad --label layer --split-key section \\\n",
+    "      --head linear --head mlp --plots probe_plots/ --output probe_layer.json",
+))]
 pub struct Args {
     /// An .h5ad with an embedding in obsm (from `sof embed`) and raw counts in X.
     #[arg(short, long)]

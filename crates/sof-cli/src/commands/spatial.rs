@@ -20,11 +20,13 @@ use crate::util;
 /// uns['sof_mean_neighbors']; with --cell-type-key also obsm['sof_composition'] (proportions,
 /// cells x types; all zeros for a cell without neighbours), uns['sof_composition_columns'] and
 /// obs['sof_niche'] (with --niches).
-///
-/// Example: sof spatial --input starmap_mpfc.h5ad --section-key section --mean-neighbors 20
-///          --output starmap_spatial.h5ad
-///          (add --cell-type-key cell_type --niches 6 for composition and niches)
 #[derive(Debug, clap::Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  sof spatial --input starmap_mpfc.h5ad --section-key section --mean-neighbors 20 \\\n",
+    "      --output starmap_spatial.h5ad\n",
+    "  # add --cell-type-key cell_type --niches 6 for composition and niches",
+))]
 pub struct Args {
     /// Spatial .h5ad with obsm['spatial'].
     #[arg(short, long)]

@@ -13,9 +13,11 @@ use crate::util;
 ///
 /// Generate a synthetic layered tissue (spatial sections + a dissociated sample) with known
 /// cell type, layer, niche and coordinates for every cell, as .h5ad files.
-///
-/// Example: sof synth --cells 1000000 --seed 7 --output synth/
 #[derive(Debug, clap::Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  sof synth --cells 1000000 --seed 7 --output synth/",
+))]
 pub struct Args {
     /// Output folder (created if needed); one .h5ad per technology plus dissociated.h5ad.
     #[arg(short, long)]

@@ -34,11 +34,14 @@ use crate::util;
 /// (obsm['sof_niche_profile'], obs['sof_density'] from `sof spatial`); --no-niche-profile skips
 /// both. Pass --section-key where the file holds several sections: cells of different sections
 /// are never neighbours.
-///
-/// Example: sof tokenize --input starmap_mpfc.h5ad --technology merfish --species mouse
-///          --modality spatial --vocab nicheformer/vocab.tsv --genes-dir genes/
-///          --tech-means nicheformer/tech_means --keep-obs cell_type,layer --output corpus/starmap
 #[derive(Debug, clap::Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  sof tokenize --input starmap_mpfc.h5ad --technology merfish --species mouse \\\n",
+    "      --modality spatial --vocab nicheformer/vocab.tsv --genes-dir genes/ \\\n",
+    "      --tech-means nicheformer/tech_means --keep-obs cell_type,layer \\\n",
+    "      --output corpus/starmap",
+))]
 pub struct Args {
     /// Input cells: .h5ad, .loom, or an expression table (.tsv, .csv, .txt).
     #[arg(short, long)]
@@ -238,10 +241,12 @@ fn abbreviate(names: &[String], k: usize) -> String {
 ///
 /// Compute a technology's mean vector from one or more files: per gene, the mean of
 /// 10k-normalized expression over the cells where it is non-zero (NaN if never detected).
-///
-/// Example: sof tech-means --input a.h5ad --input b.h5ad --species mouse
-///          --vocab nicheformer/vocab.tsv --genes-dir genes/ --output tech_means/starmap.tsv
 #[derive(Debug, clap::Args)]
+#[command(after_help = concat!(
+    "Examples:\n",
+    "  sof tech-means --input a.h5ad --input b.h5ad --species mouse \\\n",
+    "      --vocab nicheformer/vocab.tsv --genes-dir genes/ --output tech_means/starmap.tsv",
+))]
 pub struct MeansArgs {
     /// Input .h5ad files, all of one technology.
     #[arg(short, long, required = true, num_args = 1..)]

@@ -211,24 +211,9 @@ pub fn written_by_sof(path: impl AsRef<Path>) -> bool {
 /// given as `--output` by mistake), unless `force`. Files sof wrote are replaced, so a rerun
 /// gives the same result without asking.
 pub fn check_replace(output: impl AsRef<Path>, force: bool) -> Result<()> {
-    let output = output.as_ref();
-    if output.is_dir() {
-        return Err(Error::invalid(
-            output,
-            "(the output path)",
-            "is a folder, not a file",
-            "pass a file name ending in .h5ad as --output",
-        ));
-    }
-    if force || !output.exists() || written_by_sof(output) {
-        return Ok(());
-    }
-    Err(Error::invalid(
-        output,
-        "(the output path)",
-        "already exists and was not written by sof (its uns has no sof_* entry), so it may be data",
-        "choose another --output, or pass --force to replace it",
-    ))
+    crate::atomic::check_replace_with(output.as_ref(), force, "an .h5ad sof wrote (its uns has no sof_* entry)", |p| {
+        written_by_sof(p)
+    })
 }
 
 /// Adds results to a copy of an existing `.h5ad`, leaving everything else byte-for-byte as
