@@ -136,6 +136,10 @@ fn demo_runs_and_is_reproducible() {
     let pca = sa["mapping"]["layer_accuracy_pca"].as_f64().unwrap();
     assert!(pca > 0.3, "expression of the shared genes places the dissociated cells: {}", sa["mapping"]);
     assert_eq!(sa["mapping"]["pca_shared_genes"].as_f64(), Some(400.0), "the MERFISH-like panel");
+    // Centred on its own mean, the expression of the shared genes loses the technology's shift.
+    let pca_centered = sa["mapping"]["layer_accuracy_pca_centered"].as_f64().unwrap();
+    assert!(pca_centered > pca, "centring each file helps the expression baseline: {}", sa["mapping"]);
+    assert!((0.0..=1.0).contains(&sa["mapping"]["layer_accuracy_centered"].as_f64().unwrap()));
     let report = a.path().join("report/index.html");
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(html.contains("data:image/png;base64,") && html.contains("PCA-50"));

@@ -162,7 +162,8 @@ pub struct DemoSummary {
     /// `layer_accuracy` with its own context tokens, `layer_accuracy_as_reference` tokenized as
     /// the reference's cells (its panel's genes, its technology, spatial modality),
     /// `layer_accuracy_pca` the same mapper on PCA-50 of the `pca_shared_genes` both measure,
-    /// `cells`.
+    /// `layer_accuracy_centered` / `layer_accuracy_pca_centered` both with each file centred on
+    /// its own mean (`sof map --center-each`), `cells`.
     pub mapping: BTreeMap<String, f64>,
     /// Every sample in one UMAP, with the kNN purity of modality, technology and the labels.
     #[serde(default)]
@@ -355,6 +356,19 @@ pub fn demo(
         }
         if let Some(n) = out.pca_shared_genes {
             summary.mapping.insert("pca_shared_genes".to_owned(), n as f64);
+        }
+        // Each file centred on its own mean: the technology's shift goes, for both mappers.
+        let mut spec = MapSpec {
+            pca_baseline: true,
+            ..MapSpec::new(&reference, query, "layer", config.output.join("dissociated_mapped_centered.h5ad"))
+        };
+        spec.config.center_each = true;
+        let out = map_h5ad(&spec)?;
+        for (mapper, key) in [(Mapper::Ours, "layer_accuracy_centered"), (Mapper::Pca50, "layer_accuracy_pca_centered")]
+        {
+            if let Some(score) = out.scores.iter().find(|s| s.mapper == mapper && s.column == "layer") {
+                summary.mapping.insert(key.to_owned(), score.metrics[0].1);
+            }
         }
         if let Some(query) = &as_reference {
             let out_path = config.output.join("dissociated_mapped_as_reference.h5ad");

@@ -93,7 +93,7 @@ impl MapSpec {
             label: label.to_owned(),
             embedding: "X_sof".into(),
             spatial_key: "spatial".into(),
-            config: MapConfig { k: 30, temperature: 0.05 },
+            config: MapConfig::default(),
             reference_filters: Vec::new(),
             query_filters: Vec::new(),
             transfer: Vec::new(),
@@ -241,6 +241,8 @@ pub fn map_h5ad(spec: &MapSpec) -> Result<MapOutcome> {
     info.insert("label".to_owned(), UnsValue::Str(spec.label.clone()));
     info.insert("k".to_owned(), UnsValue::Int(cfg.k as i64));
     info.insert("temperature".to_owned(), UnsValue::Float(cfg.temperature));
+    let center = if cfg.center_each { "each" } else { "none" };
+    info.insert("center".to_owned(), UnsValue::Str(center.to_owned()));
     info.insert("head".to_owned(), UnsValue::Str(spec.head.name().to_owned()));
     ed.put_uns("sof_map", &UnsValue::Dict(info))?;
     ed.commit()?;

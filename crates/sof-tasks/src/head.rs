@@ -98,7 +98,8 @@ impl Head for MlpHead {
 
 /// The neighbour vote: each query row's `k` most similar training rows (cosine), weighted by a
 /// softmax over similarity / temperature, average their one-hot classes (probabilities) or
-/// their values — what `sof map` does by default.
+/// their values — what `sof map` does by default (without `center_each`, which is
+/// [`crate::mapping::transfer`]'s and not read here).
 #[derive(Debug, Clone, Default)]
 pub struct NeighbourHead(pub MapConfig);
 
@@ -165,7 +166,7 @@ mod tests {
                 |(i, k)| if (i % 3 == 0) == (k == 0) { 0.8 } else { 0.2 },
             ));
         let mlp = MlpHead(MlpConfig { max_epochs: 20, ..MlpConfig::default() });
-        let knn = NeighbourHead(MapConfig { k: 5, temperature: 0.05 });
+        let knn = NeighbourHead(MapConfig { k: 5, ..MapConfig::default() });
         for head in [&LinearHead::default() as &dyn Head, &mlp, &knn] {
             for t in [&classes, &props] {
                 let p = head.fit(x.view(), t).predict(x.view());

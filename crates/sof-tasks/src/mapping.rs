@@ -16,11 +16,24 @@ pub struct MapConfig {
     pub k: usize,
     /// Softmax temperature over cosine similarities (smaller = sharper).
     pub temperature: f64,
+    /// In [`transfer`]: subtract each side's own mean (the reference's over its cells, the
+    /// query's over its cells) before similarities and heads, removing a shift between
+    /// technologies or batches. It assumes the query samples roughly the reference's mix of
+    /// cells (a query of one cell type loses what sets it apart). Off: both keep their values.
+    pub center_each: bool,
 }
 
 impl Default for MapConfig {
     fn default() -> Self {
-        Self { k: 30, temperature: 0.05 }
+        Self { k: 30, temperature: 0.05, center_each: false }
+    }
+}
+
+/// `x` minus its column means (a copy; an empty matrix stays empty).
+pub fn centered(x: ArrayView2<f64>) -> Array2<f64> {
+    match x.mean_axis(Axis(0)) {
+        Some(mean) => &x - &mean,
+        None => x.to_owned(),
     }
 }
 
@@ -263,8 +276,16 @@ pub fn transfer(
     }
     let targets = reference.targets()?;
     let n_classes = reference.classes.len();
+    let (centered_reference, centered_query);
+    let (ref_x, query) = if cfg.center_each {
+        centered_reference = centered(reference.embedding.view());
+        centered_query = centered(query);
+        (centered_reference.view(), centered_query.view())
+    } else {
+        (reference.embedding.view(), query)
+    };
     let mut m = map_cells(
-        reference.embedding.view(),
+        ref_x,
         &reference.labels,
         n_classes,
         reference.xy.view(),
@@ -275,7 +296,7 @@ pub fn transfer(
     let n_comp = reference.composition.as_ref().map_or(0, |c| c.ncols());
     predict_with_head(
         head,
-        reference.embedding.view(),
+        ref_x,
         &reference.labels,
         n_classes,
         targets.as_ref().map(|t| t.view()),
@@ -457,6 +478,36 @@ mod tests {
             assert!(m.spread[l] < 20.0, "spread {}", m.spread[l]);
             assert!((m.targets.as_ref().unwrap()[[l, 0]] - l as f64).abs() < 0.1);
         }
+    }
+
+    /// A query embedded with a constant shift (another technology's offset) lands in the wrong
+    /// layers by cosine; with `center_each` each side loses its own mean and every cell is placed
+    /// as without the shift, by the neighbour vote and by a trained head alike.
+    #[test]
+    fn centering_each_side_removes_a_shift() {
+        let n = 200;
+        let layer = |i: usize| i % 4;
+        let emb =
+            Array2::from_shape_fn((n, 4), |(i, j)| if j == layer(i) { 1.0 } else { 0.05 * ((i * 31 + j) % 7) as f64 });
+        let labels: Vec<String> = (0..n).map(|i| format!("L{}", layer(i))).collect();
+        let xy = Array2::from_shape_fn((n, 2), |(i, c)| if c == 1 { 100.0 * layer(i) as f64 } else { (i % 9) as f64 });
+        let reference = Reference::new(emb.clone(), &labels, xy.view()).unwrap();
+        let rows: Vec<usize> = (0..40).collect();
+        let shift = ndarray::arr1(&[3.0, 3.0, -2.0, 0.5]);
+        let query = &emb.select(Axis(0), &rows) + &shift;
+        let truth: Vec<usize> = rows.iter().map(|&i| layer(i)).collect();
+        let accuracy = |p: &[usize]| p.iter().zip(&truth).filter(|(a, b)| a == b).count() as f64 / truth.len() as f64;
+        let plain = transfer(&reference, query.view(), &MapConfig::default(), None).unwrap();
+        assert!(accuracy(&plain.predicted) < 0.6, "the shift misleads cosine: {}", accuracy(&plain.predicted));
+        let each = MapConfig { center_each: true, ..MapConfig::default() };
+        let t = transfer(&reference, query.view(), &each, None).unwrap();
+        assert_eq!(t.predicted, truth);
+        let head = crate::head::LinearHead::default();
+        let h = transfer(&reference, query.view(), &each, Some(&head)).unwrap();
+        assert_eq!(h.predicted, truth, "the head is trained and applied on centred embeddings too");
+        let c = centered(query.view());
+        assert!(c.mean_axis(Axis(0)).unwrap().iter().all(|m| m.abs() < 1e-12));
+        assert_eq!(centered(Array2::<f64>::zeros((0, 3)).view()).dim(), (0, 3));
     }
 
     /// The library mapping end to end: a reference of 4 layers with density and a transferred

@@ -264,6 +264,13 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 "  baseline: the same mapper on PCA-50 of the {n} genes both measure: layer accuracy {p:.3}"
             ));
         }
+        if let (Some(a), Some(p)) =
+            (summary.mapping.get("layer_accuracy_centered"), summary.mapping.get("layer_accuracy_pca_centered"))
+        {
+            util::say(format!(
+                "  each file centred on its own mean (sof map --center-each): layer accuracy {a:.3}, PCA-50 {p:.3}"
+            ));
+        }
     }
     if let Some(r) = &summary.report {
         util::say(format!("  report: {r}"));
