@@ -1105,25 +1105,29 @@ fn pretrain_on_demo_corpora_then_embed() {
             .into_iter()
             .collect();
     let full = sof_io::h5ad::read_h5ad(p("demo/data/dissociated.h5ad")).unwrap();
-    let mut kept = Vec::new();
-    let remap: Vec<Option<u32>> = full
-        .var
-        .index
-        .iter()
-        .map(|g| {
-            merfish_genes.contains(g).then(|| {
-                kept.push(g.clone());
-                kept.len() as u32 - 1
+    // The dissociated file with only the genes `keep` accepts.
+    let subset = |keep: &dyn Fn(&str) -> bool| {
+        let mut kept = Vec::new();
+        let remap: Vec<Option<u32>> = full
+            .var
+            .index
+            .iter()
+            .map(|g| {
+                keep(g).then(|| {
+                    kept.push(g.clone());
+                    kept.len() as u32 - 1
+                })
             })
-        })
-        .collect();
-    assert!(kept.len() < full.n_vars() && !kept.is_empty());
-    let cut = sof_io::AnnData {
-        x: full.x.remap_columns(&remap, kept.len()),
-        var: sof_io::Frame::new(kept),
-        obs: full.obs.clone(),
-        obsm: full.obsm.clone(),
+            .collect();
+        assert!(kept.len() < full.n_vars() && !kept.is_empty());
+        sof_io::AnnData {
+            x: full.x.remap_columns(&remap, kept.len()),
+            var: sof_io::Frame::new(kept),
+            obs: full.obs.clone(),
+            obsm: full.obsm.clone(),
+        }
     };
+    let cut = subset(&|g| merfish_genes.contains(g));
     sof_io::h5ad::write_h5ad(p("dissociated_cut.h5ad"), &cut, &Default::default()).unwrap();
     let embed_dissociated = |input: &str, output: &str, extra: &[&str]| {
         let mut args = vec![
@@ -1155,24 +1159,7 @@ fn pretrain_on_demo_corpora_then_embed() {
     assert!(diff(&panel, &cut) < 1e-5, "--panel-of = the file cut to the panel: {}", diff(&panel, &cut));
     assert!(diff(&panel, &own) > 1e-3, "the panel changes the tokens");
     // A panel file that shares no gene with the query: a clear error naming both files.
-    let mut outside = Vec::new();
-    let remap_outside: Vec<Option<u32>> = full
-        .var
-        .index
-        .iter()
-        .map(|g| {
-            (!merfish_genes.contains(g)).then(|| {
-                outside.push(g.clone());
-                outside.len() as u32 - 1
-            })
-        })
-        .collect();
-    let outside_file = sof_io::AnnData {
-        x: full.x.remap_columns(&remap_outside, outside.len()),
-        var: sof_io::Frame::new(outside),
-        obs: full.obs.clone(),
-        obsm: full.obsm.clone(),
-    };
+    let outside_file = subset(&|g| !merfish_genes.contains(g));
     sof_io::h5ad::write_h5ad(p("outside_panel.h5ad"), &outside_file, &Default::default()).unwrap();
     let e = format!(
         "{:#}",

@@ -480,17 +480,26 @@ mod tests {
         }
     }
 
+    /// 200 reference cells in 4 layers (cell i in layer i % 4) whose embedding is mostly their
+    /// layer's one-hot: (embedding, labels, coordinates with depth 100 * layer in column 1 and
+    /// `xy_cols` columns in all).
+    fn four_layers(xy_cols: usize) -> (Array2<f64>, Vec<String>, Array2<f64>) {
+        let n = 200;
+        let emb =
+            Array2::from_shape_fn((n, 4), |(i, j)| if j == i % 4 { 1.0 } else { 0.05 * ((i * 31 + j) % 7) as f64 });
+        let labels = (0..n).map(|i| format!("L{}", i % 4)).collect();
+        let xy =
+            Array2::from_shape_fn((n, xy_cols), |(i, c)| if c == 1 { 100.0 * (i % 4) as f64 } else { (i % 9) as f64 });
+        (emb, labels, xy)
+    }
+
     /// A query embedded with a constant shift (another technology's offset) lands in the wrong
     /// layers by cosine; with `center_each` each side loses its own mean and every cell is placed
     /// as without the shift, by the neighbour vote and by a trained head alike.
     #[test]
     fn centering_each_side_removes_a_shift() {
-        let n = 200;
         let layer = |i: usize| i % 4;
-        let emb =
-            Array2::from_shape_fn((n, 4), |(i, j)| if j == layer(i) { 1.0 } else { 0.05 * ((i * 31 + j) % 7) as f64 });
-        let labels: Vec<String> = (0..n).map(|i| format!("L{}", layer(i))).collect();
-        let xy = Array2::from_shape_fn((n, 2), |(i, c)| if c == 1 { 100.0 * layer(i) as f64 } else { (i % 9) as f64 });
+        let (emb, labels, xy) = four_layers(2);
         let reference = Reference::new(emb.clone(), &labels, xy.view()).unwrap();
         let rows: Vec<usize> = (0..40).collect();
         let shift = ndarray::arr1(&[3.0, 3.0, -2.0, 0.5]);
@@ -517,10 +526,7 @@ mod tests {
     fn transfer_scores_against_the_query_truth() {
         let n = 200;
         let layer = |i: usize| i % 4;
-        let emb =
-            Array2::from_shape_fn((n, 4), |(i, j)| if j == layer(i) { 1.0 } else { 0.05 * ((i * 31 + j) % 7) as f64 });
-        let labels: Vec<String> = (0..n).map(|i| format!("L{}", layer(i))).collect();
-        let xy = Array2::from_shape_fn((n, 3), |(i, c)| if c == 1 { 100.0 * layer(i) as f64 } else { (i % 9) as f64 });
+        let (emb, labels, xy) = four_layers(3);
         let mut reference = Reference::new(emb.clone(), &labels, xy.view()).unwrap();
         assert_eq!(reference.xy.ncols(), 2);
         reference.density = Some((0..n).map(|i| layer(i) as f64).collect());
