@@ -160,6 +160,7 @@ fn demo_runs_and_is_reproducible() {
     }
     assert!(html.contains("How mixed the embedding is"), "the purity table is in the report");
     assert!(html.contains("Tokenized as the reference"), "the report gives both placements");
+    assert!(html.contains("sof map --center-each"), "and the centred one");
     browser_check(&report, 11);
 }
 

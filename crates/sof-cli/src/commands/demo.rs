@@ -164,6 +164,11 @@ pub fn run(args: Args, quiet: bool) -> anyhow::Result<()> {
                 .get("layer_accuracy_pca")
                 .zip(summary.mapping.get("pca_shared_genes"))
                 .map(|(&a, &n)| (a, n as usize)),
+            placement_centered: summary
+                .mapping
+                .get("layer_accuracy_centered")
+                .copied()
+                .zip(summary.mapping.get("layer_accuracy_pca_centered").copied()),
             intro: match &args.data {
                 Some(d) => format!(
                     "{}: the model was pretrained on this file alone, then frozen; probes read {}, {}, density and neighbourhood composition from its cell embeddings with one section held out at a time, beside PCA of the expression on the same folds.",

@@ -30,6 +30,9 @@ pub struct Inputs {
     /// Layer accuracy of the same mapper on PCA-50 of the genes both samples measure, and how
     /// many genes that is.
     pub placement_pca: Option<(f64, usize)>,
+    /// Layer accuracy of ours and of that baseline with each file centred on its own mean
+    /// (`sof map --center-each`).
+    pub placement_centered: Option<(f64, f64)>,
     /// Every sample in one UMAP ([`sof_pipeline::view::embedding_view`]).
     pub view: Option<ViewSummary>,
     /// The opening paragraph (what the data is).
@@ -304,6 +307,12 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<PathBuf> {
                 let _ = write!(
                     mapping_note,
                     " The baseline, the same mapper on PCA-50 of the {genes} genes both samples measure: {a:.3}."
+                );
+            }
+            if let Some((a, pca)) = inputs.placement_centered {
+                let _ = write!(
+                    mapping_note,
+                    " With each file centred on its own mean first (<code>sof map --center-each</code>, which removes a shift the technology puts on every cell): ours {a:.3}, the baseline {pca:.3}."
                 );
             }
             figures.push(Figure {
