@@ -1475,7 +1475,22 @@ fn map_reports_bad_input() {
             .unwrap_err()
     );
     assert!(e.contains("other.h5ad") && e.contains("share 0 gene"), "{e}");
+    // Centring each file needs cells to centre: a one-cell query is refused, naming it.
+    let single = d.path().join("one.h5ad");
+    let cells = sof_io::h5ad::read_h5ad(&q).unwrap().select_obs(&[0]);
+    sof_io::h5ad::write_h5ad(&single, &cells, &Default::default()).unwrap();
+    let single = single.to_str().unwrap();
+    let e = format!(
+        "{:#}",
+        sof(&["map", "--reference", &r, "--query", single, "--label", "layer", "--center-each", "--output", &out])
+            .unwrap_err()
+    );
+    assert!(e.contains("one.h5ad") && e.contains("--center-each") && e.contains("at least 2"), "{e}");
     sof(&["-q", "map", "--reference", &r, "--query", &q, "--label", "layer", "--output", &out]).unwrap();
+    sof(&["-q", "map", "--reference", &r, "--query", &q, "--label", "layer", "--center-each", "--output", &out])
+        .unwrap();
+    let center = sof_io::h5ad::read_uns_strings(&out, "sof_map/center").unwrap();
+    assert_eq!(center, Some(vec!["each".to_owned()]), "the map records that it centred");
 }
 
 /// One writer per output: every command that writes refuses an output whose lock is held by a

@@ -156,6 +156,16 @@ pub fn map_h5ad(spec: &MapSpec) -> Result<MapOutcome> {
         let ok = filter_rows(&q_obs, &spec.query, &spec.query_filters)?;
         (0..q.n_obs()).filter(|&i| ok[i]).collect()
     };
+    for (file, cells, filter) in [(&rfile, keep.len(), "--reference-where"), (&qfile, q_rows.len(), "--query-where")] {
+        if cfg.center_each && cells < 2 {
+            return Err(PipelineError::input(
+                file,
+                format!(
+                    "--center-each needs at least 2 cells (after {filter}) and this file has {cells}: one cell minus its own mean is zero; leave the flag off"
+                ),
+            ));
+        }
+    }
     let embedding = |reader: &H5adReader, file: &dyn std::fmt::Display| {
         reader.obsm(&spec.embedding).map_err(|e| match e {
             sof_io::Error::MissingField { .. } => {

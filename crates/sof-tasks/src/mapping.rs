@@ -274,6 +274,13 @@ pub fn transfer(
             query.ncols()
         )));
     }
+    if cfg.center_each && (reference.embedding.nrows() < 2 || query.nrows() < 2) {
+        return Err(TaskError::Invalid(format!(
+            "centring each side needs at least 2 cells on each (reference {}, query {}): one cell minus its own mean is zero",
+            reference.embedding.nrows(),
+            query.nrows()
+        )));
+    }
     let targets = reference.targets()?;
     let n_classes = reference.classes.len();
     let (centered_reference, centered_query);
@@ -517,6 +524,9 @@ mod tests {
         let c = centered(query.view());
         assert!(c.mean_axis(Axis(0)).unwrap().iter().all(|m| m.abs() < 1e-12));
         assert_eq!(centered(Array2::<f64>::zeros((0, 3)).view()).dim(), (0, 3));
+        // One query cell would be centred to zero and placed at random: refused.
+        let one = transfer(&reference, query.slice(ndarray::s![0..1, ..]), &each, None).unwrap_err();
+        assert!(one.to_string().contains("at least 2"), "{one}");
     }
 
     /// The library mapping end to end: a reference of 4 layers with density and a transferred
