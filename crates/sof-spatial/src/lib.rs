@@ -104,6 +104,23 @@ impl SectionedPoints {
         &self.section
     }
 
+    /// Each section on its own, in section order: its cells (global indices, ascending) and
+    /// their positions as a one-section set (cell `j` of the set is `cells[j]`), built one at a
+    /// time, so per-section work holds one section's structures at once.
+    pub fn each_section(&self) -> impl Iterator<Item = (&[u32], SectionedPoints)> + '_ {
+        self.groups.iter().map(|g| {
+            let n = g.len() as u32;
+            let xy = g.iter().map(|&i| self.xy[i as usize]).collect();
+            let one = SectionedPoints {
+                xy,
+                groups: vec![(0..n).collect()],
+                local: (0..n).collect(),
+                section: vec![0; n as usize],
+            };
+            (g.as_slice(), one)
+        })
+    }
+
     pub(crate) fn groups(&self) -> &[Vec<u32>] {
         &self.groups
     }

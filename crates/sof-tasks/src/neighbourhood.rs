@@ -142,7 +142,9 @@ pub const NICHE_K: usize = 20;
 /// mean embedding of its `k` nearest neighbours in its own section, `[own, neighbour mean]`,
 /// `cells x 2d` — what NichePCA and BANKSY do to expression, done to the model's embedding.
 /// Only distances choose neighbours, so rotating or translating a section changes nothing, and
-/// the graph never links sections. Every section needs more than `k` cells.
+/// the graph never links sections. Every section needs more than `k` cells. Sections are done
+/// one at a time ([`SectionedPoints::each_section`](sof_spatial::SectionedPoints::each_section)),
+/// so beside the output the working memory is the largest section's.
 pub fn niche_embedding(
     x: ndarray::ArrayView2<f32>,
     points: &sof_spatial::SectionedPoints,
@@ -162,21 +164,26 @@ pub fn niche_embedding(
             "section {s} has {size} cell(s), too few for {k} neighbours each (k must be below every section's size)"
         )));
     }
-    let graph = KnnGraph::build(points, k).map_err(|e| TaskError::Invalid(e.to_string()))?;
     let d = x.ncols();
     let mut out = Array2::<f32>::zeros((n, 2 * d));
-    for i in 0..n {
-        out.slice_mut(ndarray::s![i, 0..d]).assign(&x.row(i));
-        let nb = graph.neighbors(i);
-        let mut mean = vec![0f64; d];
-        for &j in nb {
-            for (m, &v) in mean.iter_mut().zip(x.row(j as usize)) {
-                *m += f64::from(v);
+    out.slice_mut(ndarray::s![.., 0..d]).assign(&x);
+    // One section's kd-tree and neighbour lists at a time: beside the output, the working
+    // memory is the largest section's (k + 1 indices per cell), not the file's.
+    let mut mean = vec![0f64; d];
+    for (cells, section) in points.each_section() {
+        let graph = KnnGraph::build(&section, k).map_err(|e| TaskError::Invalid(e.to_string()))?;
+        for (local, &cell) in cells.iter().enumerate() {
+            let nb = graph.neighbors(local);
+            mean.fill(0.0);
+            for &j in nb {
+                for (m, &v) in mean.iter_mut().zip(x.row(cells[j as usize] as usize)) {
+                    *m += f64::from(v);
+                }
             }
-        }
-        let w = 1.0 / nb.len().max(1) as f64;
-        for (o, m) in out.slice_mut(ndarray::s![i, d..]).iter_mut().zip(mean) {
-            *o = (m * w) as f32;
+            let w = 1.0 / nb.len().max(1) as f64;
+            for (o, m) in out.slice_mut(ndarray::s![cell as usize, d..]).iter_mut().zip(&mean) {
+                *o = (m * w) as f32;
+            }
         }
     }
     Ok(out)

@@ -160,6 +160,36 @@ fn proportions_and_isolated_cells() {
     assert_eq!(c.proportions(), vec![0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0], "no neighbours: all zeros");
 }
 
+/// each_section splits the cells by section (global indices ascending, in section order) with
+/// their own positions, and a graph of one section equals that section's part of the whole
+/// graph.
+#[test]
+fn each_section_is_its_part_of_the_whole() {
+    let xy: Vec<[f64; 2]> = (0..30).map(|i| [((i * 7) % 13) as f64, ((i * 5) % 11) as f64 * 0.9]).collect();
+    let sec: Vec<u32> = (0..30).map(|i| [9, 2, 2, 5][i % 4]).collect();
+    let p = SectionedPoints::new(xy.clone(), &sec).unwrap();
+    let whole = KnnGraph::build(&p, 3).unwrap();
+    let parts: Vec<(Vec<u32>, SectionedPoints)> = p.each_section().map(|(c, s)| (c.to_vec(), s)).collect();
+    assert_eq!(parts.len(), 3);
+    let mut seen: Vec<u32> = parts.iter().flat_map(|(c, _)| c.clone()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..30).collect::<Vec<u32>>(), "every cell once");
+    for (cells, one) in &parts {
+        assert!(cells.windows(2).all(|w| w[0] < w[1]) && one.n_sections() == 1);
+        assert!(cells.iter().all(|&c| p.sections()[c as usize] == p.sections()[cells[0] as usize]));
+        assert!(cells.iter().enumerate().all(|(j, &c)| one.xy()[j] == xy[c as usize]));
+        let g = KnnGraph::build(one, 3).unwrap();
+        for (j, &c) in cells.iter().enumerate() {
+            let mapped: Vec<u32> = g.neighbors(j).iter().map(|&l| cells[l as usize]).collect();
+            assert_eq!(mapped, whole.neighbors(c as usize), "cell {c}");
+        }
+    }
+    // Section order is ascending id order (2, 5, 9), as sections() numbers them.
+    assert_eq!(parts[0].0[0], 1);
+    assert_eq!(parts[1].0[0], 3);
+    assert_eq!(parts[2].0[0], 0);
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let e = SectionedPoints::single_section(vec![[0.0, 0.0], [f64::NAN, 1.0]]).unwrap_err();
