@@ -13,7 +13,9 @@
 //! `SOF_FUZZ_ITERATIONS` (default 60; CI runs 200 through `cargo xtask test`, the long pass is
 //! `cargo xtask fuzz`), `SOF_FUZZ_SEED` (default 1), `SOF_FUZZ_JOBS` (default: all cores),
 //! `SOF_FUZZ_REPORT` (write the counts there as JSON), `SOF_FUZZ_LENIENT` (count crashes inside
-//! libhdf5's parse without failing). The same seed gives the same mutants.
+//! libhdf5's parse without failing), `SOF_FUZZ_KEEP` (a folder: every mutant that crashed or
+//! failed a command is copied there as `<seed>-<iteration>.<ext>`, to reproduce by hand). The
+//! same seed gives the same mutants.
 
 #![allow(clippy::print_stderr)] // the harness reports its counts and its failures
 
@@ -355,8 +357,17 @@ fn iteration(
                 | Mutation::RandomRange
                 | Mutation::InvalidUtf8
         );
+    let keep = |v: &Verdict| {
+        if let (Verdict::Crash(_) | Verdict::Failure(_), Some(to)) = (v, std::env::var_os("SOF_FUZZ_KEEP")) {
+            let to = Path::new(&to);
+            std::fs::create_dir_all(to).unwrap();
+            std::fs::copy(&mutant, to.join(format!("{seed}-{i}.{ext}"))).unwrap();
+        }
+    };
     for (cmd, args, output) in commands(env, s.kind, &mutant, dir) {
-        match run(&args, output.as_deref()) {
+        let verdict = run(&args, output.as_deref());
+        keep(&verdict);
+        match verdict {
             Verdict::Crash(why) if raw_hdf5 => {
                 out.push((m, cmd, Verdict::Hdf5Crash(why)));
                 break;
