@@ -51,10 +51,11 @@ pub fn walk(path: impl AsRef<Path>) -> Result<Walked> {
     // #6522: a corrupt global-heap reference in var's strings) crashed `sof inspect`'s read but
     // not this walk's own order of reads.
     let h5ad = path.extension().is_some_and(|e| e == "h5ad");
-    if h5ad && std::fs::metadata(path).is_ok_and(|m| m.len() <= READ_AS_COMMANDS_BYTES) {
-        if let Err(e) = super::read_h5ad(path) {
-            walked.errors.push(format!("read: {e}"));
-        }
+    if h5ad
+        && std::fs::metadata(path).is_ok_and(|m| m.len() <= READ_AS_COMMANDS_BYTES)
+        && let Err(e) = super::read_h5ad(path)
+    {
+        walked.errors.push(format!("read: {e}"));
     }
     visit_group(&file, "/", 0, &mut walked);
     drop(file);
