@@ -6,9 +6,9 @@
 //! the file; when the walk ends with an ordinary error (or succeeds), the command goes on and its
 //! own reader reports the problem with full context.
 //!
-//! Cost: one process start, a read of a small .h5ad (up to 64 MiB) as the commands read it, and
-//! of the file's structure and small datasets (debug build, 2026-12-04: 0.03 s for STARmap's
-//! 0.6 MB, 0.15 s for the 7.5 MB intestine file, 0.39 s for the 6.4 MB Xenium subset). `SOF_PREFLIGHT=0` turns it off; `SOF_PREFLIGHT_TIMEOUT`
+//! Cost: one process start and a read of the file's structure and small datasets (debug build,
+//! 2026-12-04: 0.02 s for STARmap's 0.6 MB and the 7.5 MB intestine file, 0.18 s for the 6.4 MB
+//! Xenium subset). `SOF_PREFLIGHT=0` turns it off; `SOF_PREFLIGHT_TIMEOUT`
 //! (seconds, default 30) bounds the walk.
 
 use std::path::Path;

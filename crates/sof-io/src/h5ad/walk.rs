@@ -33,33 +33,21 @@ pub struct Walked {
 
 /// Datasets with at most this many elements are read whole.
 pub const READ_WHOLE: usize = 1 << 20;
-/// .h5ad files up to this size are also read whole, as the commands read them, before the walk.
-pub const READ_AS_COMMANDS_BYTES: u64 = 64 << 20;
 /// Groups nested deeper than this are not entered (a link cycle would otherwise never end).
 const MAX_DEPTH: usize = 64;
 
-/// Visits every object of the HDF5 file at `path` (see the module docs), then, for an .h5ad,
-/// reads what every command reads before the cells: X's layout, obs, var and obsm. An error
+/// For an .h5ad, reads what every command reads before the cells (X's layout, obs, var and
+/// obsm), then visits every object of the HDF5 file at `path` (see the module docs). An error
 /// only if the file cannot be opened; everything unreadable after that is in
 /// [`Walked::errors`].
 pub fn walk(path: impl AsRef<Path>) -> Result<Walked> {
     let path = path.as_ref();
-    let file = open_hdf5(path)?;
+    drop(open_hdf5(path)?);
     let mut walked = Walked::default();
-    // A small .h5ad is first read as the commands read it (the whole AnnData, in a fresh
-    // library state): libhdf5's crashes depend on what it read before, and one mutant (seed 3,
-    // #6522: a corrupt global-heap reference in var's strings) crashed `sof inspect`'s read but
-    // not this walk's own order of reads.
-    let h5ad = path.extension().is_some_and(|e| e == "h5ad");
-    if h5ad
-        && std::fs::metadata(path).is_ok_and(|m| m.len() <= READ_AS_COMMANDS_BYTES)
-        && let Err(e) = super::read_h5ad(path)
-    {
-        walked.errors.push(format!("read: {e}"));
-    }
-    visit_group(&file, "/", 0, &mut walked);
-    drop(file);
-    if h5ad {
+    // What the commands read comes first, in a fresh library state: libhdf5's crashes depend on
+    // what it read before, and one mutant (seed 3, #6522: a corrupt global-heap reference in
+    // var's strings) crashed `sof inspect`'s read of var but not a walk that read var last.
+    if path.extension().is_some_and(|e| e == "h5ad") {
         let mut note = |what: &str, e: Error| walked.errors.push(format!("{what}: {e}"));
         match super::H5adReader::open(path) {
             Ok(r) => {
@@ -78,6 +66,8 @@ pub fn walk(path: impl AsRef<Path>) -> Result<Walked> {
             Err(e) => note("X", e),
         }
     }
+    let file = open_hdf5(path)?;
+    visit_group(&file, "/", 0, &mut walked);
     Ok(walked)
 }
 
