@@ -27,8 +27,11 @@ pub struct EvalArgs {
 }
 
 /// One model's probe reports and held-out-section mappings.
-/// Mappings: (held-out section, head, report).
-type Outcome = (Vec<(Probe, ProbeReport)>, Vec<(String, String, MapReport)>);
+type Outcome = (Vec<(Probe, ProbeReport)>, Vec<Mapping>);
+
+/// One held-out-section mapping: the section, the head, whether each side was centred
+/// (`--center-each`), and its report.
+type Mapping = (String, String, bool, MapReport);
 
 /// The evaluation's task list, xtask/eval.toml.
 #[derive(Debug, Deserialize)]
@@ -64,6 +67,13 @@ fn yes() -> bool {
 struct MappingEntry {
     sections: Vec<String>,
     heads: Vec<String>,
+    /// Each value runs every section and head once, with (`true`) or without `--center-each`.
+    #[serde(default = "uncentred")]
+    center_each: Vec<bool>,
+}
+
+fn uncentred() -> Vec<bool> {
+    vec![false]
 }
 
 /// One probe: a name, the embedded file it reads, `sof probe` arguments, and whether the
@@ -316,28 +326,36 @@ fn evaluate_model(
     // 3. A STARmap section held out, its coordinates unused, embedded as dissociated cells and
     //    mapped onto the other two sections; every rotation.
     let mut mapping = Vec::new();
-    for head in &mapping_tasks.heads {
-        for section in &mapping_tasks.sections {
-            let tag = if head == "knn" { section.to_owned() } else { format!("{section}_{head}") };
-            let json = out.join(format!("map_{tag}.json"));
-            if !json.exists() {
-                let mut c = sof(&bin);
-                c.args(["map", "--reference"])
-                    .arg(out.join("starmap_mpfc_r20.h5ad"))
-                    .arg("--query")
-                    .arg(out.join("starmap_mpfc_dissociated.h5ad"))
-                    .args(["--label", "layer", "--transfer", "sof_depth", "--pca-baseline", "--head", head])
-                    .arg(format!("--reference-where=section!={section}"))
-                    .arg(format!("--query-where=section={section}"))
-                    .arg("--report")
-                    .arg(&json)
-                    .arg("--output")
-                    .arg(out.join(format!("map_{tag}.h5ad")));
-                run(&mut c)?;
+    for &center in &mapping_tasks.center_each {
+        for head in &mapping_tasks.heads {
+            for section in &mapping_tasks.sections {
+                let mut tag = if head == "knn" { section.to_owned() } else { format!("{section}_{head}") };
+                if center {
+                    tag.push_str("_centered");
+                }
+                let json = out.join(format!("map_{tag}.json"));
+                if !json.exists() {
+                    let mut c = sof(&bin);
+                    c.args(["map", "--reference"])
+                        .arg(out.join("starmap_mpfc_r20.h5ad"))
+                        .arg("--query")
+                        .arg(out.join("starmap_mpfc_dissociated.h5ad"))
+                        .args(["--label", "layer", "--transfer", "sof_depth", "--pca-baseline", "--head", head])
+                        .arg(format!("--reference-where=section!={section}"))
+                        .arg(format!("--query-where=section={section}"))
+                        .arg("--report")
+                        .arg(&json)
+                        .arg("--output")
+                        .arg(out.join(format!("map_{tag}.h5ad")));
+                    if center {
+                        c.arg("--center-each");
+                    }
+                    run(&mut c)?;
+                }
+                let report: MapReport = serde_json::from_str(&std::fs::read_to_string(&json)?)
+                    .with_context(|| format!("{}: not a map report; delete it to rerun the mapping", json.display()))?;
+                mapping.push((section.clone(), head.clone(), center, report));
             }
-            let report: MapReport = serde_json::from_str(&std::fs::read_to_string(&json)?)
-                .with_context(|| format!("{}: not a map report; delete it to rerun the mapping", json.display()))?;
-            mapping.push((section.clone(), head.clone(), report));
         }
     }
 
@@ -382,7 +400,7 @@ fn row_name(r: &FeatureResult) -> String {
 fn results_markdown(
     a: &EvalArgs,
     reports: &[(Probe, ProbeReport)],
-    mapping: &[(String, String, MapReport)],
+    mapping: &[Mapping],
     compared: Option<&Outcome>,
     seconds: f64,
 ) -> Result<String> {
@@ -622,22 +640,24 @@ fn results_markdown(
          neighbours (`sof map --head knn`, k = 30), and heads trained on the reference cells (`--head linear`: \
          standardized logistic regression for the layer, ridge for depth). Depth is each cell's position along the \
          cortical axis of its own section, 0 at the pia-side edge and 1 at the white-matter edge (`sof spatial \
-         --depth-from layer`), so sections in different coordinate frames are comparable. Beside it: the same \
+         --depth-from layer`), so sections in different coordinate frames are comparable. Centred = yes: each side's \
+         features minus their own mean before the mapper (`--center-each`; PCA-50 too). Beside it: the same \
          mapper on PCA-50 of expression, and the prior (the reference's most frequent layer; its mean depth).\n"
     )?;
     writeln!(
         t,
-        "| held-out section | mapper | cells | layer accuracy (ours) | (PCA-50) | (prior) | depth MAE (ours) | (PCA-50) | (prior) | depth Spearman (ours) | (PCA-50) |"
+        "| held-out section | mapper | centred | cells | layer accuracy (ours) | (PCA-50) | (prior) | depth MAE (ours) | (PCA-50) | (prior) | depth Spearman (ours) | (PCA-50) |"
     )?;
-    writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|")?;
-    for (section, head, m) in mapping {
+    writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    for (section, head, center, m) in mapping {
         let g = |column: &str, metric: &str, mapper: Mapper| {
             m.get(column, metric, mapper).filter(|v| !v.is_nan()).map_or("–".into(), |v| format!("{v:.3}"))
         };
         let head = if head == "knn" { "neighbours" } else { "linear head" };
         writeln!(
             t,
-            "| {section} | {head} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {section} | {head} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            if *center { "yes" } else { "no" },
             m.query_cells,
             g("layer", "accuracy", Mapper::Ours),
             g("layer", "accuracy", Mapper::Pca50),
@@ -711,7 +731,7 @@ mod tests {
         slugs.dedup();
         assert_eq!(slugs.len(), probes.len(), "{slugs:?}");
         assert_eq!(probes.iter().filter(|p| !p.in_summary).count(), 2);
-        assert_eq!(mapping.sections.len() * mapping.heads.len(), 6);
+        assert_eq!(mapping.sections.len() * mapping.heads.len() * mapping.center_each.len(), 12);
     }
 
     fn result(features: &str, head: &str, metric: &str, mean: f64) -> FeatureResult {
@@ -770,13 +790,14 @@ mod tests {
             write_docs: false,
             compare: None,
         };
-        let text = results_markdown(&a, &[(probe, report)], &[("BZ5".into(), "knn".into(), map)], None, 0.0).unwrap();
+        let text =
+            results_markdown(&a, &[(probe, report)], &[("BZ5".into(), "knn".into(), true, map)], None, 0.0).unwrap();
         let row = text.lines().find(|l| l.starts_with("| starmap_mpfc | layer |")).unwrap();
         assert!(row.contains("0.880 (NichePCA (k=20) · linear)"), "{row}");
         assert!(row.contains("| 0.900 | – | 0.930 | – | not run | +0.050 |"), "{row}");
         assert!(text.contains("is **+0.050** macro F1; the goal (>= +0.03) is **met**"), "{text}");
         assert!(text.contains("beats the best baseline on **1 of 1**"), "{text}");
-        assert!(text.contains("| BZ5 | neighbours | 40 | 0.750 | 0.700 | – |"), "{text}");
+        assert!(text.contains("| BZ5 | neighbours | yes | 40 | 0.750 | 0.700 | – |"), "{text}");
         assert!(text.contains("### starmap_mpfc — layer (100 cells, 3 folds)"), "{text}");
     }
 }
