@@ -326,9 +326,10 @@ fn evaluate_model(
     // 3. A STARmap section held out, its coordinates unused, embedded as dissociated cells and
     //    mapped onto the other two sections; every rotation.
     let mut mapping = Vec::new();
-    for &center in &mapping_tasks.center_each {
-        for head in &mapping_tasks.heads {
-            for section in &mapping_tasks.sections {
+    // Centring innermost, so the table's rows with and without it sit side by side.
+    for head in &mapping_tasks.heads {
+        for section in &mapping_tasks.sections {
+            for &center in &mapping_tasks.center_each {
                 let mut tag = if head == "knn" { section.to_owned() } else { format!("{section}_{head}") };
                 if center {
                     tag.push_str("_centered");
